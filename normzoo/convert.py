@@ -1,0 +1,125 @@
+"""``convert``: swap every normalization layer of an existing model for a zoo layer."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+from normzoo.layers import attach_act
+from normzoo.layers.identity import NoNorm
+from normzoo.registry import check_options, create
+
+__all__ = ["convert", "norm_channels"]
+
+log = logging.getLogger(__name__)
+
+
+def _timm_channel_layernorms() -> tuple[type, ...]:
+    try:
+        from timm.layers import LayerNorm2d
+    except ImportError:
+        return ()
+    return (LayerNorm2d,)
+
+
+def norm_channels(module: nn.Module) -> int | None:
+    """Channels of a convertible channels-first norm layer, or None if ``module`` is not one.
+
+    Convertible: torch's BatchNorm*/SyncBatchNorm/GroupNorm/InstanceNorm*, timm's norm(+act)
+    layers built on them and its channels-first ``LayerNorm2d``, and zoo layers. A plain
+    ``nn.LayerNorm`` normalizes the *last* dimension (channels-last tokens in transformers and
+    ConvNeXt blocks), so it is left alone.
+    """
+    if isinstance(module, (_BatchNorm, _InstanceNorm)):
+        return module.num_features
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels
+    if isinstance(module, NoNorm):
+        return module.num_features
+    if isinstance(module, _timm_channel_layernorms()) and len(module.normalized_shape) == 1:
+        return module.normalized_shape[0]
+    return None
+
+
+def _has_running_stats(module: nn.Module) -> bool:
+    return (
+        isinstance(module, _BatchNorm)
+        and module.running_mean is not None
+        and module.running_var is not None
+    )
+
+
+def _inherited_options(old: nn.Module, new_name: str, opts: dict) -> dict:
+    """Options carried over from the old layer (eps, momentum, groups) unless given."""
+    spec = check_options(new_name, opts)
+    carried = {}
+    if "eps" in spec.options and hasattr(old, "eps"):
+        carried["eps"] = float(old.eps)
+    if "momentum" in spec.options and isinstance(old, _BatchNorm):
+        carried["momentum"] = old.momentum
+    if "track_running_stats" in spec.options and isinstance(old, _BatchNorm):
+        carried["track_running_stats"] = old.track_running_stats
+    if "groups" in spec.options and isinstance(old, nn.GroupNorm) and "group_size" not in opts:
+        carried["groups"] = old.num_groups
+    affine = getattr(old, "affine", None)
+    if affine is None:
+        affine = getattr(old, "elementwise_affine", None)
+    if "affine" in spec.options and affine is not None:
+        carried["affine"] = bool(affine)
+    return {**carried, **opts}
+
+
+def _replacement(old: nn.Module, channels: int, name: str, opts: dict) -> nn.Module:
+    ref = next(iter(old.parameters()), None)
+    if ref is None:
+        ref = next(iter(old.buffers()), None)
+    factory = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
+    if ref is not None and not ref.is_floating_point():
+        factory.pop("dtype")
+    new = create(name, channels, **_inherited_options(old, name, opts), **factory)
+    with torch.no_grad():
+        old_w, old_b = getattr(old, "weight", None), getattr(old, "bias", None)
+        new_w, new_b = getattr(new, "weight", None), getattr(new, "bias", None)
+        if isinstance(new_w, nn.Parameter) and isinstance(old_w, torch.Tensor):
+            new_w.copy_(old_w.reshape(new_w.shape))
+            new_w.requires_grad_(old_w.requires_grad)
+        if isinstance(new_b, nn.Parameter) and isinstance(old_b, torch.Tensor):
+            new_b.copy_(old_b.reshape(new_b.shape))
+            new_b.requires_grad_(old_b.requires_grad)
+        if _has_running_stats(old) and _has_running_stats(new):
+            new.running_mean.copy_(old.running_mean)
+            new.running_var.copy_(old.running_var)
+            if old.num_batches_tracked is not None and new.num_batches_tracked is not None:
+                new.num_batches_tracked.copy_(old.num_batches_tracked)
+    new.train(old.training)
+    # timm norm+act layers keep their activation and drop modules as they were
+    return attach_act(new, getattr(old, "act", None), getattr(old, "drop", None))
+
+
+def convert(model: nn.Module, name: str, **opts) -> nn.Module:
+    """Replace every normalization layer of ``model`` (in place) by the zoo layer ``name``.
+
+    Affine parameters are kept, and running statistics when both the old and the new layer are
+    batch-dependent; eps, momentum and group count carry over unless given in ``opts``. Other
+    modules are untouched, so converting a trained model to ``batch`` leaves its eval output
+    unchanged. Returns ``model`` (or the replacement when ``model`` itself is a norm layer).
+    """
+    check_options(name, {k: v for k, v in opts.items()})
+    channels = norm_channels(model)
+    if channels is not None:
+        return _replacement(model, channels, name, opts)
+    replaced = 0
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            channels = norm_channels(child)
+            if channels is None:
+                continue
+            setattr(parent, child_name, _replacement(child, channels, name, opts))
+            replaced += 1
+    if replaced == 0:
+        log.warning("convert(%s): no normalization layer found in %s", name, type(model).__name__)
+    return model

@@ -1,0 +1,151 @@
+"""Pure tensor functions behind every normzoo layer.
+
+Layers hold state (parameters, running buffers, step counters); these functions hold the math.
+Where torch has a fused kernel that computes the same thing (``F.batch_norm``,
+``F.group_norm``) we call it, so the zoo is as fast as torch's own layers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "batch_norm",
+    "batch_renorm",
+    "check_input",
+    "group_norm",
+    "renorm_limits",
+    "values_per_channel",
+]
+
+
+def check_input(x: Tensor, num_features: int, layer: str, min_dim: int = 2) -> None:
+    """Raise a clear error unless ``x`` is channels-first ``(N, C, *)`` with ``C == num_features``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{layer}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < min_dim:
+        spatial = " with at least one spatial dimension, e.g. (N, C, L) or (N, C, H, W)"
+        need = "(N, C, *)" + (spatial if min_dim > 2 else "")
+        raise ValueError(
+            f"{layer}: expected channels-first input {need}, got shape {tuple(x.shape)} "
+            f"(rank {x.dim()}); add the missing dimensions (e.g. x.unsqueeze(0) for a single sample)"
+        )
+    if x.shape[1] != num_features:
+        raise ValueError(
+            f"{layer}: input has {x.shape[1]} channels in dim 1 but the layer was built with "
+            f"num_features={num_features}; inputs are channels-first (N, C, *) — permute "
+            f"channels-last data with x.movedim(-1, 1), or build the layer with "
+            f"num_features={x.shape[1]}"
+        )
+
+
+def values_per_channel(x: Tensor) -> int:
+    """Number of values each channel's batch statistics are computed from: N * prod(spatial)."""
+    return x.numel() // x.shape[1] if x.shape[1] else 0
+
+
+def _check_batch_stats(x: Tensor, layer: str) -> None:
+    if values_per_channel(x) <= 1:
+        raise ValueError(
+            f"{layer}: batch statistics need more than 1 value per channel, got input shape "
+            f"{tuple(x.shape)}. Train with batch size >= 2 (or spatial inputs), call "
+            f"model.eval() to use running statistics, use normzoo.stats_mode(model, 'mix', "
+            f"prior=...) at test time, or pick a batch-independent norm ('group', 'layer')"
+        )
+
+
+def batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    use_batch_stats: bool,
+    momentum: float,
+    eps: float,
+) -> Tensor:
+    """Batch normalization (Ioffe & Szegedy 2015), identical to ``F.batch_norm``.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel. With ``use_batch_stats`` the
+    biased batch statistics over (N, *) normalize and, when running buffers are given, update them
+    in place: ``running = (1 - momentum) * running + momentum * batch`` (unbiased variance).
+    Otherwise the running buffers normalize.
+    """
+    if use_batch_stats:
+        _check_batch_stats(x, "batch norm")
+    return F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, momentum, eps)
+
+
+def renorm_limits(
+    step: Tensor, rmax: float, dmax: float, warmup: int, ramp: int
+) -> tuple[Tensor, Tensor]:
+    """Clip limits (r_max, d_max) of Batch Renormalization at 0-based training step ``step``.
+
+    ``frac = clip((step - warmup) / ramp, 0, 1)`` (a step function at ``warmup`` when ramp=0);
+    ``r_max(t) = 1 + (rmax - 1) * frac`` and ``d_max(t) = dmax * frac``. During warmup the
+    limits are (1, 0), so r = 1 and d = 0: plain batch normalization. Tensor math keeps the
+    schedule free of graph breaks under ``torch.compile``.
+    """
+    step = step.to(torch.float32)
+    if ramp > 0:
+        frac = ((step - warmup) / ramp).clamp(0.0, 1.0)
+    else:
+        frac = (step >= warmup).to(torch.float32)
+    return 1.0 + (rmax - 1.0) * frac, dmax * frac
+
+
+def batch_renorm(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float,
+    eps: float,
+    rmax: Tensor | float,
+    dmax: Tensor | float,
+) -> Tensor:
+    """Batch Renormalization in training (Ioffe 2017, Algorithm 1).
+
+    ``y = weight * ((x - mu_B) / sigma_B * r + d) + bias`` with
+    ``r = stop_grad(clip(sigma_B / sigma, 1/rmax, rmax))``,
+    ``d = stop_grad(clip((mu_B - mu) / sigma, -dmax, dmax))``,
+    ``sigma_B = sqrt(biased batch var + eps)``, ``sigma = sqrt(running_var + eps)``; r and d use
+    the running statistics from *before* this step's update. The running statistics are then
+    updated exactly like batch norm (EMA of the mean and of the unbiased variance).
+
+    Implementation: r and d fold into the affine transform, ``weight' = weight * r`` and
+    ``bias' = weight * d + bias``, so torch's fused batch-norm kernel computes the normalization,
+    its exact gradient (r, d held constant) and the running-stat update in one call.
+    """
+    _check_batch_stats(x, "batch renorm")
+    dims = [0, *range(2, x.dim())]
+    with torch.no_grad():
+        x_stats = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        var_b, mean_b = torch.var_mean(x_stats, dim=dims, unbiased=False)
+        sigma = (running_var.to(var_b.dtype) + eps).sqrt()
+        r = ((var_b + eps).sqrt() / sigma).clamp(1.0 / rmax, rmax)
+        d = ((mean_b - running_mean.to(mean_b.dtype)) / sigma).clamp(-dmax, dmax)
+        param_dtype = weight.dtype if weight is not None else running_mean.dtype
+        r, d = r.to(param_dtype), d.to(param_dtype)
+    if weight is None:
+        scale, shift = r, d
+    else:
+        scale = weight * r
+        shift = weight * d if bias is None else torch.addcmul(bias, weight, d)
+    return F.batch_norm(x, running_mean, running_var, scale, shift, True, momentum, eps)
+
+
+def group_norm(
+    x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> Tensor:
+    """Group normalization (Wu & He 2018), identical to ``F.group_norm``.
+
+    Per sample, channels are split into ``num_groups`` groups; each group is normalized by the
+    mean and biased variance over its channels and all spatial positions, then a per-channel
+    affine transform applies. ``num_groups=1`` is layer norm over (C, *), ``num_groups=C`` is
+    instance norm over (*).
+    """
+    return F.group_norm(x, num_groups, weight, bias, eps)

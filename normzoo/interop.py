@@ -1,0 +1,89 @@
+"""``norm_layer``: zoo layers as the ``norm_layer=`` argument of timm and torchvision models.
+
+torchvision calls ``norm_layer(num_features)``. timm resolves the argument first:
+``get_norm_layer`` unbinds a ``functools.partial`` and rebinds its keywords, and
+``get_norm_act_layer`` (efficientnet, regnet, densenet, ...) accepts only its own norm+act
+classes, a class whose lower-cased name it maps to *timm's* norm+act layers (which would
+silently drop the zoo layer), or a plain function that it treats as a norm+act factory without
+telling it the activation. We therefore hand out ``functools.partial(ZooNormFactory, norm=...)``
+and register :class:`ZooNormFactory` with timm's norm+act factory as a norm+act type that takes
+``act_layer``, so timm binds the model's activation and the built model holds zoo layers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from torch import nn
+
+from normzoo.layers import attach_act
+from normzoo.registry import canonical_name, check_options, create
+
+__all__ = ["ZooNormFactory", "norm_layer"]
+
+log = logging.getLogger(__name__)
+
+
+def _make_act(act_layer, act_kwargs: dict | None, inplace: bool | None, apply_act: bool):
+    if act_layer is None or not apply_act:
+        return None
+    if isinstance(act_layer, nn.Module):
+        return act_layer
+    from timm.layers import create_act_layer  # only timm passes activations by name or class
+
+    return create_act_layer(act_layer, inplace=bool(inplace), **(act_kwargs or {}))
+
+
+class ZooNormFactory:
+    """Builds a zoo norm (or norm+act) layer; a type so timm's factories accept it.
+
+    ``ZooNormFactory(num_features, norm="group", groups=8)`` returns a zoo module, never an
+    instance of this class. timm's norm+act keywords (``act_layer``, ``apply_act``,
+    ``act_kwargs``, ``inplace``, ``drop_layer``) add a drop and an activation after the norm.
+    """
+
+    def __new__(
+        cls,
+        num_features: int,
+        norm: str = "batch",
+        act_layer=None,
+        apply_act: bool = True,
+        act_kwargs: dict | None = None,
+        inplace: bool | None = None,
+        drop_layer=None,
+        **opts,
+    ) -> nn.Module:
+        layer = create(norm, num_features, **opts)
+        act = _make_act(act_layer, act_kwargs, inplace, apply_act)
+        drop = drop_layer() if drop_layer is not None else None
+        return attach_act(layer, act, drop)
+
+
+@functools.cache
+def _register_with_timm() -> bool:
+    try:
+        from timm.layers import create_norm_act
+    except ImportError:
+        return False
+    types_ = getattr(create_norm_act, "_NORM_ACT_TYPES", None)
+    needs_act = getattr(create_norm_act, "_NORM_ACT_REQUIRES_ARG", None)
+    if not isinstance(types_, set) or not isinstance(needs_act, set):
+        log.warning("timm's norm+act registry changed; timm norm+act models may drop zoo layers")
+        return False
+    types_.add(ZooNormFactory)
+    needs_act.add(ZooNormFactory)
+    return True
+
+
+def norm_layer(name: str, **opts) -> functools.partial:
+    """A ``norm_layer=`` callable for timm and torchvision models: ``callable(C) -> zoo layer``.
+
+    Example: ``timm.create_model("resnet18", norm_layer=normzoo.norm_layer("group", groups=8))``,
+    ``torchvision.models.resnet18(norm_layer=normzoo.norm_layer("batch_renorm", warmup=500))``.
+    Options are validated now, not at model build time.
+    """
+    name = canonical_name(name)
+    check_options(name, {k: v for k, v in opts.items() if k not in ("device", "dtype")})
+    _register_with_timm()
+    return functools.partial(ZooNormFactory, norm=name, **opts)

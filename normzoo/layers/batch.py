@@ -1,0 +1,59 @@
+"""Batch normalization (Ioffe & Szegedy 2015) for inputs of any rank (N, C, *)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from normzoo import functional as nzf
+
+
+class BatchNorm(_BatchNorm):
+    """Batch norm over (N, *) per channel; one class for what torch splits into BatchNorm1d/2d/3d.
+
+    Training normalizes with the biased batch statistics and updates the running mean and the
+    running *unbiased* variance by EMA (``momentum=None``: cumulative average); eval normalizes
+    with the running statistics, or with batch statistics when ``track_running_stats=False``.
+    Parameter and buffer names are torch's, so state dicts load both ways with
+    ``nn.BatchNorm{1,2,3}d``, and ``isinstance(layer, _BatchNorm)`` holds for every tool that
+    looks for batch norm layers.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        nzf.check_input(x, self.num_features, type(self).__name__)
+
+    def _step(self) -> tuple[bool, float]:
+        """Advance the step counter in training; return (use batch stats, EMA factor) as torch does."""
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        return use_batch_stats, factor
+
+    def _buffers_for_forward(self) -> tuple[Tensor | None, Tensor | None]:
+        if not self.training or self.track_running_stats:
+            return self.running_mean, self.running_var
+        return None, None
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        use_batch_stats, factor = self._step()
+        running_mean, running_var = self._buffers_for_forward()
+        return nzf.batch_norm(
+            x, running_mean, running_var, self.weight, self.bias, use_batch_stats, factor, self.eps
+        )

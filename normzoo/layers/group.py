@@ -1,0 +1,110 @@
+"""Group normalization (Wu & He 2018) and its two extremes, layer norm (one group) and
+instance norm (one channel per group), all batch-independent."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from normzoo import functional as nzf
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def resolve_groups(num_features: int, groups: int | None, group_size: int | None) -> int:
+    """Number of groups from ``groups`` or ``group_size`` (channels per group), validated."""
+    if groups is not None and group_size is not None:
+        raise ValueError(
+            f"group norm: pass either groups={groups} or group_size={group_size}, not both"
+        )
+    if group_size is not None:
+        if not isinstance(group_size, int) or group_size < 1 or num_features % group_size:
+            raise ValueError(
+                f"group norm: group_size={group_size!r} must divide num_features={num_features}; "
+                f"valid group sizes: {_divisors(num_features)}"
+            )
+        return num_features // group_size
+    groups = 32 if groups is None else groups
+    if (
+        not isinstance(groups, int)
+        or isinstance(groups, bool)
+        or groups < 1
+        or num_features % groups
+    ):
+        raise ValueError(
+            f"group norm: groups={groups!r} does not divide num_features={num_features}; "
+            f"valid values: {_divisors(num_features)} (or pass group_size=channels per group)"
+        )
+    return groups
+
+
+class GroupNorm(nn.GroupNorm):
+    """Group norm (Wu & He 2018): per sample, mean and biased variance over each group of
+    ``num_features // groups`` channels and all positions; per-channel affine.
+
+    Equals ``nn.GroupNorm(groups, num_features)`` (it is one, with torch's state dict).
+    ``groups`` defaults to 32 as in the paper; ``group_size`` fixes channels per group instead.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        groups: int | None = None,
+        group_size: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        num_groups = resolve_groups(num_features, groups, group_size)
+        super().__init__(num_groups, num_features, eps, affine, device, dtype)
+
+    @property
+    def num_features(self) -> int:
+        return self.num_channels
+
+    _min_dim = 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        nzf.check_input(x, self.num_channels, type(self).__name__, self._min_dim)
+        return nzf.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class LayerNorm(GroupNorm):
+    """Layer norm for channels-first inputs: per sample over (C, *), per-channel affine.
+
+    Equals ``nn.GroupNorm(1, C)``, the form the GroupNorm paper compares against. (Not
+    ``nn.LayerNorm``, whose affine is per element of the normalized shape.)
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, affine, groups=1, device=device, dtype=dtype)
+
+
+class InstanceNorm(GroupNorm):
+    """Instance norm (Ulyanov et al. 2016): per sample and channel over the spatial positions.
+
+    Equals ``nn.GroupNorm(C, C)`` (always batch-independent, affine by default); needs at least
+    one spatial dimension, since one value per channel would normalize to zero.
+    """
+
+    _min_dim = 3
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, affine, groups=num_features, device=device, dtype=dtype)

@@ -1,0 +1,34 @@
+"""The identity baseline: no normalization at all."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from normzoo import functional as nzf
+
+
+class NoNorm(nn.Module):
+    """Identity with the zoo's constructor, so "no normalization" runs in every grid.
+
+    ``eps`` and ``affine`` are accepted for a uniform interface and have no effect: the layer
+    has no parameters and returns its input unchanged (after checking its shape).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def extra_repr(self) -> str:
+        return str(self.num_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        nzf.check_input(x, self.num_features, "NoNorm")
+        return x
