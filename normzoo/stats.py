@@ -117,7 +117,7 @@ def cohens_dz(differences: Sequence[float] | np.ndarray) -> float:
         return float("nan")
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     if _is_constant(d):
-        return 0.0 if mean == 0.0 else float(np.copysign(np.inf, mean))
+        return 0.0 if abs(mean) <= 1e-12 else float(np.copysign(np.inf, mean))
     return mean / sd
 
 
