@@ -1,0 +1,252 @@
+"""stats_mode and recompute_stats against statistics computed directly in the test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from timm.layers import BatchNormAct2d
+from torch import nn
+
+from normzoo.layers import BatchNorm, BatchRenorm
+from normzoo.teststats import STATS_MODES, recompute_stats, stats_mode
+
+SHAPES = [(8, 3), (8, 3, 5), (4, 3, 4, 5), (2, 3, 3, 2, 4)]
+KINDS = ["torch", "zoo_batch", "zoo_renorm", "sync"]
+
+
+def make_layer(kind: str, channels: int, dim: int, **kwargs) -> nn.Module:
+    """A batch layer with non-trivial affine parameters and running statistics."""
+    if kind == "torch":
+        cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[dim]
+        layer = cls(channels, **kwargs)
+    elif kind == "zoo_batch":
+        layer = BatchNorm(channels, **kwargs)
+    elif kind == "zoo_renorm":
+        layer = BatchRenorm(channels, **kwargs)
+    else:
+        layer = nn.SyncBatchNorm(channels, **kwargs)
+    gen = torch.Generator().manual_seed(channels * 7 + dim)
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(channels, generator=gen) + 0.5)
+        layer.bias.copy_(torch.randn(channels, generator=gen))
+        if layer.running_mean is not None:
+            layer.running_mean.copy_(torch.randn(channels, generator=gen))
+            layer.running_var.copy_(torch.rand(channels, generator=gen) + 0.5)
+            layer.num_batches_tracked.fill_(5)
+    return layer
+
+
+def per_channel(x: torch.Tensor) -> torch.Tensor:
+    """(C, values) view of a channels-first tensor."""
+    return x.transpose(0, 1).reshape(x.shape[1], -1)
+
+
+def normalize(x, mean, var, layer) -> torch.Tensor:
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    x_hat = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + layer.eps)
+    return x_hat * layer.weight.view(shape) + layer.bias.view(shape)
+
+
+def state(layer: nn.Module) -> dict:
+    return {k: v.clone() for k, v in layer.state_dict().items()}
+
+
+def assert_same_state(before: dict, layer: nn.Module) -> None:
+    after = layer.state_dict()
+    assert before.keys() == after.keys()
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("training", [True, False])
+def test_running_and_batch_modes(kind, shape, training):
+    layer = make_layer(kind, shape[1], len(shape)).train(training)
+    x = torch.randn(shape) * 2 + 1
+    before = state(layer)
+    with torch.no_grad():
+        with stats_mode(layer, "running"):
+            out_running = layer(x)
+        with stats_mode(layer, "batch"):
+            out_batch = layer(x)
+    expect_running = normalize(x, layer.running_mean, layer.running_var, layer)
+    flat = per_channel(x)
+    expect_batch = normalize(x, flat.mean(1), flat.var(1, unbiased=False), layer)
+    torch.testing.assert_close(out_running, expect_running, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_batch, expect_batch, rtol=1e-4, atol=1e-4)
+    assert_same_state(before, layer)
+    assert layer.training is training
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [*SHAPES, (1, 3), (1, 3, 4, 4)])
+def test_mix_mode_formula(kind, shape):
+    layer = make_layer(kind, shape[1], len(shape)).eval()
+    x = torch.randn(shape) * 3 - 2
+    prior = 16
+    before = state(layer)
+    with torch.no_grad(), stats_mode(layer, "mix", prior=prior):
+        out = layer(x)
+    flat = per_channel(x)
+    n = shape[0]  # samples in the batch, not values per channel (Schneider et al. 2020)
+    mean = (prior * layer.running_mean + n * flat.mean(1)) / (prior + n)
+    var = (prior * layer.running_var + n * flat.var(1, unbiased=False)) / (prior + n)
+    torch.testing.assert_close(out, normalize(x, mean, var, layer), rtol=1e-4, atol=1e-4)
+    assert_same_state(before, layer)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("momentum", [None, 0.3])
+def test_online_mode_ema_and_restore(kind, momentum):
+    layer = make_layer(kind, 3, 4).eval()
+    before = state(layer)
+    mean, var = layer.running_mean.clone(), layer.running_var.clone()
+    rate = 0.1 if momentum is None else momentum  # layer default momentum is 0.1
+    with torch.no_grad(), stats_mode(layer, "online", momentum=momentum):
+        for step in range(3):
+            x = torch.randn(4, 3, 3, 3) + step
+            out = layer(x)
+            flat = per_channel(x)
+            mean = (1 - rate) * mean + rate * flat.mean(1)
+            var = (1 - rate) * var + rate * flat.var(1, unbiased=True)
+            torch.testing.assert_close(out, normalize(x, mean, var, layer), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(layer.running_mean, mean)
+            assert int(layer.num_batches_tracked) == 5 + step + 1
+    assert_same_state(before, layer)
+
+
+def test_batch_of_one_value_per_channel_is_a_clear_error():
+    layer = make_layer("torch", 3, 2).eval()
+    with pytest.raises(ValueError, match="one value per channel.*'mix' with a prior"):
+        with stats_mode(layer, "batch"):
+            layer(torch.randn(1, 3))
+    # the failed forward left nothing behind
+    assert layer.running_mean is not None and not layer._forward_hooks
+
+
+@pytest.mark.parametrize("kind", ["torch", "zoo_batch"])
+def test_batch_mode_at_batch_size_one_uses_spatial_statistics(kind):
+    layer = make_layer(kind, 3, 4).eval()
+    x = torch.randn(1, 3, 4, 4)
+    with torch.no_grad(), stats_mode(layer, "batch"):
+        out = layer(x)
+    flat = per_channel(x)
+    torch.testing.assert_close(out, normalize(x, flat.mean(1), flat.var(1, unbiased=False), layer))
+    with torch.no_grad(), stats_mode(layer, "running"):
+        out = layer(torch.ones(1, 3, 4, 4))
+    expect = normalize(torch.ones(1, 3, 4, 4), layer.running_mean, layer.running_var, layer)
+    torch.testing.assert_close(out, expect)
+
+
+@pytest.mark.parametrize("kind", ["torch", "zoo_batch", "sync"])
+def test_layer_without_running_stats(kind):
+    layer = make_layer(kind, 3, 3, track_running_stats=False)
+    model = nn.Sequential(nn.Identity(), layer)
+    for mode, opts in [("running", {}), ("mix", {"prior": 4}), ("online", {})]:
+        with pytest.raises(ValueError, match="'1'.*track_running_stats=False"):
+            with stats_mode(model, mode, **opts):
+                pass
+    x = torch.randn(4, 3, 6)
+    with torch.no_grad(), stats_mode(model, "batch"):
+        out = model(x)
+    flat = per_channel(x)
+    torch.testing.assert_close(out, normalize(x, flat.mean(1), flat.var(1, unbiased=False), layer))
+
+
+@pytest.mark.parametrize(
+    ("mode", "opts", "match"),
+    [
+        ("mix", {}, "needs prior"),
+        ("mix", {"prior": 0}, "> 0"),
+        ("mix", {"prior": float("nan")}, "> 0"),
+        ("batch", {"prior": 3}, "only applies"),
+        ("online", {"momentum": 1.5}, r"\(0, 1\]"),
+        ("averaged", {}, "running, batch, mix, online"),
+    ],
+)
+def test_bad_arguments(mode, opts, match):
+    with pytest.raises(ValueError, match=match):
+        with stats_mode(nn.BatchNorm1d(2), mode, **opts):
+            pass
+
+
+def test_restored_on_exception_and_nesting():
+    layer = make_layer("torch", 3, 4).train()
+    x = torch.randn(4, 3, 2, 2)
+    flat = per_channel(x)
+    batch_expect = normalize(x, flat.mean(1), flat.var(1, unbiased=False), layer)
+    running_expect = normalize(x, layer.running_mean, layer.running_var, layer)
+    before = state(layer)
+    with pytest.raises(RuntimeError, match="boom"):
+        with stats_mode(layer, "online", momentum=0.5):
+            layer(x)
+            raise RuntimeError("boom")
+    assert_same_state(before, layer)
+    assert not layer._forward_hooks and not layer._forward_pre_hooks
+    with torch.no_grad(), stats_mode(layer, "batch"):
+        torch.testing.assert_close(layer(x), batch_expect)
+        with stats_mode(layer, "running"):
+            torch.testing.assert_close(layer(x), running_expect)
+            with stats_mode(layer, "batch"):
+                torch.testing.assert_close(layer(x), batch_expect)
+            torch.testing.assert_close(layer(x), running_expect)
+        torch.testing.assert_close(layer(x), batch_expect)
+    assert_same_state(before, layer)
+    assert layer.training and not layer._forward_hooks
+    # a forward that fails inside the context (wrong channel count) leaves the layer intact
+    with stats_mode(layer, "running"), pytest.raises(RuntimeError):
+        layer(torch.randn(4, 5, 2, 2))
+    assert layer.training and torch.equal(layer.running_mean, before["running_mean"])
+
+
+def test_hooks_requires_grad_and_flags_untouched():
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Dropout(0.5), nn.ReLU())
+    model[0].weight.requires_grad_(False)
+    model[1].eval()
+    calls = []
+    model[1].register_forward_pre_hook(lambda m, a: calls.append(("pre", m.training)))
+    model[1].register_forward_hook(lambda m, a, o: calls.append(("post", m.running_mean)))
+    pre, post = dict(model[1]._forward_pre_hooks), dict(model[1]._forward_hooks)
+    flags = [m.training for m in model.modules()]
+    grads = [p.requires_grad for p in model.parameters()]
+    with stats_mode(model, "mix", prior=8):
+        model(torch.randn(2, 2, 5, 5)).sum().backward()
+        assert [m.training for m in model.modules()] == flags
+    assert calls == [("pre", False), ("post", model[1].running_mean)]  # user hook sees buffers
+    assert [m.training for m in model.modules()] == flags
+    assert [p.requires_grad for p in model.parameters()] == grads
+    assert model[1].weight.grad is not None and model[0].weight.grad is None
+    assert model[1]._forward_pre_hooks == pre and model[1]._forward_hooks == post
+
+
+def test_batch_independent_norms_are_a_noop():
+    model = nn.Sequential(nn.Conv2d(2, 4, 1), nn.GroupNorm(2, 4), nn.LayerNorm([4, 3, 3]))
+    x = torch.randn(2, 2, 3, 3)
+    expect = model(x)
+    for mode in STATS_MODES:
+        with stats_mode(model, mode, prior=4 if mode == "mix" else None):
+            torch.testing.assert_close(model(x), expect)
+
+
+@pytest.mark.parametrize("mode", ["batch", "running", "mix"])
+def test_timm_batchnorm_act_still_applies_activation(mode):
+    layer = BatchNormAct2d(3, act_layer=nn.ReLU)
+    with torch.no_grad():
+        layer.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        layer.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    layer.train()
+    x = torch.randn(4, 3, 3, 3)
+    flat = per_channel(x)
+    batch = (flat.mean(1), flat.var(1, unbiased=False))
+    running = (layer.running_mean, layer.running_var)
+    stats = {"batch": batch, "running": running}.get(mode)
+    if mode == "mix":
+        stats = tuple((4 * r + 4 * b) / 8 for r, b in zip(running, batch, strict=True))
+    before = state(layer)
+    with torch.no_grad(), stats_mode(layer, mode, prior=4 if mode == "mix" else None):
+        out = layer(x)
+    expect = torch.relu(normalize(x, *stats, layer))
+    torch.testing.assert_close(out, expect, rtol=1e-4, atol=1e-4)
+    assert (out >= 0).all() and (out == 0).any()
+    assert_same_state(before, layer)
