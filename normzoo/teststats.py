@@ -79,8 +79,8 @@ _ACTIVE: weakref.WeakKeyDictionary[nn.Module, _LayerHooks] = weakref.WeakKeyDict
 def _require_two_values(policy: _Policy, x: Tensor) -> None:
     if _values_per_channel(x) < 2:
         raise ValueError(
-            f"stats_mode {policy.mode!r}: layer {policy.name!r} got input of shape {tuple(x.shape)}, "
-            "i.e. one value per channel, from which no batch variance can be computed. "
+            f"stats_mode {policy.mode!r}: layer {policy.name!r} got input of shape "
+            f"{tuple(x.shape)}, i.e. one value per channel: no batch variance exists. "
             "Use stats_mode 'mix' with a prior (e.g. prior=16), or 'running', or feed batches "
             "with at least 2 samples."
         )
