@@ -1,0 +1,183 @@
+"""Benchmark backbones, each built with a given normalization layer from the zoo.
+
+``small_cnn`` (default, fast on CPU), ``resnet_tiny`` (residual), ``mlp`` (no spatial dims after
+its first pooling, so instance norm does not apply) and any timm model as ``timm:<name>``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import normzoo
+
+BACKBONES = ("small_cnn", "resnet_tiny", "mlp")
+TIMM_PREFIX = "timm:"
+
+
+def has_spatial_dims(backbone: str) -> bool:
+    """Whether the backbone's normalized activations have spatial dims (needed by instance norm)."""
+    return backbone != "mlp"
+
+
+def check_backbone(backbone: str) -> None:
+    """Raise ValueError naming the allowed backbones when ``backbone`` is unknown."""
+    if backbone.startswith(TIMM_PREFIX):
+        import timm
+
+        name = backbone[len(TIMM_PREFIX) :]
+        if not timm.is_model(name):
+            raise ValueError(
+                f"unknown timm model '{name}'; list names with timm.list_models('*{name[:4]}*')"
+            )
+        return
+    if backbone not in BACKBONES:
+        raise ValueError(
+            f"unknown backbone '{backbone}'; allowed: {', '.join(BACKBONES)} or 'timm:<model name>'"
+        )
+
+
+def _conv_block(
+    in_ch: int, out_ch: int, stride: int, norm: str, norm_options: dict
+) -> list[nn.Module]:
+    bias = norm == "none"  # a following norm layer's shift makes a conv bias redundant
+    conv = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=bias)
+    return [conv, normzoo.create(norm, out_ch, **norm_options), nn.ReLU(inplace=True)]
+
+
+class SmallCNN(nn.Module):
+    """Four conv-norm-relu blocks (the last three with stride 2), global average pool, linear."""
+
+    def __init__(
+        self,
+        norm: str,
+        num_classes: int,
+        in_channels: int = 3,
+        norm_options: dict | None = None,
+        widths: tuple[int, ...] = (32, 64, 128, 128),
+    ) -> None:
+        super().__init__()
+        norm_options = norm_options or {}
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for i, width in enumerate(widths):
+            layers += _conv_block(previous, width, 1 if i == 0 else 2, norm, norm_options)
+            previous = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(previous, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (He et al. 2016): two 3x3 conv-norm, identity or 1x1 projection shortcut."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, norm: str, norm_options: dict) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.norm1 = normzoo.create(norm, out_ch, **norm_options)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        self.norm2 = normzoo.create(norm, out_ch, **norm_options)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
+                normzoo.create(norm, out_ch, **norm_options),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.norm1(self.conv1(x)))
+        return torch.relu(self.norm2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetTiny(nn.Module):
+    """A stem conv and one basic block per stage (widths 32-64-128), global average pool, linear."""
+
+    def __init__(
+        self,
+        norm: str,
+        num_classes: int,
+        in_channels: int = 3,
+        norm_options: dict | None = None,
+        widths: tuple[int, ...] = (32, 64, 128),
+    ) -> None:
+        super().__init__()
+        norm_options = norm_options or {}
+        self.stem = nn.Sequential(*_conv_block(in_channels, widths[0], 1, norm, norm_options))
+        blocks = []
+        previous = widths[0]
+        for i, width in enumerate(widths):
+            blocks.append(BasicBlock(previous, width, 1 if i == 0 else 2, norm, norm_options))
+            previous = width
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(previous, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
+class MLP(nn.Module):
+    """Average-pool to 8x8, flatten, two linear-norm-relu layers on (N, C) features, linear."""
+
+    def __init__(
+        self,
+        norm: str,
+        num_classes: int,
+        in_channels: int = 3,
+        norm_options: dict | None = None,
+        width: int = 256,
+    ) -> None:
+        super().__init__()
+        norm_options = norm_options or {}
+        self.pool = nn.AdaptiveAvgPool2d(8)
+        self.body = nn.Sequential(
+            nn.Linear(in_channels * 64, width, bias=False),
+            normzoo.create(norm, width, **norm_options),
+            nn.ReLU(inplace=True),
+            nn.Linear(width, width, bias=False),
+            normzoo.create(norm, width, **norm_options),
+            nn.ReLU(inplace=True),
+        )
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.pool(x).flatten(1)))
+
+
+def build_model(
+    backbone: str,
+    norm: str,
+    num_classes: int,
+    in_channels: int = 3,
+    norm_options: dict | None = None,
+    **backbone_options,
+) -> nn.Module:
+    """Build ``backbone`` with every normalization layer made by ``normzoo.create(norm, C, **opts)``.
+
+    ``timm:<name>`` builds ``timm.create_model(name, pretrained=False,
+    norm_layer=normzoo.norm_layer(norm, **opts))``; nothing is downloaded.
+    """
+    check_backbone(backbone)
+    norm_options = dict(norm_options or {})
+    if backbone.startswith(TIMM_PREFIX):
+        import timm
+
+        return timm.create_model(
+            backbone[len(TIMM_PREFIX) :],
+            pretrained=False,
+            num_classes=num_classes,
+            in_chans=in_channels,
+            norm_layer=normzoo.norm_layer(norm, **norm_options),
+            **backbone_options,
+        )
+    cls = {"small_cnn": SmallCNN, "resnet_tiny": ResNetTiny, "mlp": MLP}[backbone]
+    for key in ("widths",):
+        if key in backbone_options:
+            backbone_options[key] = tuple(backbone_options[key])
+    return cls(norm, num_classes, in_channels, norm_options, **backbone_options)
+
+
+def has_batch_layers(model: nn.Module) -> bool:
+    """Whether any layer normalizes with batch statistics (torch or zoo ``_BatchNorm`` subclasses)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
