@@ -88,11 +88,11 @@ def renorm_limits(
     limits are (1, 0), so r = 1 and d = 0: plain batch normalization. Tensor math keeps the
     schedule free of graph breaks under ``torch.compile``.
     """
-    step = step.to(torch.float32)
+    step = step.to(torch.float64)
     if ramp > 0:
         frac = ((step - warmup) / ramp).clamp(0.0, 1.0)
     else:
-        frac = (step >= warmup).to(torch.float32)
+        frac = (step >= warmup).to(torch.float64)
     return 1.0 + (rmax - 1.0) * frac, dmax * frac
 
 
@@ -125,6 +125,8 @@ def batch_renorm(
     with torch.no_grad():
         x_stats = x if x.dtype in (torch.float32, torch.float64) else x.float()
         var_b, mean_b = torch.var_mean(x_stats, dim=dims, unbiased=False)
+        rmax = torch.as_tensor(rmax, dtype=var_b.dtype, device=var_b.device)
+        dmax = torch.as_tensor(dmax, dtype=var_b.dtype, device=var_b.device)
         sigma = (running_var.to(var_b.dtype) + eps).sqrt()
         r = ((var_b + eps).sqrt() / sigma).clamp(1.0 / rmax, rmax)
         d = ((mean_b - running_mean.to(mean_b.dtype)) / sigma).clamp(-dmax, dmax)

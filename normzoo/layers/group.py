@@ -69,6 +69,12 @@ class GroupNorm(nn.GroupNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         nzf.check_input(x, self.num_channels, type(self).__name__, self._min_dim)
+        if nzf.values_per_channel(x[:1]) * (self.num_channels // self.num_groups) == 1:
+            raise ValueError(
+                f"{type(self).__name__}: each group holds a single value for input shape "
+                f"{tuple(x.shape)}, which normalizes to 0; use larger spatial inputs, fewer "
+                f"groups, or a norm over more values ('layer', 'batch')"
+            )
         return nzf.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 

@@ -1,0 +1,196 @@
+"""Zoo layers inside timm and torchvision models: norm_layer= and convert."""
+
+import copy
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import normzoo
+from normzoo.layers import BatchNorm, BatchRenorm, GroupNorm, InstanceNorm, LayerNorm
+
+ZOO = (BatchNorm, BatchRenorm, GroupNorm, LayerNorm, InstanceNorm)
+EXPECTED = {
+    "batch": BatchNorm,
+    "batch_renorm": BatchRenorm,
+    "group": GroupNorm,
+    "layer": LayerNorm,
+    "instance": InstanceNorm,
+}
+TORCH_NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.GroupNorm,
+    nn.InstanceNorm2d,
+    nn.SyncBatchNorm,
+)
+
+
+def norm_modules(model):
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, (_BatchNorm, nn.GroupNorm))
+        or type(m).__name__.startswith(("BatchNorm", "GroupNorm", "LayerNorm2d"))
+    ]
+
+
+def assert_all_zoo(model, name):
+    norms = norm_modules(model)
+    assert norms, "no norm layers found"
+    for m in norms:
+        assert type(m).__module__.startswith("normzoo."), type(m)
+        assert isinstance(m, EXPECTED[name]), type(m)
+
+
+def opts_for(name):
+    return {"group": {"group_size": 8}}.get(name, {})
+
+
+TIMM_MODELS = ["resnet18", "regnetx_002", "efficientnet_b0", "densenet121"]
+
+
+@pytest.mark.parametrize("arch", TIMM_MODELS)
+@pytest.mark.parametrize("name", ["batch", "group", "batch_renorm"])
+def test_timm_norm_layer(arch, name):
+    model = timm.create_model(
+        arch, pretrained=False, num_classes=3, norm_layer=normzoo.norm_layer(name, **opts_for(name))
+    )
+    assert_all_zoo(model, name)
+    model.train()
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+def test_timm_norm_act_keeps_the_model_activation():
+    ref = timm.create_model("efficientnet_b0", pretrained=False)
+    zoo = timm.create_model(
+        "efficientnet_b0", pretrained=False, norm_layer=normzoo.norm_layer("batch")
+    )
+    ref_acts = [
+        type(getattr(m, "act", nn.Identity())) for m in ref.modules() if isinstance(m, _BatchNorm)
+    ]
+    zoo_acts = [
+        type(getattr(m, "act", nn.Identity())) for m in zoo.modules() if isinstance(m, BatchNorm)
+    ]
+    assert ref_acts == zoo_acts and nn.SiLU in zoo_acts
+    # same state-dict keys as timm's BatchNormAct2d: checkpoints load both ways
+    assert ref.state_dict().keys() == zoo.state_dict().keys()
+    zoo.load_state_dict(ref.state_dict())
+    ref.eval(), zoo.eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(zoo(x), ref(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["batch", "group", "layer", "instance", "batch_renorm"])
+def test_torchvision_resnet(name):
+    model = torchvision.models.resnet18(
+        num_classes=4, norm_layer=normzoo.norm_layer(name, **opts_for(name))
+    )
+    assert_all_zoo(model, name)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 4)
+
+
+def trained_bn(model, steps=3):
+    model.train()
+    with torch.no_grad():
+        for _ in range(steps):
+            model(torch.randn(4, 3, 32, 32) * 2 + 0.5)
+        for m in model.modules():
+            if isinstance(m, _BatchNorm) and m.affine:
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_()
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "arch", ["timm:mobilenetv3_small_050", "timm:resnet18", "tv:resnet18", "timm:efficientnet_b0"]
+)
+@pytest.mark.parametrize("name", ["batch", "batch_renorm"])
+def test_convert_trained_model_to_batch_keeps_eval_output(arch, name):
+    src, model_name = arch.split(":")
+    model = (
+        timm.create_model(model_name, pretrained=False, num_classes=5)
+        if src == "timm"
+        else torchvision.models.resnet18(num_classes=5)
+    )
+    model = trained_bn(model)
+    x = torch.randn(3, 3, 32, 32)
+    expected = model(x)
+    acts_before = [type(getattr(m, "act", nn.Identity())) for m in norm_modules(model)]
+    converted = normzoo.convert(copy.deepcopy(model), name)
+    assert_all_zoo(converted, name)
+    assert [type(getattr(m, "act", nn.Identity())) for m in norm_modules(converted)] == acts_before
+    assert not converted.training
+    torch.testing.assert_close(converted(x), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["group", "layer", "instance"])
+def test_convert_to_batch_independent_keeps_affine(name):
+    model = trained_bn(timm.create_model("resnet18", pretrained=False, num_classes=5))
+    before = [(m.weight.clone(), m.bias.clone()) for m in norm_modules(model)]
+    normzoo.convert(model, name, **opts_for(name))
+    assert_all_zoo(model, name)
+    after = [(m.weight, m.bias) for m in norm_modules(model)]
+    for (w0, b0), (w1, b1) in zip(before, after, strict=True):
+        assert torch.equal(w0, w1) and torch.equal(b0, b1)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5)  # batch of one works
+
+
+def test_convert_torch_layers_of_every_kind():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8, eps=1e-3),
+        nn.GroupNorm(2, 8),
+        nn.InstanceNorm2d(8, affine=True),
+        nn.ReLU(),
+        nn.Flatten(2),
+        nn.BatchNorm1d(8),
+        nn.Linear(28 * 28, 2),
+    )
+    normzoo.convert(model, "group", groups=4)
+    kinds = [type(m) for m in model]
+    assert kinds[1:4] == [GroupNorm] * 3 and kinds[6] is GroupNorm
+    assert model[1].eps == 1e-3 and model[2].num_groups == 4
+    assert isinstance(model[0], nn.Conv2d) and isinstance(model[7], nn.Linear)
+    normzoo.convert(model, "batch")
+    assert all(type(model[i]) is BatchNorm for i in (1, 2, 3, 6))
+
+
+def test_convert_keeps_group_count_when_not_given():
+    model = nn.Sequential(nn.GroupNorm(4, 16))
+    normzoo.convert(model, "group")
+    assert model[0].num_groups == 4
+
+
+def test_convert_leaves_channels_last_layernorm_alone():
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8))
+    normzoo.convert(model, "batch")
+    assert type(model[1]) is nn.LayerNorm
+
+
+def test_convert_timm_layernorm2d_and_norm_act():
+    from timm.layers import BatchNormAct2d, GroupNormAct, LayerNorm2d
+
+    model = nn.Sequential(
+        LayerNorm2d(8),
+        BatchNormAct2d(8, act_layer=nn.GELU, drop_layer=nn.Dropout),
+        GroupNormAct(8, num_groups=2, act_layer=nn.SiLU),
+    )
+    normzoo.convert(model, "layer")
+    assert all(isinstance(m, LayerNorm) for m in model)
+    assert isinstance(model[1].act, nn.GELU) and isinstance(model[1].drop, nn.Dropout)
+    assert isinstance(model[2].act, nn.SiLU)
+    x = torch.randn(2, 8, 4, 4)
+    ref = nn.GroupNorm(1, 8)(x)
+    torch.testing.assert_close(model[1].eval()(x), nn.functional.gelu(ref))
+
+
+def test_convert_single_layer_and_device_dtype():
+    bn = nn.BatchNorm2d(4).double()
+    new = normzoo.convert(bn, "batch_renorm", warmup=10)
+    assert isinstance(new, BatchRenorm) and new.weight.dtype == torch.float64 and new.warmup == 10
