@@ -1,0 +1,106 @@
+"""Hypothesis properties over shapes, options and dtypes for every layer."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import normzoo
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def layer_and_input(draw):
+    name = draw(st.sampled_from([n for n in normzoo.available() if n != "none"]))
+    channels = draw(st.sampled_from([1, 2, 3, 4, 6, 8, 12]))
+    rank = draw(st.integers(3 if name == "instance" else 2, 5))
+    batch = draw(st.integers(2, 5))
+    spatial = [draw(st.integers(2 if name == "instance" else 1, 4)) for _ in range(rank - 2)]
+    opts = {"eps": draw(st.sampled_from([1e-5, 1e-3, 0.1])), "affine": draw(st.booleans())}
+    if name == "group":
+        divisors = [d for d in range(1, channels + 1) if channels % d == 0]
+        opts["groups"] = draw(st.sampled_from(divisors))
+    if not normzoo.is_batch_dependent(name):
+        groups = {"layer": 1, "instance": channels}.get(name, opts.get("groups", 1))
+        # a group holding a single value normalizes to 0 and is rejected (tested elsewhere)
+        assume((channels // groups) * math.prod(spatial) > 1)
+    if normzoo.is_batch_dependent(name):
+        opts["momentum"] = draw(st.sampled_from([None, 0.01, 0.1, 1.0]))
+    if name == "batch_renorm":
+        opts.update(rmax=draw(st.floats(1.0, 5.0)), dmax=draw(st.floats(0.0, 5.0)))
+    scale = draw(st.sampled_from([1e-3, 1.0, 100.0]))
+    offset = draw(st.sampled_from([0.0, -5.0, 1e3]))
+    return name, channels, opts, (batch, channels, *spatial), scale, offset
+
+
+@SETTINGS
+@given(case=layer_and_input(), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_shape_dtype_finite_and_normalized(case, dtype):
+    name, channels, opts, shape, scale, offset = case
+    layer = normzoo.create(name, channels, dtype=dtype, **opts)
+    x = torch.randn(shape, dtype=dtype) * scale + offset
+    y = layer(x)
+    assert y.shape == x.shape and y.dtype == dtype and torch.isfinite(y).all()
+    if name in ("batch",) and not opts["affine"]:
+        # training output: zero mean and (biased) variance var / (var + eps) per channel
+        dims = [0, *range(2, x.dim())]
+        var = x.double().var(dims, unbiased=False)
+        mean_y = y.double().mean(dims)
+        var_y = y.double().var(dims, unbiased=False)
+        tol = 1e-3 if dtype == torch.float32 else 1e-8
+        torch.testing.assert_close(
+            mean_y, torch.zeros_like(mean_y), atol=tol * (1 + abs(offset) / scale / 1e3), rtol=0
+        )
+        torch.testing.assert_close(var_y, var / (var + opts["eps"]), atol=tol * 10, rtol=1e-3)
+    layer.eval()
+    y_eval = layer(x[:1])  # eval works on a batch of one for every norm
+    assert y_eval.shape == x[:1].shape and torch.isfinite(y_eval).all()
+
+
+@SETTINGS
+@given(case=layer_and_input())
+def test_batch_independent_norms_ignore_other_samples(case):
+    name, channels, opts, shape, scale, offset = case
+    if normzoo.is_batch_dependent(name):
+        return
+    layer = normzoo.create(name, channels, **opts)
+    x = torch.randn(shape) * scale + offset
+    other = torch.randn(shape) * 100
+    mixed = torch.cat([x[:1], other[1:]])
+    torch.testing.assert_close(layer(mixed)[:1], layer(x)[:1])
+
+
+@SETTINGS
+@given(case=layer_and_input())
+def test_matches_torch_reference(case):
+    name, channels, opts, shape, scale, offset = case
+    x = torch.randn(shape, dtype=torch.float64) * scale + offset
+    layer = normzoo.create(name, channels, dtype=torch.float64, **opts)
+    if name in ("batch", "batch_renorm"):
+        if name == "batch_renorm":
+            return  # covered step by step against Algorithm 1 in test_renorm.py
+        ref = nn.BatchNorm3d(channels, opts["eps"], opts["momentum"], opts["affine"]).double()
+        # BatchNorm3d accepts only 5-d input: fold the extra dims in, same statistics
+        xr = x.reshape(shape[0], channels, -1, 1, 1)
+        torch.testing.assert_close(layer(x), ref(xr).reshape(shape))
+        torch.testing.assert_close(layer.running_var, ref.running_var)
+        return
+    groups = {"layer": 1, "instance": channels}.get(name, opts.get("groups"))
+    ref = nn.GroupNorm(groups, channels, opts["eps"], opts["affine"]).double()
+    torch.testing.assert_close(layer(x), ref(x))
+
+
+@pytest.mark.parametrize("name", ["batch", "batch_renorm", "group", "layer", "instance"])
+def test_bfloat16_training_step(name):
+    layer = normzoo.create(
+        name, 8, dtype=torch.bfloat16, **({"groups": 4} if name == "group" else {})
+    )
+    x = torch.randn(4, 8, 5, 5, dtype=torch.bfloat16, requires_grad=True)
+    y = layer(x)
+    y.float().square().mean().backward()
+    assert y.dtype == torch.bfloat16 and torch.isfinite(x.grad.float()).all()
+    assert layer.weight.grad.dtype == torch.bfloat16
