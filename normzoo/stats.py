@@ -92,6 +92,16 @@ def bootstrap_mean_ci(
     )
 
 
+def t_half_width(
+    sd: np.ndarray | float, n: np.ndarray | int, confidence_level: float = 0.95
+) -> np.ndarray:
+    """Student-t half-width of a mean: t_{(1+c)/2, n-1} * sd / sqrt(n) (NaN if n < 2)."""
+    sd, n = np.asarray(sd, dtype=float), np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = sps.t.ppf((1 + confidence_level) / 2, n - 1) * sd / np.sqrt(n)
+    return np.where(n >= 2, half, np.nan)
+
+
 def mean_confidence_interval(
     values: Sequence[float] | np.ndarray, confidence_level: float = 0.95
 ) -> tuple[float, float, float]:
@@ -100,11 +110,9 @@ def mean_confidence_interval(
     if array.size == 0:
         return float("nan"), float("nan"), float("nan")
     mean = float(array.mean())
-    if array.size < 2:
-        return mean, float("nan"), float("nan")
-    half = sps.t.ppf((1 + confidence_level) / 2, array.size - 1) * array.std(ddof=1)
-    half /= np.sqrt(array.size)
-    return mean, mean - float(half), mean + float(half)
+    sd = array.std(ddof=1) if array.size > 1 else np.nan
+    half = float(t_half_width(sd, array.size, confidence_level))
+    return mean, mean - half, mean + half
 
 
 def cohens_dz(differences: Sequence[float] | np.ndarray) -> float:
