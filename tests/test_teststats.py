@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from timm.layers import BatchNormAct2d
@@ -410,3 +412,14 @@ def test_recompute_errors():
         recompute_stats(
             nn.Sequential(nn.BatchNorm1d(3, track_running_stats=False)), torch.ones(4, 3)
         )
+
+
+def test_timm_batchnorm_act_drop_still_runs_in_training():
+    layer = BatchNormAct2d(3, act_layer=nn.ReLU, drop_layer=partial(nn.Dropout, 0.5)).train()
+    x = torch.randn(8, 3, 4, 4)
+    with torch.no_grad(), stats_mode(layer, "running"):
+        out = layer(x)
+    kept = torch.relu(normalize(x, layer.running_mean, layer.running_var, layer)) * 2
+    dropped = (out == 0) & (kept > 0)
+    assert dropped.any() and layer.drop.training
+    torch.testing.assert_close(out[~dropped], kept[~dropped])
