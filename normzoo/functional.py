@@ -13,6 +13,7 @@ from torch import Tensor
 
 __all__ = [
     "batch_norm",
+    "batch_stats",
     "batch_renorm",
     "check_input",
     "group_norm",
@@ -116,19 +117,18 @@ def batch_renorm(
     the running statistics from *before* this step's update. The running statistics are then
     updated exactly like batch norm (EMA of the mean and of the unbiased variance).
 
-    Implementation: r and d fold into the affine transform, ``weight' = weight * r`` and
+    Implementation: the batch statistics for r and d come from torch's batch-norm statistics
+    kernel; r and d then fold into the affine transform, ``weight' = weight * r`` and
     ``bias' = weight * d + bias``, so torch's fused batch-norm kernel computes the normalization,
     its exact gradient (r, d held constant) and the running-stat update in one call.
     """
     _check_batch_stats(x, "batch renorm")
-    dims = [0, *range(2, x.dim())]
     with torch.no_grad():
-        x_stats = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        var_b, mean_b = torch.var_mean(x_stats, dim=dims, unbiased=False)
-        rmax = torch.as_tensor(rmax, dtype=var_b.dtype, device=var_b.device)
-        dmax = torch.as_tensor(dmax, dtype=var_b.dtype, device=var_b.device)
-        sigma = (running_var.to(var_b.dtype) + eps).sqrt()
-        r = ((var_b + eps).sqrt() / sigma).clamp(1.0 / rmax, rmax)
+        mean_b, invstd_b = batch_stats(x, eps)
+        rmax = torch.as_tensor(rmax, dtype=mean_b.dtype, device=mean_b.device)
+        dmax = torch.as_tensor(dmax, dtype=mean_b.dtype, device=mean_b.device)
+        sigma = (running_var.to(mean_b.dtype) + eps).sqrt()
+        r = (1.0 / (invstd_b * sigma)).clamp(1.0 / rmax, rmax)
         d = ((mean_b - running_mean.to(mean_b.dtype)) / sigma).clamp(-dmax, dmax)
         param_dtype = weight.dtype if weight is not None else running_mean.dtype
         r, d = r.to(param_dtype), d.to(param_dtype)
@@ -138,6 +138,19 @@ def batch_renorm(
         scale = weight * r
         shift = weight * d if bias is None else torch.addcmul(bias, weight, d)
     return F.batch_norm(x, running_mean, running_var, scale, shift, True, momentum, eps)
+
+
+def batch_stats(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Per-channel batch mean and ``1 / sqrt(biased var + eps)`` from torch's batch-norm kernels.
+
+    These kernels are numerically stable (Welford) and several times faster on CPU than
+    ``torch.var_mean`` over (N, *); no gradient flows through the result.
+    """
+    with torch.no_grad():
+        if x.is_cuda:
+            return torch.batch_norm_stats(x, eps)
+        _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
+        return mean, invstd
 
 
 def group_norm(
