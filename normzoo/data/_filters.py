@@ -1,0 +1,180 @@
+"""Batched image operations in torch that the corruptions are built from.
+
+Each one re-implements the behaviour of the library call used by Hendrycks & Dietterich's
+``make_cifar_c.py`` (scipy/skimage/cv2/PIL/ImageMagick), with the same border handling:
+``replicate`` (skimage/scipy "nearest", ImageMagick "edge"), ``reflect101`` (cv2 default,
+torch "reflect") and ``symmetric`` (scipy "reflect").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def border_index(index: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Map integer indices outside ``[0, size)`` into it by the named border rule."""
+    if mode == "replicate" or size == 1:
+        return index.clamp(0, size - 1)
+    if mode == "reflect101":
+        period = 2 * (size - 1)
+        index = index.remainder(period)
+        return torch.where(index >= size, period - index, index)
+    if mode == "symmetric":
+        period = 2 * size
+        index = index.remainder(period)
+        return torch.where(index >= size, period - 1 - index, index)
+    raise ValueError(f"border mode {mode!r} unknown; use replicate, reflect101 or symmetric")
+
+
+def pad(x: torch.Tensor, pad_h: int, pad_w: int, mode: str) -> torch.Tensor:
+    """Pad the last two dims of ``x`` by the named border rule (any pad width)."""
+    h, w = x.shape[-2:]
+    rows = border_index(torch.arange(-pad_h, h + pad_h), h, mode)
+    cols = border_index(torch.arange(-pad_w, w + pad_w), w, mode)
+    return x[..., rows[:, None], cols[None, :]]
+
+
+def gaussian_kernel1d(sigma: float, truncate: float) -> torch.Tensor:
+    """scipy.ndimage's sampled Gaussian: radius ``int(truncate * sigma + 0.5)``, sum 1."""
+    radius = int(truncate * sigma + 0.5)
+    if sigma <= 0 or radius == 0:
+        return torch.ones(1)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    return (kernel / kernel.sum()).float()
+
+
+def filter2d(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
+    """Correlate every channel of (N, C, H, W) with a 2-D ``kernel``, borders by ``mode``."""
+    n, c, h, w = x.shape
+    kh, kw = kernel.shape
+    padded = pad(x.reshape(n * c, 1, h, w), kh // 2, kw // 2, mode)
+    return F.conv2d(padded, kernel[None, None].to(x.dtype)).reshape(n, c, h, w)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0, mode: str = "replicate"):
+    """Separable Gaussian blur (scipy.ndimage.gaussian_filter; skimage default border)."""
+    kernel = gaussian_kernel1d(sigma, truncate)
+    if kernel.numel() == 1:
+        return x.clone()
+    x = filter2d(x, kernel[None, :], mode)
+    return filter2d(x, kernel[:, None], mode)
+
+
+def bilinear_sample(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, mode: str):
+    """Sample (N, C, H, W) at float coordinates (N, H', W') with bilinear weights."""
+    n, c, h, w = x.shape
+    r0, c0 = rows.floor(), cols.floor()
+    fr, fc = (rows - r0)[:, None], (cols - c0)[:, None]
+    r0, c0 = r0.long(), c0.long()
+    flat = x.reshape(n, c, h * w)
+    out = 0
+    for dr, wr in ((0, 1 - fr), (1, fr)):
+        for dc, wc in ((0, 1 - fc), (1, fc)):
+            idx = border_index(r0 + dr, h, mode) * w + border_index(c0 + dc, w, mode)
+            idx = idx.reshape(n, 1, -1).expand(n, c, -1)
+            out = out + flat.gather(2, idx).reshape(n, c, *rows.shape[1:]) * wr * wc
+    return out
+
+
+def clipped_zoom_matrix(size: int, zoom: float) -> torch.Tensor:
+    """(size, size) matrix of ``clipped_zoom``: centre crop, scipy.ndimage.zoom order 1, trim.
+
+    scipy's zoom maps output index o to input o * (in - 1) / (out - 1) with out = round(in * z).
+    """
+    crop = int(math.ceil(size / zoom))
+    top = (size - crop) // 2
+    out = int(round(crop * zoom))
+    trim = (out - size) // 2
+    o = torch.arange(trim, trim + size, dtype=torch.float64)
+    src = o * (crop - 1) / max(out - 1, 1)
+    lo = src.floor().clamp(max=crop - 1)
+    frac = src - lo
+    hi = (lo + 1).clamp(max=crop - 1)
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    rows = torch.arange(size)
+    matrix.index_put_((rows, top + lo.long()), 1 - frac, accumulate=True)
+    matrix.index_put_((rows, top + hi.long()), frac, accumulate=True)
+    return matrix.float()
+
+
+def clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
+    """Zoom (N, C, H, W) by ``zoom`` about the centre, keeping the size (make_cifar_c's helper)."""
+    rows = clipped_zoom_matrix(x.shape[-2], zoom)
+    cols = clipped_zoom_matrix(x.shape[-1], zoom)
+    return torch.einsum("ih,nchw,jw->ncij", rows, x, cols)
+
+
+def pil_box_matrix(in_size: int, out_size: int) -> torch.Tensor:
+    """(out, in) matrix of PIL's ``Image.resize(..., BOX)`` along one axis (Pillow Resample.c)."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 0.5 * filterscale
+    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
+    for i in range(out_size):
+        centre = (i + 0.5) * scale
+        lo = max(int(centre - support + 0.5), 0)
+        hi = min(int(centre + support + 0.5), in_size)
+        for j in range(lo, hi):
+            t = (j - centre + 0.5) / filterscale
+            matrix[i, j] = 1.0 if -0.5 < t <= 0.5 else 0.0
+        matrix[i] /= matrix[i].sum()
+    return matrix.float()
+
+
+def motion_blur(x: torch.Tensor, radius: float, sigma: float, angles: torch.Tensor):
+    """ImageMagick's one-sided motion blur (MotionBlurImage), one angle (degrees) per image.
+
+    Kernel of width ``2*ceil(radius)+1`` with weights ``exp(-i^2 / (2 sigma^2))`` (normalized);
+    tap i reads the pixel at offset ``round(i * (cos a, sin a))``; edge pixels are replicated.
+    """
+    n, c, h, w = x.shape
+    width = 2 * math.ceil(radius) + 1
+    taps = torch.arange(width, dtype=torch.float64)
+    weights = torch.exp(-(taps**2) / (2 * sigma * sigma))
+    weights = (weights / weights.sum()).float()
+    rad = torch.deg2rad(angles.double())
+    rows = torch.arange(h)[None, :, None]
+    cols = torch.arange(w)[None, None, :]
+    flat = x.reshape(n, c, h * w)
+    out = torch.zeros_like(flat)
+    for i in range(width):
+        if weights[i] < 1e-6:
+            break
+        off_c = torch.floor(i * torch.cos(rad) + 0.5).long()[:, None, None]
+        off_r = torch.floor(i * torch.sin(rad) + 0.5).long()[:, None, None]
+        idx = (rows + off_r).clamp(0, h - 1) * w + (cols + off_c).clamp(0, w - 1)
+        out += weights[i] * flat.gather(2, idx.reshape(n, 1, h * w).expand(n, c, -1))
+    return out.reshape(n, c, h, w)
+
+
+def plasma_fractal(n: int, mapsize: int, wibbledecay: float, g: torch.Generator) -> torch.Tensor:
+    """Diamond-square height maps (N, mapsize, mapsize) in [0, 1], as make_cifar_c's fog uses."""
+    if mapsize & (mapsize - 1):
+        raise ValueError(f"mapsize={mapsize} must be a power of two")
+    maps = torch.zeros(n, mapsize, mapsize, dtype=torch.float64)
+    step, wibble = mapsize, 100.0
+
+    def wibbled_mean(total: torch.Tensor) -> torch.Tensor:
+        noise = (torch.rand(total.shape, generator=g, dtype=torch.float64) * 2 - 1) * wibble
+        return total / 4 + wibble * noise
+
+    while step >= 2:
+        half = step // 2
+        corners = maps[:, 0::step, 0::step]
+        squares = corners + torch.roll(corners, -1, dims=1)
+        squares = squares + torch.roll(squares, -1, dims=2)
+        maps[:, half::step, half::step] = wibbled_mean(squares)
+        centres = maps[:, half::step, half::step]
+        corners = maps[:, 0::step, 0::step]
+        left = centres + torch.roll(centres, 1, dims=1) + corners + torch.roll(corners, -1, dims=2)
+        maps[:, 0::step, half::step] = wibbled_mean(left)
+        top = centres + torch.roll(centres, 1, dims=2) + corners + torch.roll(corners, -1, dims=1)
+        maps[:, half::step, 0::step] = wibbled_mean(top)
+        step //= 2
+        wibble /= wibbledecay
+    maps -= maps.amin(dim=(1, 2), keepdim=True)
+    return (maps / maps.amax(dim=(1, 2), keepdim=True)).float()

@@ -1,0 +1,251 @@
+"""``NormzooDataModule``: one set of arguments -> train/val/test loaders for any dataset.
+
+Images stay uint8 in memory and become normalized float32 per batch (the dataset indexes a whole
+batch at once, so there is no per-sample collate). Every random choice (validation split, train
+order, test corruption, test batch composition) comes from generators seeded by ``seed``, so runs
+of different norms with the same seed see the same data in the same order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
+
+from normzoo.data.corruptions import CORRUPTIONS, corrupt
+from normzoo.data.datasets import DATASETS, ImageSplits, load
+from normzoo.data.shifts import (
+    IGNORE_INDEX,
+    LabelSkewedBatchSampler,
+    corrupt_mixed,
+    inject_outliers,
+    outlier_positions,
+)
+
+TRAIN_COMPOSITIONS = ("iid", "label_skew")
+TEST_COMPOSITIONS = ("iid", "label_skew", "outliers", "mixed_corruption")
+
+
+class _Batches(Dataset):
+    """Item ``indices`` (a list from a batch sampler) -> one normalized float32 batch ``(x, y)``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std) -> None:
+        self.images, self.labels = images, labels
+        shape = (1, len(mean), 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(shape)
+        self.std = torch.tensor(std, dtype=torch.float32).reshape(shape)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        x = self.images[index]
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        return (x - self.mean) / self.std, self.labels[index].clone()
+
+
+class _FixedBatches(Dataset):
+    """Precomputed index batches over a float tensor; optional outliers injected per batch."""
+
+    def __init__(self, data: _Batches, batches: list[list[int]], outliers: int, seed: int) -> None:
+        self.data, self.batches, self.outliers, self.seed = data, batches, outliers, seed
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.data[self.batches[b]]
+        k = min(self.outliers, len(y) - 1)  # a short last batch keeps at least one real sample
+        if k > 0:
+            batch_seed = self.seed * 1_000_003 + b
+            x = inject_outliers(x, y, k, batch_seed)
+            y[outlier_positions(len(y), k, batch_seed)] = IGNORE_INDEX
+        return x, y
+
+
+class NormzooDataModule(pl.LightningDataModule):
+    """Train/val/test loaders of one dataset, with train and test batch-composition shifts.
+
+    Args:
+        dataset: one of ``DATASETS``; ``root`` is where real datasets live on disk.
+        train_batch_size: training batch size (the last partial train batch is dropped).
+        train_composition: ``"iid"`` (shuffled) or ``"label_skew"`` (``LabelSkewedBatchSampler``
+            with ``train_alpha``; Dirichlet class mix per batch, 0 = one class per batch).
+        val_fraction: share of the train images held out for validation (split by ``seed``).
+        seed: fixes the split, the train order and nothing else.
+        dataset_options: passed to ``normzoo.data.load`` (e.g. synthetic ``train_size``).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "synthetic",
+        root: str | os.PathLike | None = None,
+        train_batch_size: int = 32,
+        train_composition: str = "iid",
+        train_alpha: float = 1.0,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        num_workers: int = 0,
+        dataset_options: dict | None = None,
+        val_batch_size: int = 256,
+    ) -> None:
+        super().__init__()
+        if dataset.lower().replace("-", "").replace("_", "") not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; known datasets are {DATASETS}")
+        if train_composition not in TRAIN_COMPOSITIONS:
+            raise ValueError(
+                f"train_composition={train_composition!r} not allowed; use {TRAIN_COMPOSITIONS}"
+            )
+        if not isinstance(train_batch_size, int) or train_batch_size < 1:
+            raise ValueError(f"train_batch_size={train_batch_size!r}; pass a positive int")
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction={val_fraction!r} not allowed; use 0 <= f < 1")
+        if train_composition == "label_skew" and not train_alpha >= 0:
+            raise ValueError(f"train_alpha={train_alpha!r} not allowed; use alpha >= 0")
+        self.dataset, self.root = dataset, root
+        self.train_batch_size, self.val_batch_size = train_batch_size, val_batch_size
+        self.train_composition, self.train_alpha = train_composition, train_alpha
+        self.val_fraction, self.seed, self.num_workers = val_fraction, seed, num_workers
+        self.dataset_options = dict(dataset_options or {})
+        self.splits: ImageSplits | None = None
+        self._clean_test: torch.Tensor | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the dataset once and split validation off the train images by ``seed``."""
+        if self.splits is not None:
+            return
+        self.splits = load(self.dataset, self.root, **self.dataset_options)
+        n = len(self.splits.train_labels)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        n_val = int(round(self.val_fraction * n))
+        self.val_index, self.train_index = order[:n_val].sort().values, order[n_val:].sort().values
+        if len(self.train_index) < self.train_batch_size:
+            raise ValueError(
+                f"train_batch_size={self.train_batch_size} exceeds the {len(self.train_index)} "
+                "training images; use a smaller batch or a larger dataset"
+            )
+
+    def _splits(self) -> ImageSplits:
+        self.setup()
+        return self.splits
+
+    @property
+    def num_classes(self) -> int:
+        return self._splits().num_classes
+
+    @property
+    def in_channels(self) -> int:
+        return int(self._splits().train_images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self._splits().train_images.shape[-1])
+
+    def _loader(self, data: Dataset, sampler: Sampler | None) -> DataLoader:
+        return DataLoader(
+            data,
+            batch_size=None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (or label-skewed) train batches; order depends only on ``seed``."""
+        s = self._splits()
+        data = _Batches(
+            s.train_images[self.train_index], s.train_labels[self.train_index], s.mean, s.std
+        )
+        if self.train_composition == "label_skew":
+            sampler = LabelSkewedBatchSampler(
+                data.labels, self.train_batch_size, self.train_alpha, self.seed, drop_last=True
+            )
+        else:
+            generator = torch.Generator().manual_seed(self.seed)
+            sampler = BatchSampler(
+                RandomSampler(range(len(data)), generator=generator),
+                self.train_batch_size,
+                drop_last=True,
+            )
+        return self._loader(data, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        """Sequential batches of the held-out validation images."""
+        s = self._splits()
+        data = _Batches(
+            s.train_images[self.val_index], s.train_labels[self.val_index], s.mean, s.std
+        )
+        return self._loader(data, BatchSampler(range(len(data)), self.val_batch_size, False))
+
+    def test_dataloader(self) -> DataLoader:
+        """Clean i.i.d. test batches of ``val_batch_size`` (Lightning's ``trainer.test`` hook)."""
+        return self.test_loader(self.val_batch_size)
+
+    def test_loader(
+        self,
+        batch_size: int,
+        corruption: str = "none",
+        severity: int = 0,
+        composition: str = "iid",
+        alpha: float | None = None,
+        outliers: int = 0,
+        seed: int = 0,
+    ) -> DataLoader:
+        """Test batches under a corruption and a batch composition; every test image once.
+
+        The corruption is applied to the whole test set once per call (by ``seed``), then images
+        are normalized with the train statistics. Compositions: ``"iid"`` sequential batches
+        (the last, partial one kept); ``"label_skew"`` Dirichlet(``alpha``) class mix per batch;
+        ``"outliers"`` sequential batches with ``outliers`` samples per batch replaced by far-OOD
+        noise and labelled ``IGNORE_INDEX`` (-100); ``"mixed_corruption"`` every sample of a
+        batch under a different corruption at ``severity`` (``corruption`` "none" or "mixed").
+        """
+        self._check_test_args(batch_size, corruption, severity, composition, alpha, outliers)
+        s = self._splits()
+        if self._clean_test is None:
+            self._clean_test = s.test_images.float() / 255
+        if composition == "mixed_corruption":
+            images = corrupt_mixed(self._clean_test, severity, seed)
+        else:
+            images = corrupt(self._clean_test, corruption, severity, seed)
+        data = _Batches(images, s.test_labels, s.mean, s.std)
+        n = len(s.test_labels)
+        if composition == "label_skew":
+            batches = list(LabelSkewedBatchSampler(s.test_labels, batch_size, alpha, seed))
+        else:
+            batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+        return self._loader(_FixedBatches(data, batches, outliers, seed), None)
+
+    @staticmethod
+    def _check_test_args(batch_size, corruption, severity, composition, alpha, outliers) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} not allowed; pass a positive int")
+        if composition not in TEST_COMPOSITIONS:
+            raise ValueError(f"composition={composition!r} unknown; use one of {TEST_COMPOSITIONS}")
+        if composition == "mixed_corruption":
+            if corruption not in ("none", "mixed") or severity not in (1, 2, 3, 4, 5):
+                raise ValueError(
+                    "composition='mixed_corruption' picks the corruptions itself: pass "
+                    f"corruption='mixed' (got {corruption!r}) and severity 1..5 (got {severity!r})"
+                )
+        elif corruption != "none" and corruption not in CORRUPTIONS:
+            raise ValueError(
+                f"unknown corruption {corruption!r}; use 'none' or one of {CORRUPTIONS}"
+            )
+        if composition == "label_skew" and (alpha is None or not alpha >= 0):
+            raise ValueError(f"composition='label_skew' needs alpha >= 0, got alpha={alpha!r}")
+        if composition == "outliers":
+            if not isinstance(outliers, int) or not 1 <= outliers < batch_size:
+                raise ValueError(
+                    f"outliers={outliers!r} not allowed with batch_size={batch_size}; "
+                    f"use 1 <= outliers < batch_size (so a batch keeps real samples)"
+                )
+        elif outliers:
+            raise ValueError(
+                f"outliers={outliers} needs composition='outliers', got {composition!r}"
+            )
