@@ -170,13 +170,13 @@ def headline_table(evaluations: pd.DataFrame) -> pd.DataFrame:
         ]
         columns[name] = pd.Series(columns[name], index=summary.index)
     table = pd.DataFrame(columns)
-    seeds = ev.groupby(index)["run_key"].nunique().rename("seeds")
+    seeds = ev.groupby(index)["seed"].nunique().rename("seeds")
     return table.join(seeds).fillna("–")
 
 
 def _curve_frame(summary: pd.DataFrame, panel: list[str], line: str, x: str) -> pd.DataFrame:
     frame = summary.copy()
-    frame["panel"] = frame[panel].astype(str).agg(", ".join, axis=1) if panel else "all"
+    frame["panel"] = frame[panel].astype(str).agg(", ".join, axis=1) if panel else ""
     return frame.rename(columns={line: "line", x: "x"})[list(plots.CURVE_COLUMNS)]
 
 
@@ -318,7 +318,8 @@ def _method_section(alpha: float, reference: str) -> list[str]:
         "- Mean difference with a 95% percentile-bootstrap CI (2000 resamples, fixed seed); "
         "effect size Cohen's d_z; probability of improvement P(A > B) with ties 1/2.",
         f"- Robustness check: exact {stats.ROBUSTNESS_TEST} (Holm-adjusted) when it can reach "
-        f"alpha (>= 6 non-zero pairs at 0.05); otherwise reported as `underpowered`.",
+        f"alpha (>= 6 non-zero pairs at 0.05; normal approximation when |differences| tie); "
+        "otherwise reported as `underpowered`, never as `not significant`.",
         f"- Fewer than {stats.MIN_SEEDS} finished seeds: `insufficient data`, no claim.",
         "",
     ]
@@ -402,7 +403,8 @@ def _significance_sections(
             "each norm with running statistics (or its only mode) "
             f"({dropped} incomplete blocks left out); per block, norms are ranked by mean "
             f"accuracy over seeds (1 = best, ties averaged). {result.test}: "
-            f"chi2 = {result.chi2:.2f}, F = {result.f_statistic:.2f}, p = {result.pvalue:.3g} "
+            f"chi2 = {result.chi2:.2f}, F = {result.f_statistic:.2f}, "
+            f"p {plots.format_p(result.pvalue)} "
             f"-> {result.verdict}; Nemenyi CD = {result.critical_difference:.2f} at alpha = "
             f"{alpha}. Blocks share trained models and are not independent data sets, so read "
             "this p-value as descriptive.",

@@ -41,15 +41,28 @@ def compare_conditions(
     wide = ev.pivot_table(
         index=[*group_keys, pair_by], columns=pair_column, values="accuracy", aggfunc="mean"
     )
-    rows = []
-    for key, block in wide.groupby(level=list(range(len(group_keys))), sort=True):
-        block = block.dropna(axis=1, how="all")
-        if block.shape[1] < 2 or (reference is not None and reference not in block.columns):
+    values, names = wide.to_numpy(dtype=float), [str(c) for c in wide.columns]
+    group_index = wide.index.droplevel(pair_by)
+    codes, uniques = pd.factorize(group_index)
+    order = np.argsort(codes, kind="stable")
+    boundaries = np.flatnonzero(np.diff(codes[order])) + 1
+    keys, families = [], []
+    for members in np.split(order, boundaries):
+        block = values[members]
+        present = [j for j in range(len(names)) if not np.isnan(block[:, j]).all()]
+        if len(present) < 2 or (
+            reference is not None and reference not in [names[j] for j in present]
+        ):
             continue
-        scores = {str(c): block[c].to_numpy() for c in block.columns}
-        key = key if isinstance(key, tuple) else (key,)
-        for result in stats.compare_family(scores, reference, alpha, n_resamples=n_resamples):
-            rows.append({**dict(zip(group_keys, key, strict=True)), **asdict(result)})
+        families.append({names[j]: block[:, j] for j in present})
+        key = group_index[members[0]]
+        keys.append(dict(zip(group_keys, key if isinstance(key, tuple) else (key,), strict=True)))
+    results = stats.compare_families(families, reference, alpha, n_resamples=n_resamples)
+    rows = [
+        {**key, **asdict(result)}
+        for key, family in zip(keys, results, strict=True)
+        for result in family
+    ]
     return pd.DataFrame(rows)
 
 

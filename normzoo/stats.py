@@ -115,18 +115,37 @@ def mean_confidence_interval(
     return mean, mean - half, mean + half
 
 
+def _constant_rows(rows: np.ndarray) -> np.ndarray:
+    return np.array([_is_constant(row) for row in rows], dtype=bool)
+
+
+def _cohens_dz_rows(d: np.ndarray) -> np.ndarray:
+    mean = d.mean(axis=-1)
+    constant = _constant_rows(d)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dz = mean / d.std(axis=-1, ddof=1)
+    limit = np.where(np.abs(mean) <= 1e-12, 0.0, np.copysign(np.inf, mean))
+    return np.where(constant, limit, dz)
+
+
+def _t_test_rows(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    constant = _constant_rows(d)
+    mean = d.mean(axis=-1)
+    t = np.where(np.abs(mean) <= 1e-12, 0.0, np.copysign(np.inf, mean))
+    p = np.where(np.abs(mean) <= 1e-12, 1.0, 0.0)
+    if not constant.all():
+        result = sps.ttest_rel(d[~constant], np.zeros_like(d[~constant]), axis=-1)
+        t[~constant], p[~constant] = result.statistic, result.pvalue
+    return t, p
+
+
 def cohens_dz(differences: Sequence[float] | np.ndarray) -> float:
     """Cohen's d_z = mean(d) / sd(d, ddof=1) for paired differences (Cohen 1988; Lakens 2013).
 
     Zero spread gives 0 when the mean is 0 and +-inf otherwise; n < 2 gives NaN.
     """
     d = _as_1d(differences, "differences")
-    if d.size < 2:
-        return float("nan")
-    mean, sd = float(d.mean()), float(d.std(ddof=1))
-    if _is_constant(d):
-        return 0.0 if abs(mean) <= 1e-12 else float(np.copysign(np.inf, mean))
-    return mean / sd
+    return float(_cohens_dz_rows(d[None])[0]) if d.size >= 2 else float("nan")
 
 
 def paired_t_test(differences: Sequence[float] | np.ndarray) -> tuple[float, float]:
@@ -138,13 +157,8 @@ def paired_t_test(differences: Sequence[float] | np.ndarray) -> tuple[float, flo
     d = _as_1d(differences, "differences")
     if d.size < 2:
         return float("nan"), float("nan")
-    if _is_constant(d):
-        mean = float(d.mean())
-        if abs(mean) <= 1e-12:
-            return 0.0, 1.0
-        return float(np.copysign(np.inf, mean)), 0.0
-    result = sps.ttest_rel(d, np.zeros_like(d))
-    return float(result.statistic), float(result.pvalue)
+    t, p = _t_test_rows(d[None])
+    return float(t[0]), float(p[0])
 
 
 def wilcoxon_min_pvalue(n: int) -> float:
@@ -177,6 +191,22 @@ def wilcoxon_test(differences: Sequence[float] | np.ndarray, alpha: float = 0.05
     return WilcoxonResult(
         float(result.statistic), float(result.pvalue), int(nonzero.size), method, False
     )
+
+
+def _wilcoxon_rows(d: np.ndarray, alpha: float) -> list[WilcoxonResult]:
+    """:func:`wilcoxon_test` per row; rows without zeros or tied |d| share one exact scipy call."""
+    results: list[WilcoxonResult | None] = [None] * d.shape[0]
+    rounded = np.round(np.abs(d), 12)
+    simple = (rounded > 0).all(axis=-1) & np.array(
+        [np.unique(row).size == row.size for row in rounded], dtype=bool
+    )
+    if wilcoxon_min_pvalue(d.shape[1]) <= alpha and simple.sum() > 1:
+        batch = sps.wilcoxon(d[simple], method="exact", axis=-1)
+        for i, stat, p in zip(np.flatnonzero(simple), batch.statistic, batch.pvalue, strict=True):
+            results[i] = WilcoxonResult(float(stat), float(p), d.shape[1], "exact", False)
+    return [
+        r if r is not None else wilcoxon_test(row, alpha) for r, row in zip(results, d, strict=True)
+    ]
 
 
 def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -301,6 +331,92 @@ def _verdict(n: int, p: float, alpha: float) -> str:
     return SIGNIFICANT if p < alpha else NOT_SIGNIFICANT
 
 
+def _paired_rows(
+    a: np.ndarray,
+    b: np.ndarray,
+    names: list[tuple[str, str]],
+    alpha: float,
+    confidence_level: float,
+    n_resamples: int,
+    random_state: int,
+) -> list[PairedComparison]:
+    """Uncorrected comparisons of the rows of a and b, shape (m, n); one scipy call per test."""
+    m, n = a.shape
+    d = a - b
+    nan = np.full(m, np.nan)
+    mean_a, mean_b, mean_d = (
+        (a.mean(axis=-1), b.mean(axis=-1), d.mean(axis=-1)) if n else (nan,) * 3
+    )
+    if n >= MIN_SEEDS:
+        scores = _improvement_scores(a, b)
+        # Differences and improvement scores share the resamples (same pairs drawn).
+        stacked = np.concatenate([d, scores])
+        ci = sps.bootstrap(
+            (stacked,),
+            np.mean,
+            axis=-1,
+            vectorized=True,
+            method="percentile",
+            confidence_level=confidence_level,
+            n_resamples=n_resamples,
+            random_state=random_state,
+        ).confidence_interval
+        point = stacked.mean(axis=-1)
+        constant = _constant_rows(stacked)  # every resample identical: the CI is a point
+        low, high = np.where(constant, point, ci.low), np.where(constant, point, ci.high)
+        t, p = _t_test_rows(d)
+        dz, poi = _cohens_dz_rows(d), scores.mean(axis=-1)
+        wilcoxon = _wilcoxon_rows(d, alpha)
+    else:
+        low = high = np.full(2 * m, np.nan)
+        t, p, dz, poi = nan, nan, nan, nan
+        wilcoxon = [WilcoxonResult(np.nan, np.nan, n, "none", True)] * m
+    results = []
+    for i, ((name_a, name_b), w) in enumerate(zip(names, wilcoxon, strict=True)):
+        verdict = _verdict(n, p[i], alpha)
+        w_verdict = (
+            INSUFFICIENT
+            if n < MIN_SEEDS
+            else UNDERPOWERED
+            if w.underpowered
+            else (_verdict(n, w.pvalue, alpha))
+        )
+        results.append(
+            PairedComparison(
+                a=name_a,
+                b=name_b,
+                n=n,
+                mean_a=float(mean_a[i]),
+                mean_b=float(mean_b[i]),
+                mean_difference=float(mean_d[i]),
+                ci_low=float(low[i]),
+                ci_high=float(high[i]),
+                confidence_level=confidence_level,
+                t_statistic=float(t[i]),
+                pvalue=float(p[i]),
+                p_adjusted=float(p[i]),
+                cohens_dz=float(dz[i]),
+                wilcoxon_pvalue=w.pvalue,
+                wilcoxon_p_adjusted=w.pvalue,
+                wilcoxon_method=w.method,
+                wilcoxon_verdict=w_verdict,
+                probability_of_improvement=float(poi[i]),
+                poi_ci_low=float(low[m + i]),
+                poi_ci_high=float(high[m + i]),
+                alpha=alpha,
+                verdict=verdict,
+                better=_better(name_a, name_b, float(mean_d[i]), verdict),
+            )
+        )
+    return results
+
+
+def _better(name_a: str, name_b: str, mean_difference: float, verdict: str) -> str | None:
+    if verdict != SIGNIFICANT:
+        return None
+    return name_a if mean_difference > 0 else name_b
+
+
 def paired_comparison(
     a: Sequence[float] | np.ndarray,
     b: Sequence[float] | np.ndarray,
@@ -311,7 +427,12 @@ def paired_comparison(
     n_resamples: int = 2000,
     random_state: int = 0,
 ) -> PairedComparison:
-    """One uncorrected paired comparison (a[i], b[i] share seed i); see :func:`compare_family`."""
+    """One uncorrected paired comparison (a[i], b[i] share seed i); see :func:`compare_family`.
+
+    Mean difference a - b with a percentile-bootstrap CI over pairs, paired t-test (primary),
+    exact Wilcoxon signed-rank (robustness check), Cohen's d_z and the paired probability of
+    improvement with its bootstrap CI (same resamples).
+    """
     _check_alpha(alpha)
     xa, xb = _as_1d(a, name_a), _as_1d(b, name_b)
     if xa.size != xb.size:
@@ -319,80 +440,86 @@ def paired_comparison(
             f"paired samples need one value per seed each, got {xa.size} values "
             f"for {name_a!r} and {xb.size} for {name_b!r}; align them by seed"
         )
-    d = xa - xb
-    n = int(d.size)
-    mean_diff = float(d.mean()) if n else float("nan")
-    low, high = bootstrap_mean_ci(d, confidence_level, n_resamples, random_state)
-    t, p = paired_t_test(d)
-    if n >= MIN_SEEDS:
-        w = wilcoxon_test(d, alpha)
-        poi = probability_of_improvement(xa, xb, True, confidence_level, n_resamples, random_state)
-    else:
-        w = WilcoxonResult(float("nan"), float("nan"), n, "none", True)
-        poi = ProbabilityOfImprovement(float("nan"), float("nan"), float("nan"), n, n, True)
-    verdict = _verdict(n, p, alpha)
-    w_verdict = (
-        INSUFFICIENT
-        if n < MIN_SEEDS
-        else UNDERPOWERED
-        if w.underpowered
-        else _verdict(n, w.pvalue, alpha)
-    )
-    return PairedComparison(
-        a=name_a,
-        b=name_b,
-        n=n,
-        mean_a=float(xa.mean()) if n else float("nan"),
-        mean_b=float(xb.mean()) if n else float("nan"),
-        mean_difference=mean_diff,
-        ci_low=low,
-        ci_high=high,
-        confidence_level=confidence_level,
-        t_statistic=t,
-        pvalue=p,
-        p_adjusted=p,
-        cohens_dz=cohens_dz(d) if n else float("nan"),
-        wilcoxon_pvalue=w.pvalue,
-        wilcoxon_p_adjusted=w.pvalue,
-        wilcoxon_method=w.method,
-        wilcoxon_verdict=w_verdict,
-        probability_of_improvement=poi.estimate,
-        poi_ci_low=poi.ci_low,
-        poi_ci_high=poi.ci_high,
-        alpha=alpha,
-        verdict=verdict,
-        better=(name_a if mean_diff > 0 else name_b) if verdict == SIGNIFICANT else None,
-    )
+    return _paired_rows(
+        xa[None], xb[None], [(name_a, name_b)], alpha, confidence_level, n_resamples, random_state
+    )[0]
 
 
 def compare_family(
     scores: Mapping[str, Sequence[float] | np.ndarray],
     reference: str | None = None,
     alpha: float = 0.05,
-    **options,
+    confidence_level: float = 0.95,
+    n_resamples: int = 2000,
+    random_state: int = 0,
 ) -> list[PairedComparison]:
     """Paired comparisons over one family with Holm correction (Holm 1979) of both tests.
 
     ``scores`` maps a name to per-seed values aligned by position (NaN = missing seed; each
     pair uses the seeds both have). With ``reference`` the family is every other name vs the
-    reference; without it, all pairs. ``options`` go to :func:`paired_comparison`.
+    reference; without it, all pairs. Each result equals :func:`paired_comparison` on that
+    pair, then Holm-adjusted over the family.
     """
-    arrays = {name: np.asarray(v, dtype=float) for name, v in scores.items()}
+    return compare_families(
+        [scores], reference, alpha, confidence_level, n_resamples, random_state
+    )[0]
+
+
+def _family_pairs(arrays: dict[str, np.ndarray], reference: str | None) -> list[tuple[str, str]]:
+    lengths = {a.shape for a in arrays.values()}
+    if len(lengths) > 1 or any(len(shape) != 1 for shape in lengths):
+        raise ValueError(
+            f"scores need one 1-D array per name of equal length (NaN = missing "
+            f"seed), got shapes {sorted(lengths)}"
+        )
     if reference is not None and reference not in arrays:
         raise ValueError(f"reference {reference!r} is not among {sorted(arrays)}; pick one of them")
-    pairs = (
-        [(name, reference) for name in arrays if name != reference]
-        if reference is not None
-        else list(combinations(arrays, 2))
-    )
-    results = []
-    for name_a, name_b in pairs:
-        keep = ~(np.isnan(arrays[name_a]) | np.isnan(arrays[name_b]))
-        results.append(
-            paired_comparison(
-                arrays[name_a][keep], arrays[name_b][keep], name_a, name_b, alpha=alpha, **options
-            )
+    if reference is not None:
+        return [(name, reference) for name in arrays if name != reference]
+    return list(combinations(arrays, 2))
+
+
+def compare_families(
+    families: Sequence[Mapping[str, Sequence[float] | np.ndarray]],
+    reference: str | None = None,
+    alpha: float = 0.05,
+    confidence_level: float = 0.95,
+    n_resamples: int = 2000,
+    random_state: int = 0,
+) -> list[list[PairedComparison]]:
+    """:func:`compare_family` for many families at once (Holm within each family).
+
+    Pairs with the same number of shared seeds are computed together, a few scipy calls in
+    all, which keeps reports over hundreds of test conditions fast.
+    """
+    _check_alpha(alpha)
+    jobs: dict[int, list[tuple[int, int, np.ndarray, np.ndarray, tuple[str, str]]]] = {}
+    family_pairs = []
+    for f, scores in enumerate(families):
+        arrays = {name: np.asarray(v, dtype=float) for name, v in scores.items()}
+        pairs = _family_pairs(arrays, reference)
+        family_pairs.append(pairs)
+        for i, (name_a, name_b) in enumerate(pairs):
+            keep = ~(np.isnan(arrays[name_a]) | np.isnan(arrays[name_b]))
+            job = (f, i, arrays[name_a][keep], arrays[name_b][keep], (name_a, name_b))
+            jobs.setdefault(int(keep.sum()), []).append(job)
+    results: list[list[PairedComparison | None]] = [[None] * len(p) for p in family_pairs]
+    for group in jobs.values():
+        rows = _paired_rows(
+            np.stack([job[2] for job in group]),
+            np.stack([job[3] for job in group]),
+            [job[4] for job in group],
+            alpha,
+            confidence_level,
+            n_resamples,
+            random_state,
         )
+        for (f, i, *_), row in zip(group, rows, strict=True):
+            results[f][i] = row
+    return [_holm_family(family, alpha) for family in results]
+
+
+def _holm_family(results: list[PairedComparison], alpha: float) -> list[PairedComparison]:
     p_adj = holm([r.pvalue if r.n >= MIN_SEEDS else np.nan for r in results])
     w_adj = holm([r.wilcoxon_pvalue for r in results])
     family_size = int(np.sum(~np.isnan(p_adj)))
@@ -411,7 +538,7 @@ def compare_family(
                 family_size=family_size,
                 verdict=verdict,
                 wilcoxon_verdict=w_verdict,
-                better=(r.a if r.mean_difference > 0 else r.b) if verdict == SIGNIFICANT else None,
+                better=_better(r.a, r.b, r.mean_difference, verdict),
             )
         )
     return corrected

@@ -153,7 +153,7 @@ def test_report_files_plots_and_headline(tmp_path):
     ]
     per_seed = rows.groupby("seed")["accuracy"].mean()
     assert mean == pytest.approx(per_seed.mean(), abs=6e-4)
-    assert (headline["seeds"] == 6).all()  # 3 seeds x 2 train batch sizes
+    assert (headline["seeds"] == 3).all()
     # three seeds: the t-test decides, Wilcoxon must say underpowered, never "not significant"
     table = result.tables["significance_vs_reference"]
     assert (table["wilcoxon_verdict"] == "underpowered").all()

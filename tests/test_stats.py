@@ -53,6 +53,7 @@ def test_demsar_worked_example():
     assert loose.significantly_different("C4.5", "C4.5+m+cf")
     assert loose.significantly_different("C4.5", "C4.5+m")
     assert not loose.significantly_different("C4.5", "C4.5+cf")
+    assert stats.nemenyi_cliques(loose) == [("C4.5+m+cf", "C4.5+m", "C4.5+cf"), ("C4.5+cf", "C4.5")]
 
 
 def test_friedman_tie_correction_matches_scipy():
@@ -269,3 +270,38 @@ def test_errors_name_the_problem():
         stats.compare_family({"a": [1.0], "b": [2.0]}, reference="nope")
     with pytest.raises(ValueError, match="NaN"):
         stats.cohens_dz([1.0, np.nan])
+
+
+def test_family_rows_equal_single_comparisons():
+    rng = np.random.default_rng(5)
+    scores = {name: rng.uniform(0.5, 0.9, 7) for name in "abcd"}
+    scores["d"][2] = np.nan  # a missing seed: pairs with d use the 6 shared seeds
+    family = stats.compare_family(scores, n_resamples=400)
+    for r in family:
+        keep = ~(np.isnan(scores[r.a]) | np.isnan(scores[r.b]))
+        single = stats.paired_comparison(
+            scores[r.a][keep], scores[r.b][keep], r.a, r.b, n_resamples=400
+        )
+        assert r.n == single.n == keep.sum()
+        for name in (
+            "mean_difference",
+            "ci_low",
+            "ci_high",
+            "pvalue",
+            "cohens_dz",
+            "wilcoxon_pvalue",
+            "probability_of_improvement",
+            "poi_ci_low",
+        ):
+            assert getattr(r, name) == pytest.approx(getattr(single, name), nan_ok=True), name
+        poi = stats.probability_of_improvement(
+            scores[r.a][keep], scores[r.b][keep], n_resamples=400
+        )
+        assert (r.probability_of_improvement, r.poi_ci_low, r.poi_ci_high) == pytest.approx(
+            (poi.estimate, poi.ci_low, poi.ci_high)
+        )
+        low, high = stats.bootstrap_mean_ci(scores[r.a][keep] - scores[r.b][keep], n_resamples=400)
+        assert (r.ci_low, r.ci_high) == pytest.approx((low, high))
+    np.testing.assert_allclose(
+        [r.p_adjusted for r in family], stats.holm([r.pvalue for r in family])
+    )
