@@ -59,13 +59,13 @@ def _check_columns(frame: pd.DataFrame, required: tuple[str, ...], name: str) ->
 
 
 def method_label(norm: str, norm_options: str | dict | None) -> str:
-    """``norm`` alone, or ``norm(key=value, ...)`` when the run had norm options."""
+    """``norm``, or ``norm(key=value,...)`` with options (as the benchmark config labels it)."""
     options = norm_options
     if isinstance(options, str):
         options = json.loads(options) if options.strip() else {}
     if not options or (isinstance(options, float) and np.isnan(options)):
         return norm
-    return f"{norm}(" + ", ".join(f"{k}={v}" for k, v in sorted(options.items())) + ")"
+    return f"{norm}(" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) + ")"
 
 
 def _prepare(evaluations: pd.DataFrame) -> pd.DataFrame:
@@ -140,7 +140,7 @@ def _headline_conditions(ev: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         severity = shifted["severity"].max()
         worst = shifted[shifted["severity"] == severity]
         count = worst["shift"].nunique()
-        conditions.append((f"mean of {count} corruptions, severity {severity}", worst))
+        conditions.append((f"mean over corruptions (n={count}), severity {severity}", worst))
     for composition in sorted(set(ev["test_composition"]) - {"iid"}):
         rows = at_largest[
             (at_largest["shift"] == "clean") & (at_largest["test_composition"] == composition)
@@ -346,8 +346,8 @@ def _significance_sections(
         lines += [
             f"## Each norm vs `{reference}`",
             "",
-            f"Over all {versus[test_keys].drop_duplicates().shape[0]} test conditions and "
-            f"{versus[train_keys].drop_duplicates().shape[0]} train conditions (full table: "
+            f"Test conditions: {versus[test_keys].drop_duplicates().shape[0]}, train "
+            f"conditions: {versus[train_keys].drop_duplicates().shape[0]} (full table: "
             "`significance_vs_reference.csv`):",
             "",
             markdown_table(significance_summary(versus)),
@@ -383,15 +383,22 @@ def _significance_sections(
                 "",
             ]
         if not modes.empty:
+            summary = significance_summary(modes, by=["method", "a"])
             lines += [
-                markdown_table(significance_summary(modes, by=["method", "a"])),
+                markdown_table(summary.rename(columns={"a": "stats mode"})),
                 "",
                 "Full table: `significance_stats_modes.csv`.",
                 "",
             ]
     block_keys = [*train_keys, *[k for k in test_keys if k != "stats_mode"]]
     ranked = rank_across_conditions(_prefer_stats_mode(ev), block_keys, alpha)
-    if ranked is not None:
+    if ranked is None:
+        lines += [
+            "Rank test across conditions skipped: it needs at least 3 norms and 2 "
+            "conditions where every norm was evaluated.",
+            "",
+        ]
+    else:
         result, used, dropped = ranked
         figures["critical_difference"] = plots.plot_critical_difference(
             result, out_dir / "critical_difference.png", "Norms ranked across conditions"
@@ -425,7 +432,7 @@ def _display(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Compact columns of a comparison table for markdown."""
     shown = table[[*keys, "a", "b", "n"]].copy()
     shown["mean diff [95% CI]"] = [
-        f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" if np.isfinite(lo) else f"{d:+.4f} [n/a]"
         for d, lo, hi in zip(
             table["mean_difference"], table["ci_low"], table["ci_high"], strict=True
         )

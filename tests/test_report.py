@@ -141,7 +141,7 @@ def test_report_files_plots_and_headline(tmp_path):
     headline = result.headline
     assert "clean, train bs 8" in headline.columns and "clean, train bs 32" in headline.columns
     assert "clean, test bs 1" in headline.columns and "label_skew test batches" in headline.columns
-    assert any(c.startswith("mean of 2 corruptions, severity 3") for c in headline.columns)
+    assert "mean over corruptions (n=2), severity 3" in headline.columns
     cell = headline.loc["group(groups=4)", "clean, train bs 32"]
     mean, half = (float(v) for v in cell.split(" ± "))
     rows = evaluations[
@@ -177,6 +177,7 @@ def test_single_valued_dimensions_get_no_plot(tmp_path):
     result = report.build_report(runs, evaluations, tmp_path)
     assert result.figures == {}  # two norms: no rank test either
     assert not list(tmp_path.glob("*.png"))
+    assert "Rank test across conditions skipped" in result.path.read_text()
 
 
 def test_failed_runs_are_counted_named_and_excluded(tmp_path):
@@ -225,3 +226,10 @@ def test_report_is_fast_at_benchmark_scale(tmp_path):
     start = time.perf_counter()
     report.build_report(runs, evaluations, tmp_path)
     assert time.perf_counter() - start < 20.0
+
+
+def test_method_label_matches_config_labels():
+    assert report.method_label("batch", "{}") == "batch"
+    assert (
+        report.method_label("group", '{"groups": 8, "eps": 0.001}') == "group(eps=0.001,groups=8)"
+    )
