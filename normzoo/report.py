@@ -62,7 +62,13 @@ def method_label(norm: str, norm_options: str | dict | None) -> str:
     """``norm``, or ``norm(key=value,...)`` with options (as the benchmark config labels it)."""
     options = norm_options
     if isinstance(options, str):
-        options = json.loads(options) if options.strip() else {}
+        try:
+            options = json.loads(options) if options.strip() else {}
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"norm_options {norm_options!r} of norm {norm!r} is not JSON; the results store "
+                "writes a JSON object such as '{}' or '{\"groups\": 8}'"
+            ) from error
     if not options or (isinstance(options, float) and np.isnan(options)):
         return norm
     return f"{norm}(" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) + ")"

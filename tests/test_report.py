@@ -233,3 +233,5 @@ def test_method_label_matches_config_labels():
     assert (
         report.method_label("group", '{"groups": 8, "eps": 0.001}') == "group(eps=0.001,groups=8)"
     )
+    with pytest.raises(ValueError, match="is not JSON"):
+        report.method_label("group", "groups=8")
