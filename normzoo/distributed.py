@@ -1,0 +1,171 @@
+"""Cross-process batch statistics for the zoo's batch layers, on any backend (gloo included).
+
+``torch.nn.SyncBatchNorm`` runs only on CUDA and would turn a ``batch_renorm`` layer into plain
+batch norm. :func:`sync_batch_stats` instead swaps every batch layer of a model for a zoo sync
+variant (:class:`SyncBatchNorm`, :class:`SyncBatchRenorm`) that, in training, normalizes with the
+statistics of the *global* batch: the sum over all processes of the per-channel sums gives the
+mean, then a second all-reduce of the squared deviations from that mean gives the biased
+variance (two exact passes, no sum-of-squares cancellation). Both all-reduces carry gradients,
+so each process gets the gradient of the summed loss, as with torch's SyncBatchNorm.
+For Lightning DDP, pass ``plugins=[ZooLayerSync()]`` to the Trainer (instead of
+``sync_batchnorm=True``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from normzoo import functional as nzf
+from normzoo.convert import convert
+from normzoo.layers import BatchNorm, BatchRenorm
+from normzoo.layers.act import BatchNormAct, BatchRenormAct, _ActMixin
+
+__all__ = [
+    "SyncBatchNorm",
+    "SyncBatchRenorm",
+    "ZooLayerSync",
+    "global_moments",
+    "sync_batch_stats",
+    "unsync_batch_stats",
+]
+
+
+def _is_distributed(group) -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def global_moments(x: Tensor, group=None) -> tuple[Tensor, Tensor, int]:
+    """Per-channel mean and biased variance of ``x`` over (N, *) of every process, and the count."""
+    dims = [0, *range(2, x.dim())]
+    count = torch.tensor([nzf.values_per_channel(x)], dtype=torch.float64, device=x.device)
+    dist.all_reduce(count, group=group)
+    total = int(count.item())
+    if total <= 1:
+        raise ValueError(
+            f"sync batch norm: the global batch holds {total} value(s) per channel; batch "
+            f"statistics need more than 1 (use larger per-process batches or eval mode)"
+        )
+    stat_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    xs = x.to(stat_dtype)
+    mean = differentiable_all_reduce(xs.sum(dims), group=group) / total
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    m2 = differentiable_all_reduce((xs - mean.view(shape)).square().sum(dims), group=group)
+    return mean, m2 / total, total
+
+
+class _SyncMixin:
+    """Training forward with global-batch statistics; used by the sync layer classes."""
+
+    process_group = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and _is_distributed(self.process_group)):
+            return super().forward(x)
+        self._check_input_dim(x)
+        _, factor = self._step()
+        mean, var, total = global_moments(x, self.process_group)
+        scale = torch.rsqrt(var + self.eps)
+        shift = -mean * scale
+        if isinstance(self, BatchRenorm) and self.running_mean is not None:
+            scale, shift = self._renorm(scale, shift, mean, var)
+        if self.weight is not None:
+            scale, shift = scale * self.weight, shift * self.weight + self.bias
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
+                unbiased = var.detach() * total / (total - 1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        return (x.to(scale.dtype) * scale.view(shape) + shift.view(shape)).to(x.dtype)
+
+    def _renorm(self, scale, shift, mean, var):
+        """Fold Algorithm 1's r and d (computed from the global statistics) into scale/shift."""
+        step = self.num_batches_tracked - 1 if self.num_batches_tracked is not None else None
+        if step is None:
+            step = torch.tensor(self.warmup + self.ramp)
+        rmax, dmax = nzf.renorm_limits(step, self.rmax, self.dmax, self.warmup, self.ramp)
+        rmax, dmax = rmax.to(var), dmax.to(var)
+        with torch.no_grad():
+            sigma = (self.running_var.to(var.dtype) + self.eps).sqrt()
+            r = (torch.sqrt(var + self.eps) / sigma).clamp(1.0 / rmax, rmax)
+            d = ((mean - self.running_mean.to(var.dtype)) / sigma).clamp(-dmax, dmax)
+        return scale * r, shift * r + d
+
+
+class SyncBatchNorm(_SyncMixin, BatchNorm):
+    """:class:`~normzoo.layers.BatchNorm` whose training statistics span all processes."""
+
+
+class SyncBatchRenorm(_SyncMixin, BatchRenorm):
+    """:class:`~normzoo.layers.BatchRenorm` whose training statistics span all processes."""
+
+
+class SyncBatchNormAct(_ActMixin, SyncBatchNorm):
+    """:class:`SyncBatchNorm` followed by ``drop`` and ``act``."""
+
+
+class SyncBatchRenormAct(_ActMixin, SyncBatchRenorm):
+    """:class:`SyncBatchRenorm` followed by ``drop`` and ``act``."""
+
+
+_SYNC_OF = {
+    BatchNorm: SyncBatchNorm,
+    BatchRenorm: SyncBatchRenorm,
+    BatchNormAct: SyncBatchNormAct,
+    BatchRenormAct: SyncBatchRenormAct,
+}
+_PLAIN_OF = {v: k for k, v in _SYNC_OF.items()}
+
+
+def sync_batch_stats(model: nn.Module, process_group=None) -> nn.Module:
+    """Make every batch layer of ``model`` use global-batch statistics in training (in place).
+
+    torch's BatchNorm*/SyncBatchNorm layers (and timm's BatchNormAct2d) first become zoo
+    ``batch`` layers, parameters and buffers kept; every zoo batch and batch_renorm layer then
+    gets its sync variant. Outside an initialized multi-process group the sync layers compute
+    exactly what the plain ones do. Returns ``model``.
+    """
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, _BatchNorm) and not isinstance(child, BatchNorm):
+                setattr(parent, child_name, convert(child, "batch"))
+    for module in model.modules():
+        target = _SYNC_OF.get(type(module))
+        if target is not None:
+            module.__class__ = target
+            module.process_group = process_group
+    return model
+
+
+def unsync_batch_stats(model: nn.Module) -> nn.Module:
+    """Undo :func:`sync_batch_stats` (former torch layers stay zoo ``batch`` layers)."""
+    for module in model.modules():
+        plain = _PLAIN_OF.get(type(module))
+        if plain is not None:
+            module.__class__ = plain
+            module.__dict__.pop("process_group", None)
+    return model
+
+
+try:  # Lightning integration
+    from lightning.pytorch.plugins.layer_sync import LayerSync
+
+    class ZooLayerSync(LayerSync):
+        """Lightning plugin: global batch statistics for zoo batch layers on any DDP backend.
+
+        ``Trainer(strategy="ddp", plugins=[ZooLayerSync()])``; unlike ``sync_batchnorm=True`` it
+        keeps batch renorm a batch renorm and works with gloo on CPU.
+        """
+
+        def apply(self, model: nn.Module) -> nn.Module:
+            return sync_batch_stats(model)
+
+        def revert(self, model: nn.Module) -> nn.Module:
+            return unsync_batch_stats(model)
+
+except ImportError:  # pragma: no cover - lightning is a dependency; keep the layers usable
+    ZooLayerSync = None  # type: ignore[assignment,misc]
