@@ -133,10 +133,7 @@ def motion_blur(x, c, g):
 
 
 def zoom_blur(x, c, g):
-    out = x.clone()
-    for zoom in c:
-        out += ops.clipped_zoom(x, zoom)
-    return out / (len(c) + 1)
+    return (x + ops.zoom_sum(x, c)) / (len(c) + 1)
 
 
 def snow(x, c, g):
@@ -153,7 +150,7 @@ def snow(x, c, g):
 
 def frost_texture(n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
     """Procedural stand-in for the frost photographs: (N, 3, H, W) pale-blue ice, mean ~0.5."""
-    size = 1 << max(h, w, 2).bit_length()
+    size = 1 << max(h - 1, w - 1, 1).bit_length()
     base = ops.plasma_fractal(n, size, 1.4, g)[:, None, :h, :w]
     needles = (torch.rand(n, 1, h, w, generator=g) < 0.06).float()
     streaks = sum(
@@ -225,8 +222,8 @@ def pixelate(x, c, g):
     small_h, small_w = int(h * c), int(w * c)
     down_r, down_c = ops.pil_box_matrix(h, small_h), ops.pil_box_matrix(w, small_w)
     up_r, up_c = ops.pil_box_matrix(small_h, h), ops.pil_box_matrix(small_w, w)
-    small = torch.einsum("ih,nchw,jw->ncij", down_r, x, down_c)
-    return torch.einsum("ih,nchw,jw->ncij", up_r, small, up_c)
+    small = down_r @ (x @ down_c.T)
+    return up_r @ (small @ up_c.T)
 
 
 def jpeg_compression(x, c, g):

@@ -229,3 +229,66 @@ def test_border_rules_match_numpy_pad():
     ):
         expected = np.pad(np.arange(5.0), 3, mode=np_mode)
         assert np.array_equal(ops.pad(row, 0, 3, mode)[0, 0, 0].numpy(), expected)
+
+
+@pytest.mark.parametrize(
+    "mode, scipy_mode",
+    [("reflect101", "mirror"), ("symmetric", "reflect"), ("replicate", "nearest")],
+)
+def test_bilinear_sample_matches_scipy_map_coordinates(mode, scipy_mode):
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 1, 12, 10, generator=g, dtype=torch.float64)
+    rows = torch.rand(1, 7, 9, generator=g, dtype=torch.float64) * 20 - 4
+    cols = torch.rand(1, 7, 9, generator=g, dtype=torch.float64) * 18 - 4
+    got = ops.bilinear_sample(image, rows, cols, mode)[0, 0].numpy()
+    expected = ndimage.map_coordinates(
+        image[0, 0].numpy(), [rows[0].numpy(), cols[0].numpy()], order=1, mode=scipy_mode
+    )
+    assert np.allclose(got, expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("severity", (1, 4))
+def test_glass_blur_matches_the_original_numpy_loop(natural_images, severity):
+    """The original's numpy "swap" (on views) with our offsets, and scipy's Gaussian filter."""
+    sigma, delta, iterations = _PARAMS["glass_blur"][severity - 1]
+    x = natural_images[:2]
+    got = corrupt(x, "glass_blur", severity, seed=4)
+    g = torch.Generator().manual_seed(4)
+    offsets = [torch.randint(-delta, delta, (2, 2, 32, 32), generator=g) for _ in range(iterations)]
+    for n in range(2):
+        image = x[n].permute(1, 2, 0).double().numpy()
+        image = np.uint8(ndimage.gaussian_filter(image, (sigma, sigma, 0), mode="nearest") * 255)
+        for it in range(iterations):
+            for h in range(32 - delta, delta, -1):
+                for w in range(32 - delta, delta, -1):
+                    dy, dx = (int(v) for v in offsets[it][:, n, h, w])
+                    hp, wp = h + dy, w + dx
+                    image[h, w], image[hp, wp] = image[hp, wp], image[h, w]
+        expected = ndimage.gaussian_filter(image / 255.0, (sigma, sigma, 0), mode="nearest")
+        diff = np.abs(got[n].permute(1, 2, 0).numpy() - np.clip(expected, 0, 1))
+        assert diff.max() <= 1.01 / 255 and diff.mean() < 0.1 / 255
+
+
+def test_elastic_severity1_is_the_cv2_style_random_affine(natural_images):
+    """Severity 1 has alpha 0: only the random affine of three points, as cv2.getAffineTransform."""
+    x = natural_images[:2]
+    got = corrupt(x, "elastic_transform", 1, seed=6)
+    affine = 32 * _PARAMS["elastic_transform"][0][2]
+    g = torch.Generator().manual_seed(6)
+    moves = ((torch.rand(2, 3, 2, generator=g, dtype=torch.float64) * 2 - 1) * affine).numpy()
+    src = np.array([[26.0, 26.0], [26.0, 6.0], [6.0, 6.0]])  # centre 16 +- 32 // 3, as (x, y)
+    for n in range(2):
+        dst = src + moves[n]
+        solution = np.linalg.solve(np.c_[src, np.ones(3)], dst)  # dst = [x y 1] @ solution
+        matrix, shift = solution[:2].T, solution[2]
+        inverse = np.linalg.inv(matrix)
+        swap = np.array([[0, 1], [1, 0]])  # (x, y) <-> (row, col)
+        for c in range(3):
+            expected = ndimage.affine_transform(
+                x[n, c].double().numpy(),
+                swap @ inverse @ swap,
+                offset=-(swap @ inverse @ shift),
+                order=1,
+                mode="mirror",
+            )
+            assert np.allclose(got[n, c].numpy(), np.clip(expected, 0, 1), atol=1e-5)
