@@ -171,31 +171,38 @@ def motion_blur(x: torch.Tensor, radius: float, sigma: float, angles: torch.Tens
     width = 2 * math.ceil(radius) + 1
     taps = torch.arange(width, dtype=torch.float64)
     weights = torch.exp(-(taps**2) / (2 * sigma * sigma))
-    weights = (weights / weights.sum()).float()
+    weights = (weights / weights.sum()).tolist()
     rad = torch.deg2rad(angles.double())
-    rows = torch.arange(h)[None, :, None]
-    cols = torch.arange(w)[None, None, :]
-    flat = x.reshape(n, c, h * w)
-    out = torch.zeros_like(flat)
+    reach = width - 1
+    padded = pad(x, reach, reach, "replicate")
+    out = torch.zeros_like(x)
     for i in range(width):
         if weights[i] < 1e-6:
             break
-        off_c = torch.floor(i * torch.cos(rad) + 0.5).long()[:, None, None]
-        off_r = torch.floor(i * torch.sin(rad) + 0.5).long()[:, None, None]
-        idx = (rows + off_r).clamp(0, h - 1) * w + (cols + off_c).clamp(0, w - 1)
-        out += weights[i] * flat.gather(2, idx.reshape(n, 1, h * w).expand(n, c, -1))
-    return out.reshape(n, c, h, w)
+        off_c = torch.floor(i * torch.cos(rad) + 0.5).long()
+        off_r = torch.floor(i * torch.sin(rad) + 0.5).long()
+        # images sharing this tap's offset read the same shifted window of the padded batch
+        keys = (off_r + reach) * (2 * reach + 1) + (off_c + reach)
+        for key in keys.unique().tolist():
+            rows = (keys == key).nonzero(as_tuple=True)[0]
+            r0, c0 = divmod(key, 2 * reach + 1)
+            window = padded[rows, :, r0 : r0 + h, c0 : c0 + w]
+            if len(rows) == n:
+                out.add_(window, alpha=weights[i])
+            else:
+                out.index_add_(0, rows, window, alpha=weights[i])
+    return out
 
 
 def plasma_fractal(n: int, mapsize: int, wibbledecay: float, g: torch.Generator) -> torch.Tensor:
     """Diamond-square height maps (N, mapsize, mapsize) in [0, 1], as make_cifar_c's fog uses."""
     if mapsize & (mapsize - 1):
         raise ValueError(f"mapsize={mapsize} must be a power of two")
-    maps = torch.zeros(n, mapsize, mapsize, dtype=torch.float64)
+    maps = torch.zeros(n, mapsize, mapsize)
     step, wibble = mapsize, 100.0
 
     def wibbled_mean(total: torch.Tensor) -> torch.Tensor:
-        noise = (torch.rand(total.shape, generator=g, dtype=torch.float64) * 2 - 1) * wibble
+        noise = (torch.rand(total.shape, generator=g) * 2 - 1) * wibble
         return total / 4 + wibble * noise
 
     while step >= 2:
@@ -213,4 +220,4 @@ def plasma_fractal(n: int, mapsize: int, wibbledecay: float, g: torch.Generator)
         step //= 2
         wibble /= wibbledecay
     maps -= maps.amin(dim=(1, 2), keepdim=True)
-    return (maps / maps.amax(dim=(1, 2), keepdim=True)).float()
+    return maps / maps.amax(dim=(1, 2), keepdim=True)
