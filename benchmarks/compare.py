@@ -97,7 +97,7 @@ def _load(args: argparse.Namespace):
 
 def _print_grid(config, out_dir: Path, workers: int, dry_run: bool) -> None:
     from normzoo.bench.cost import estimate_seconds
-    from normzoo.bench.grid import expand_runs, grid_summary, test_conditions
+    from normzoo.bench.grid import expand_conditions, expand_runs, grid_summary
     from normzoo.registry import is_batch_dependent
 
     batch_dependent = sum(is_batch_dependent(n.name) for n in config.norms)
@@ -111,7 +111,8 @@ def _print_grid(config, out_dir: Path, workers: int, dry_run: bool) -> None:
         f"  {counts['conditions_per_run']} test conditions per run ->"
         f" {counts['evaluations_recorded']} evaluation rows, {counts['evaluations_computed']}"
         " computed (identical computations run once)\n"
-        f"  estimated cost: ~{cost['wall_seconds'] / 60:.1f} min with {workers} workers"
+        f"  estimated cost on this machine: ~{_duration(cost['wall_seconds'])}"
+        f" with {workers} workers"
         f" (train {cost['train_seconds']:.0f} s + eval {cost['eval_seconds']:.0f} s of CPU time;"
         " rough, from timed steps of the backbone)"
     )
@@ -129,8 +130,16 @@ def _print_grid(config, out_dir: Path, workers: int, dry_run: bool) -> None:
                 str(run.seed),
             )
         console.print(table)
-        labels = sorted({c.label for c in test_conditions(config)})
+        labels = sorted({c.label for c in expand_conditions(config)})
         console.print(f"test conditions ({len(labels)}): " + ", ".join(labels))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _fresh(out_dir: Path) -> None:

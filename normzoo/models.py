@@ -71,7 +71,7 @@ class SmallCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block (He et al. 2016): two 3x3 conv-norm, identity or 1x1 projection shortcut."""
+    """ResNet basic block (He et al. 2016): two 3x3 conv-norm, identity or 1x1 conv shortcut."""
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, norm: str, norm_options: dict) -> None:
         super().__init__()
@@ -153,7 +153,7 @@ def build_model(
     norm_options: dict | None = None,
     **backbone_options,
 ) -> nn.Module:
-    """Build ``backbone`` with every normalization layer made by ``normzoo.create(norm, C, **opts)``.
+    """Build ``backbone`` with every norm layer made by ``normzoo.create(norm, C, **opts)``.
 
     ``timm:<name>`` builds ``timm.create_model(name, pretrained=False,
     norm_layer=normzoo.norm_layer(norm, **opts))``; nothing is downloaded.
@@ -179,5 +179,5 @@ def build_model(
 
 
 def has_batch_layers(model: nn.Module) -> bool:
-    """Whether any layer normalizes with batch statistics (torch or zoo ``_BatchNorm`` subclasses)."""
+    """Whether any layer normalizes with batch statistics (torch or zoo ``_BatchNorm``)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -1,1 +1,1 @@
-"""The benchmark engine: config -> grid -> runs (Lightning) -> evaluations -> SQLite store (+ W&B)."""
+"""The benchmark engine: config -> grid -> runs (Lightning) -> evaluations -> store (+ W&B)."""

@@ -23,6 +23,7 @@ TRAIN_COMPOSITIONS = ("iid", "label_skew")
 EVAL_STATS_MODES = ("running", "batch", "mix", "online", "adabn", "tent")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
 EXECUTORS = ("local", "submitit")
+SHIFT_SOURCES = ("generated", "cifar10c")
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class NormSpec:
 
 @dataclass(frozen=True)
 class Composition:
-    """How samples are grouped into batches: i.i.d., label-skewed (Dirichlet alpha) or k outliers."""
+    """How samples are grouped into batches: i.i.d., label-skewed (Dirichlet alpha), k outliers."""
 
     name: str = "iid"
     alpha: float | None = None
@@ -105,7 +106,8 @@ class EvalSection:
     compositions: tuple[Composition, ...] = (Composition(),)
     tent_lr: float = 1e-3
     tent_steps: int = 1
-    max_test_samples: int | None = None
+    shift_source: str = "generated"
+    shift_root: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def result_dict(self) -> dict:
-        """The part of the config that can change a result (excludes experiment name, execution, data root)."""
+        """The part of the config that can change a result (not experiment, execution, root)."""
         d = self.to_dict()
         d.pop("experiment")
         d.pop("execution")
@@ -143,7 +145,7 @@ class Config:
 
     @property
     def hash(self) -> str:
-        """Hash of everything that affects results; two configs with equal hash give equal results."""
+        """Hash of everything that affects results; equal hashes give equal results."""
         return stable_hash(self.result_dict())
 
 
@@ -171,7 +173,8 @@ def _suggest(word: str, choices: Any) -> str:
 
 def _unknown(kind: str, value: Any, allowed: Any) -> str:
     allowed = list(allowed)
-    return f"unknown {kind} '{value}'{_suggest(value, allowed)}; allowed: {', '.join(map(str, allowed))}"
+    listing = ", ".join(map(str, allowed))
+    return f"unknown {kind} '{value}'{_suggest(value, allowed)}; allowed: {listing}"
 
 
 def _parse_composition(raw: Any, where: str, allowed: tuple[str, ...], problems: list[str]):
@@ -259,7 +262,7 @@ def _parse_section(name: str, raw: Any, problems: list[str]):
 
 
 def parse_config(raw: dict) -> Config:
-    """Build a Config from a nested dict and validate it; raises one ValueError listing all problems."""
+    """Build a Config from a nested dict and validate it; one ValueError lists all problems."""
     problems: list[str] = []
     if not isinstance(raw, dict):
         raise ValueError(f"config must be a mapping of sections, got {type(raw).__name__}")
@@ -270,10 +273,9 @@ def parse_config(raw: dict) -> Config:
     norms_raw = raw.get("norms", ["batch"])
     norms = [_parse_norm(n, f"norms[{i}]", problems) for i, n in enumerate(_as_tuple(norms_raw))]
     config = Config(norms=tuple(n for n in norms if n is not None), **sections)
-    if not problems:
-        from normzoo.bench.validate import validate
+    from normzoo.bench.validate import validate
 
-        problems.extend(validate(config))
+    problems.extend(validate(config))
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         raise ValueError(f"invalid benchmark config ({len(problems)} problem(s)):\n{listing}")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from normzoo.bench.config import Config
-from normzoo.bench.grid import computed_condition, expand_runs, test_conditions
+from normzoo.bench.grid import computed_condition, expand_conditions, expand_runs
 from normzoo.bench.validate import dataset_sizes
 
 IMAGE_SHAPES = {"cifar10": (3, 32), "mnist": (1, 28)}
@@ -20,7 +20,7 @@ def _image_shape(config: Config) -> tuple[int, int]:
     return 3, int(config.data.options.get("image_size", 32))
 
 
-def _seconds(fn, repeats: int = 3) -> float:
+def _seconds(fn, repeats: int = 2) -> float:
     fn()  # warm-up
     start = time.perf_counter()
     for _ in range(repeats):
@@ -36,50 +36,50 @@ def _linear_fit(small: tuple[int, float], large: tuple[int, float]) -> tuple[flo
 
 
 def estimate_seconds(config: Config, workers: int) -> dict:
-    """Estimated wall seconds of the whole grid on this machine with ``workers`` single-thread workers."""
-    from normzoo.models import build_model, has_batch_layers
+    """Estimated wall seconds of the grid on this machine with ``workers`` one-thread workers."""
+    from normzoo.models import build_model
+    from normzoo.registry import is_batch_dependent
 
     torch.set_num_threads(1)
     channels, size = _image_shape(config)
     sizes = dataset_sizes(config.data.dataset, config.data.options) or (50_000, 10_000)
     n_fit = int(sizes[0] * (1 - config.data.val_fraction))
     n_test = sizes[1]
-    conditions = test_conditions(config)
+    conditions = expand_conditions(config)
     largest = max(config.eval.test_batch_sizes)
+    # One backbone (first norm) is timed; the norms differ far less in cost than the grid cells.
+    norm = config.norms[0]
+    model = build_model(
+        config.model.backbone, norm.name, 10, channels, norm.options, **config.model.options
+    )
+    points_train, points_eval = [], []
+    for b in (2, 32):
+        x = torch.randn(b, channels, size, size)
+        y = torch.zeros(b, dtype=torch.long)
+
+        def step(model=model, x=x, y=y):
+            model.zero_grad()
+            F.cross_entropy(model.train()(x), y).backward()
+
+        def forward(model=model, x=x):
+            with torch.no_grad():
+                model.eval()(x)
+
+        points_train.append((b, _seconds(step)))
+        points_eval.append((b, _seconds(forward)))
+    train_overhead, train_sample = _linear_fit(*points_train)
+    eval_overhead, eval_sample = _linear_fit(*points_eval)
     train_total = eval_total = 0.0
-    for norm in config.norms:
-        model = build_model(
-            config.model.backbone, norm.name, 10, channels, norm.options, **config.model.options
-        )
-        points_train, points_eval = [], []
-        for b in (2, 32):
-            x = torch.randn(b, channels, size, size)
-            y = torch.zeros(b, dtype=torch.long)
-
-            def step(x=x, y=y):
-                model.zero_grad()
-                F.cross_entropy(model.train()(x), y).backward()
-
-            def forward(x=x):
-                with torch.no_grad():
-                    model.eval()(x)
-
-            points_train.append((b, _seconds(step)))
-            points_eval.append((b, _seconds(forward)))
-        train_overhead, train_sample = _linear_fit(*points_train)
-        eval_overhead, eval_sample = _linear_fit(*points_eval)
-        batch_dependent = has_batch_layers(model)
-        computed = {computed_condition(c, batch_dependent, largest) for c in conditions}
-        eval_seconds = sum(
+    for run in expand_runs(config):
+        b = run.train_batch_size
+        steps = config.train.max_steps or config.train.epochs * max(1, n_fit // b)
+        train_total += steps * (train_overhead + train_sample * b) * 1.25  # + val, data, optim
+        computed = {
+            computed_condition(c, is_batch_dependent(run.norm.name), largest) for c in conditions
+        }
+        eval_total += sum(
             n_test / c.test_batch_size * eval_overhead + n_test * eval_sample for c in computed
         )
-        for run in expand_runs(config):
-            if run.norm != norm:
-                continue
-            b = run.train_batch_size
-            steps = config.train.max_steps or config.train.epochs * max(1, n_fit // b)
-            train_total += steps * (train_overhead + train_sample * b) * 1.25  # + val, data, optim
-            eval_total += eval_seconds
     return {
         "train_seconds": train_total,
         "eval_seconds": eval_total,

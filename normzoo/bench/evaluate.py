@@ -10,10 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import normzoo
+from normzoo.adapt import adapt
 from normzoo.bench.config import EvalSection
 from normzoo.bench.grid import TestCondition, computed_condition
+from normzoo.data import IGNORE_INDEX
 from normzoo.models import has_batch_layers
+from normzoo.teststats import stats_mode
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +31,15 @@ def device_for_eval() -> torch.device:
 
 @torch.no_grad()
 def predict(model: nn.Module, batches: Iterable, device: torch.device) -> tuple[float, float, int]:
-    """(accuracy, mean cross-entropy, n) of ``model`` over ``(x, y)`` batches, as it is now."""
+    """(accuracy, mean cross-entropy, n scored) over ``(x, y)`` batches; label -100 = unscored."""
     correct, loss_sum, n = 0, 0.0, 0
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        n += len(y)
+        scored = y != IGNORE_INDEX  # injected outliers have no label and are not scored
+        loss_sum += F.cross_entropy(logits, y, reduction="sum", ignore_index=IGNORE_INDEX).item()
+        correct += (logits.argmax(1)[scored] == y[scored]).sum().item()
+        n += int(scored.sum())
     if n == 0:
         raise ValueError(
             "the test loader yielded no samples; check the dataset and test batch size"
@@ -44,35 +47,68 @@ def predict(model: nn.Module, batches: Iterable, device: torch.device) -> tuple[
     return correct / n, loss_sum / n, n
 
 
-def test_loader(datamodule, condition: TestCondition):
-    """The datamodule's loader for one test condition."""
+def test_loader(datamodule, condition: TestCondition, ev: EvalSection | None = None):
+    """Test batches of one condition: from the datamodule, or CIFAR-10-C files when configured."""
     composition = condition.composition
+    if ev is not None and ev.shift_source == "cifar10c" and condition.shift != "clean":
+        return cifar10c_batches(datamodule, condition, ev.shift_root)
     return datamodule.test_loader(
         batch_size=condition.test_batch_size,
         corruption="none" if condition.shift == "clean" else condition.shift,
         severity=condition.severity,
-        composition="iid" if composition.name == "outliers" else composition.name,
+        composition=composition.name,
         alpha=composition.alpha,
         outliers=composition.k or 0,
         seed=EVAL_SEED,
     )
 
 
+def cifar10c_batches(datamodule, condition: TestCondition, root: str | None) -> list:
+    """CIFAR-10-C test batches (Hendrycks & Dietterich 2019) of one corruption and severity, read
+    from ``<root>/CIFAR-10-C/<corruption>.npy``, normalized with the train statistics and batched
+    like ``NormzooDataModule.test_loader`` (sequential, label-skewed or with outliers)."""
+    from normzoo.data import LabelSkewedBatchSampler, inject_outliers, load_cifar10c
+    from normzoo.data.shifts import outlier_positions
+
+    images, labels = load_cifar10c(root, condition.shift, condition.severity)
+    splits = datamodule.splits
+    shape = (1, len(splits.mean), 1, 1)
+    mean = torch.tensor(splits.mean).reshape(shape)
+    std = torch.tensor(splits.std).reshape(shape)
+    composition, size, n = condition.composition, condition.test_batch_size, len(labels)
+    if composition.name == "label_skew":
+        index = list(LabelSkewedBatchSampler(labels, size, composition.alpha, EVAL_SEED))
+    else:
+        index = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+    batches = []
+    for b, rows in enumerate(index):
+        rows = torch.as_tensor(rows)
+        x = (images[rows].float() / 255 - mean) / std
+        y = labels[rows].clone()
+        k = min(composition.k or 0, len(y) - 1)
+        if k > 0:
+            batch_seed = EVAL_SEED * 1_000_003 + b
+            x = inject_outliers(x, y, k, batch_seed)
+            y[outlier_positions(len(y), k, batch_seed)] = IGNORE_INDEX
+        batches.append((x, y))
+    return batches
+
+
 def evaluate_condition(
     model: nn.Module, datamodule, condition: TestCondition, ev: EvalSection, device: torch.device
 ) -> tuple[float, float, int]:
     """(accuracy, loss, n) of ``model`` under one test condition; ``model`` is left unchanged."""
-    loader = test_loader(datamodule, condition)
+    loader = test_loader(datamodule, condition, ev)
     mode = condition.stats_mode
     model.eval()
     if mode in ("adabn", "tent"):
         # adapt() works on a copy: AdaBN re-estimates running statistics on this condition's test
         # data; TENT (one pass, `tent_steps` updates per batch) then predicts with batch statistics.
         options = {"lr": ev.tent_lr, "steps": ev.tent_steps} if mode == "tent" else {}
-        adapted = normzoo.adapt(model, _inputs_on(loader, device), method=mode, **options)
+        adapted = adapt(model, _inputs_on(loader, device), method=mode, **options)
         return predict(adapted.eval(), loader, device)
     prior = ev.mix_prior if mode == "mix" else None
-    with normzoo.stats_mode(model, mode, prior=prior):
+    with stats_mode(model, mode, prior=prior):
         return predict(model, loader, device)
 
 

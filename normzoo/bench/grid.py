@@ -1,4 +1,4 @@
-"""Expand a Config into runs (train conditions x norms x seeds) and test conditions, with stable keys.
+"""Expand a Config into runs (train conditions x norms x seeds) and test conditions, stable keys.
 
 A run's key hashes everything that can change its result (data, backbone, norm and options,
 training hyper-parameters, its batch size, composition and seed, and the evaluation section), so
@@ -16,7 +16,11 @@ from normzoo.bench.config import Composition, Config, NormSpec, stable_hash
 
 # Stats modes whose predictions are per-sample functions of the input (the model's statistics do
 # not depend on how the test set is batched); see `computed_condition`.
-PER_SAMPLE_MODES = ("running", "adabn")
+PER_SAMPLE_MODES = ("running",)
+# Stats modes whose predictions depend on the current test batch only (no state across batches).
+BATCHWISE_MODES = ("batch", "mix")
+# Stats modes whose predictions depend on the current test batch only (no state across batches).
+BATCHWISE_MODES = ("batch", "mix")
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,9 @@ class Run:
 
 @dataclass(frozen=True)
 class TestCondition:
-    """One evaluation of a trained run: (test batch size, stats mode, shift, severity, composition)."""
+    """One evaluation of a trained run: test batch size, stats mode, shift, severity, batching."""
+
+    __test__ = False  # not a pytest test class
 
     test_batch_size: int
     stats_mode: str
@@ -129,7 +135,7 @@ def expand_runs(config: Config) -> list[Run]:
     return runs
 
 
-def test_conditions(config: Config) -> list[TestCondition]:
+def expand_conditions(config: Config) -> list[TestCondition]:
     """All test conditions; clean data has severity 0; outliers(k) only for test batch sizes > k."""
     ev = config.eval
     conditions = []
@@ -152,23 +158,31 @@ def computed_condition(
     """The condition that is actually computed for ``condition`` (identical result by construction).
 
     Without batch-dependent layers every stats mode is the same computation as ``running``. Under
-    ``running`` and ``adabn`` (population statistics of the whole shifted test set) each prediction
-    depends on its own input only, so the test batch size and a label-skewed batch order (which
-    permutes the same test set) do not change it: those are computed once at
-    ``per_sample_batch_size`` with i.i.d. batches. Outliers change the inputs, so they never merge.
+    ``running`` each prediction depends on its own input only, so the test batch size and a
+    label-skewed batch order (which permutes the same test set) do not change it: computed once at
+    ``per_sample_batch_size`` with i.i.d. batches. Under ``batch`` and ``mix`` a prediction depends
+    on its own batch only, so with batches of one sample the batch order (label skew) does not
+    matter either. ``online``, ``adabn`` and ``tent`` carry state from batch to batch (AdaBN's
+    PreciseBN pass normalizes with batch statistics, so it depends on the batches too), and
+    outliers change the inputs: those never merge.
     """
     mode = condition.stats_mode if batch_dependent else "running"
-    if mode in PER_SAMPLE_MODES and condition.composition.name != "outliers":
+    composition = condition.composition
+    if composition.name == "outliers":
+        return dataclasses.replace(condition, stats_mode=mode)
+    if mode in PER_SAMPLE_MODES:
         return TestCondition(
             per_sample_batch_size, mode, condition.shift, condition.severity, Composition()
         )
-    return dataclasses.replace(condition, stats_mode=mode)
+    if mode in BATCHWISE_MODES and condition.test_batch_size == 1:
+        composition = Composition()
+    return dataclasses.replace(condition, stats_mode=mode, composition=composition)
 
 
 def grid_summary(config: Config, batch_dependent_norms: int) -> dict:
     """Counts for the CLI: runs, recorded evaluations per run, computed evaluations in total."""
     runs = expand_runs(config)
-    conditions = test_conditions(config)
+    conditions = expand_conditions(config)
     largest = max(config.eval.test_batch_sizes)
     unique_bd = {computed_condition(c, True, largest) for c in conditions}
     unique_bi = {computed_condition(c, False, largest) for c in conditions}

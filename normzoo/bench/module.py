@@ -52,7 +52,8 @@ class Classifier(L.LightningModule):
         loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
             raise DivergedError(
-                f"loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch});"
+                f"loss became {loss.item()} at step {self.global_step}"
+                f" (epoch {self.current_epoch});"
                 " lower train.lr or use a batch-independent norm for this batch size"
             )
         correct = (logits.argmax(1) == y).sum().item()
@@ -143,6 +144,7 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*number of training batches.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
 
 def train_run(run: Run, config: Config, datamodule: L.LightningDataModule) -> TrainOutcome:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from normzoo.bench.config import Config
-from normzoo.bench.grid import Run, TestCondition, expand_runs, test_conditions
+from normzoo.bench.grid import Run, TestCondition, expand_conditions, expand_runs
 from normzoo.bench.store import Store, config_json, now
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def _init_worker() -> None:
 
 
 def _local_results(tasks: list[Run], config: Config, workers: int) -> Iterator[RunResult]:
-    conditions = test_conditions(config)
+    conditions = expand_conditions(config)
     if workers == 1:  # in-process: no start-up cost, same single-threaded computation
         _init_worker()
         for run in tasks:
@@ -124,11 +124,12 @@ def _submitit_results(tasks: list[Run], config: Config, out_dir: Path) -> Iterat
         import submitit
     except ImportError as error:
         raise ValueError(
-            "execution.executor=submitit needs the optional dependency: pip install 'normzoo[cluster]'"
+            "execution.executor=submitit needs the optional dependency:"
+            " pip install 'normzoo[cluster]'"
         ) from error
     executor = submitit.AutoExecutor(folder=out_dir / "submitit")
     executor.update_parameters(**config.execution.submitit)
-    conditions = test_conditions(config)
+    conditions = expand_conditions(config)
     jobs = executor.map_array(execute_run, tasks, [config] * len(tasks), [conditions] * len(tasks))
     for job in submitit.helpers.as_completed(jobs):
         yield job.result()

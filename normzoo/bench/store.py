@@ -80,7 +80,7 @@ def now() -> str:
 
 
 class Store:
-    """The results of one output dir; ``Store(out_dir)`` opens or creates ``out_dir/results.sqlite``."""
+    """The results of one output dir: opens or creates ``out_dir/results.sqlite``."""
 
     def __init__(self, out_dir: str | Path) -> None:
         self.path = Path(out_dir) / STORE_NAME
@@ -101,7 +101,7 @@ class Store:
         self.close()
 
     def write_run(self, run_row: dict, evaluations: Iterable[dict]) -> None:
-        """Write one finished run and all its evaluations in a single transaction (replacing any old)."""
+        """Write a finished run and all its evaluations in one transaction (replacing old rows)."""
         missing = set(RUN_COLUMNS) - set(run_row)
         if missing:
             raise ValueError(f"run row lacks columns {sorted(missing)}")

@@ -1,7 +1,8 @@
-"""Semantic checks of a parsed Config: names exist, values are in range, combinations are possible."""
+"""Semantic checks of a parsed Config: known names, values in range, possible combinations."""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
 
@@ -11,6 +12,7 @@ from normzoo.bench.config import (
     LR_SCALINGS,
     OPTIMIZERS,
     SCHEDULES,
+    SHIFT_SOURCES,
     WANDB_MODES,
     Config,
     _unknown,
@@ -68,7 +70,10 @@ def _check_names(config: Config, problems: list[str]) -> None:
     for i, norm in enumerate(config.norms):
         if not _is_alias(norm.name):
             problems.append(f"norms[{i}]: {_unknown('norm', norm.name, available)}")
-    allowed_shifts = ("clean", *normzoo.data.CORRUPTIONS)
+    corruptions = normzoo.data.CORRUPTIONS
+    if config.eval.shift_source == "cifar10c":
+        from normzoo.data.files import CIFAR10C_CORRUPTIONS as corruptions
+    allowed_shifts = ("clean", *corruptions)
     for shift in config.eval.shifts:
         if shift not in allowed_shifts:
             problems.append(f"eval.shifts: {_unknown('corruption', shift, allowed_shifts)}")
@@ -139,14 +144,25 @@ def _check_values(config: Config, problems: list[str]) -> None:
         problems.append(f"eval.tent_lr={ev.tent_lr!r} must be > 0")
     if not _is_int(ev.tent_steps):
         problems.append(f"eval.tent_steps={ev.tent_steps!r} must be an integer >= 1")
-    if ev.max_test_samples is not None and not _is_int(ev.max_test_samples):
-        problems.append(f"eval.max_test_samples={ev.max_test_samples!r} must be null or >= 1")
+    if ev.shift_source not in SHIFT_SOURCES:
+        problems.append(
+            f"eval.shift_source: {_unknown('shift source', ev.shift_source, SHIFT_SOURCES)}"
+        )
+    elif ev.shift_source == "cifar10c" and config.data.dataset != "cifar10":
+        problems.append(
+            f"eval.shift_source=cifar10c needs data.dataset=cifar10 (got '{config.data.dataset}')"
+        )
     if ex.workers is not None and not _is_int(ex.workers):
         problems.append(f"execution.workers={ex.workers!r} must be null (all cores) or >= 1")
     if ex.wandb not in WANDB_MODES:
         problems.append(f"execution.wandb: {_unknown('W&B mode', ex.wandb, WANDB_MODES)}")
     if ex.executor not in EXECUTORS:
         problems.append(f"execution.executor: {_unknown('executor', ex.executor, EXECUTORS)}")
+    elif ex.executor == "submitit" and importlib.util.find_spec("submitit") is None:
+        problems.append(
+            "execution.executor=submitit needs the optional dependency:"
+            " pip install 'normzoo[cluster]'"
+        )
 
 
 def _check_combinations(config: Config, problems: list[str]) -> None:
@@ -182,8 +198,6 @@ def _check_combinations(config: Config, problems: list[str]) -> None:
     sizes = dataset_sizes(config.data.dataset, config.data.options)
     if sizes is not None:
         n_train, n_test = sizes
-        if _is_int(ev.max_test_samples):
-            n_test = min(n_test, ev.max_test_samples)
         n_fit = int(n_train * (1 - config.data.val_fraction))
         for b in config.train.batch_sizes:
             if _is_int(b) and b > n_fit:
