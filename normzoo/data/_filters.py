@@ -8,6 +8,7 @@ torch "reflect") and ``symmetric`` (scipy "reflect").
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -133,6 +134,12 @@ def clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
     rows = clipped_zoom_matrix(x.shape[-2], zoom)
     cols = clipped_zoom_matrix(x.shape[-1], zoom)
     return rows @ (x @ cols.T)
+
+
+@functools.lru_cache(maxsize=16)
+def _zoom_operator(h: int, w: int, zooms: tuple[float, ...]) -> torch.Tensor:
+    operator = sum(torch.kron(clipped_zoom_matrix(h, z), clipped_zoom_matrix(w, z)) for z in zooms)
+    return operator.to_sparse()  # COO; it needs a contiguous dense operand to be fast
 
 
 def zoom_sum(x: torch.Tensor, zooms: list[float]) -> torch.Tensor:
