@@ -31,6 +31,12 @@ def test_same_seed_same_first_batch_different_seed_differs():
     assert xa.dtype == torch.float32 and ya.dtype == torch.int64 and xa.shape == (32, 3, 32, 32)
 
 
+def test_worker_processes_give_the_same_batches():
+    single = [b[1] for b in _module(seed=2).train_dataloader()][:3]
+    workers = [b[1] for b in _module(seed=2, num_workers=1).train_dataloader()][:3]
+    assert all(torch.equal(a, b) for a, b in zip(single, workers, strict=True))
+
+
 def test_split_and_normalization():
     module = _module(seed=3, val_fraction=0.2, train_batch_size=50)
     assert len(module.val_index) == 120 and len(module.train_index) == 480
