@@ -35,13 +35,13 @@ def test_per_image_nuisance_variation_is_large():
 
 
 def test_not_linearly_trivial():
-    """A nearest-class-mean classifier on raw pixels is above chance but far from perfect."""
+    """Random pose and colours defeat pixel templates: nearest class mean is near chance (0.1)."""
     x, y = generate(2000, seed=5)
     xt, yt = generate(1000, seed=6)
     x, xt = x.float().flatten(1) / 255, xt.float().flatten(1) / 255
     means = torch.stack([x[y == c].mean(0) for c in range(10)])
     accuracy = (torch.cdist(xt, means).argmin(1) == yt).float().mean().item()
-    assert 0.1 < accuracy < 0.5
+    assert accuracy < 0.2
 
 
 def test_cache_roundtrip_and_no_rebuild(monkeypatch):
