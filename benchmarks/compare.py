@@ -171,7 +171,10 @@ def _report(config, out_dir: Path, run_keys: list[str], tracker) -> None:
             + ", ".join(f"{s}={n}" for s, n in excluded["status"].value_counts().items())
         )
     if evaluations.empty:
-        console.print("[yellow]no finished runs in the store yet; nothing to report[/]")
+        with Store(out_dir) as store:
+            others = len(store.runs_frame()) - len(runs)
+        hint = f" ({others} runs of other configs are in the store)" if others > 0 else ""
+        console.print(f"[yellow]no finished runs of this config yet{hint}; nothing to report[/]")
         return
     from normzoo.report import build_report
 

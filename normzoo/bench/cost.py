@@ -12,6 +12,10 @@ from normzoo.bench.grid import computed_condition, expand_conditions, expand_run
 from normzoo.bench.validate import dataset_sizes
 
 IMAGE_SHAPES = {"cifar10": (3, 32), "mnist": (1, 28)}
+# Calibrated on configs/quick.yaml (2 CPU cores): data setup, Lightning start-up and W&B per run,
+# and the statistics hooks, loaders and corruptions around each evaluation forward pass.
+RUN_OVERHEAD_SECONDS = 3.0
+EVAL_FACTOR = 1.5
 
 
 def _image_shape(config: Config) -> tuple[int, int]:
@@ -77,7 +81,7 @@ def estimate_seconds(config: Config, workers: int) -> dict:
         computed = {
             computed_condition(c, is_batch_dependent(run.norm.name), largest) for c in conditions
         }
-        eval_total += sum(
+        eval_total += RUN_OVERHEAD_SECONDS + EVAL_FACTOR * sum(
             n_test / c.test_batch_size * eval_overhead + n_test * eval_sample for c in computed
         )
     return {
