@@ -7,9 +7,10 @@ Offline unless the user is logged in (``WANDB_API_KEY`` or a stored login); the 
 from __future__ import annotations
 
 import logging
+import netrc
 import os
-import warnings
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pandas as pd
 
@@ -19,16 +20,17 @@ MODES = ("offline", "online", "disabled")
 
 
 def logged_in() -> bool:
-    """Whether a W&B API key is available (the key itself is never read out or logged)."""
+    """Whether a W&B API key is available: ``WANDB_API_KEY`` or a ``wandb login`` netrc entry.
+
+    Only the presence of a key is checked; it is never printed or logged.
+    """
     if os.environ.get("WANDB_API_KEY"):
         return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
     try:
-        import wandb
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return bool(wandb.api.api_key)
-    except Exception:  # no wandb settings, unreadable netrc: treat as not logged in
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):  # no netrc file: not logged in
         return False
 
 
