@@ -109,7 +109,8 @@ def _local_results(tasks: list[Run], config: Config, workers: int) -> Iterator[R
             yield execute_run(run, config, conditions)
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+    try:
         futures = [pool.submit(execute_run, run, config, conditions) for run in tasks]
         for future in as_completed(futures):
             try:
@@ -117,6 +118,8 @@ def _local_results(tasks: list[Run], config: Config, workers: int) -> Iterator[R
             except BrokenProcessPool as error:  # a worker died (killed, OOM): rerun on resume
                 log.error("a worker process died (%s); unfinished runs will rerun on resume", error)
                 return
+    finally:  # on Ctrl-C or an error in the parent, do not wait for the queued runs
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _submitit_results(tasks: list[Run], config: Config, out_dir: Path) -> Iterator[RunResult]:
