@@ -18,7 +18,7 @@ import yaml
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 LR_SCALINGS = ("none", "linear")
-COMPOSITIONS = ("iid", "label_skew", "outliers")
+COMPOSITIONS = ("iid", "label_skew", "outliers", "mixed_corruption")
 TRAIN_COMPOSITIONS = ("iid", "label_skew")
 EVAL_STATS_MODES = ("running", "batch", "mix", "online", "adabn", "tent")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
@@ -202,7 +202,7 @@ def _parse_composition(raw: Any, where: str, allowed: tuple[str, ...], problems:
             problems.append(f"{where}: outliers needs an integer k >= 1 (outliers per batch)")
             return None
         return Composition("outliers", k=k)
-    return Composition("iid")
+    return Composition(name)  # iid or mixed_corruption: no parameters
 
 
 def _parse_norm(raw: Any, where: str, problems: list[str]) -> NormSpec | None:

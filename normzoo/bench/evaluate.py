@@ -54,7 +54,7 @@ def test_loader(datamodule, condition: TestCondition, ev: EvalSection | None = N
         return cifar10c_batches(datamodule, condition, ev.shift_root)
     return datamodule.test_loader(
         batch_size=condition.test_batch_size,
-        corruption="none" if condition.shift == "clean" else condition.shift,
+        corruption="none" if condition.shift == "clean" else condition.shift,  # or "mixed"
         severity=condition.severity,
         composition=composition.name,
         alpha=composition.alpha,

@@ -135,20 +135,29 @@ def expand_runs(config: Config) -> list[Run]:
     return runs
 
 
+def _shifts(ev, composition: Composition) -> list[tuple[str, int]]:
+    if composition.name == "mixed_corruption":  # every sample of a batch its own corruption
+        return [("mixed", severity) for severity in ev.severities]
+    return [
+        (shift, severity)
+        for shift in ev.shifts
+        for severity in ((0,) if shift == "clean" else ev.severities)
+    ]
+
+
 def expand_conditions(config: Config) -> list[TestCondition]:
-    """All test conditions; clean data has severity 0; outliers(k) only for test batch sizes > k."""
+    """All test conditions; clean data has severity 0; outliers(k) only for test batch sizes > k;
+    ``mixed_corruption`` batches (shift ``mixed``: each sample a different corruption) once per
+    severity."""
     ev = config.eval
     conditions = []
     for batch_size in ev.test_batch_sizes:
         for composition in ev.compositions:
             if composition.name == "outliers" and batch_size <= composition.k:
                 continue
-            for shift in ev.shifts:
-                for severity in (0,) if shift == "clean" else ev.severities:
-                    for mode in ev.stats_modes:
-                        conditions.append(
-                            TestCondition(batch_size, mode, shift, severity, composition)
-                        )
+            for shift, severity in _shifts(ev, composition):
+                for mode in ev.stats_modes:
+                    conditions.append(TestCondition(batch_size, mode, shift, severity, composition))
     return conditions
 
 
@@ -170,12 +179,14 @@ def computed_condition(
     composition = condition.composition
     if composition.name == "outliers":
         return dataclasses.replace(condition, stats_mode=mode)
+    if composition.name == "label_skew" and (
+        mode in PER_SAMPLE_MODES or (mode in BATCHWISE_MODES and condition.test_batch_size == 1)
+    ):
+        composition = Composition()
     if mode in PER_SAMPLE_MODES:
         return TestCondition(
-            per_sample_batch_size, mode, condition.shift, condition.severity, Composition()
+            per_sample_batch_size, mode, condition.shift, condition.severity, composition
         )
-    if mode in BATCHWISE_MODES and condition.test_batch_size == 1:
-        composition = Composition()
     return dataclasses.replace(condition, stats_mode=mode, composition=composition)
 
 

@@ -134,7 +134,8 @@ def _check_values(config: Config, problems: list[str]) -> None:
         problems.append("eval.shifts is empty; use [clean]")
     if not ev.compositions:
         problems.append("eval.compositions is empty; use [iid]")
-    if any(s != "clean" for s in ev.shifts) and (
+    mixed = any(c.name == "mixed_corruption" for c in ev.compositions)
+    if (mixed or any(s != "clean" for s in ev.shifts)) and (
         not ev.severities or not all(_is_int(s) and s <= 5 for s in ev.severities)
     ):
         problems.append(f"eval.severities={list(ev.severities)} must be integers in 1..5")
@@ -148,6 +149,10 @@ def _check_values(config: Config, problems: list[str]) -> None:
         problems.append(
             f"eval.shift_source: {_unknown('shift source', ev.shift_source, SHIFT_SOURCES)}"
         )
+    elif ev.shift_source == "cifar10c" and any(
+        c.name == "mixed_corruption" for c in ev.compositions
+    ):
+        problems.append("eval.compositions mixed_corruption needs eval.shift_source=generated")
     elif ev.shift_source == "cifar10c" and config.data.dataset != "cifar10":
         problems.append(
             f"eval.shift_source=cifar10c needs data.dataset=cifar10 (got '{config.data.dataset}')"

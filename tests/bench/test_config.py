@@ -96,6 +96,8 @@ def test_set_overrides_are_dotted_and_yaml_parsed(tiny_config_path):
     assert [n.name for n in config.norms] == ["layer", "instance"]
     assert config.eval.mix_prior == 8 and config.data.options["image_size"] == 24
     assert config.train.seeds == (0, 1)  # a count expands to seeds 0..n-1
+    mixed = load_config(tiny_config_path, ["eval.compositions=[iid, mixed_corruption]"])
+    assert [c.name for c in mixed.eval.compositions] == ["iid", "mixed_corruption"]
     with pytest.raises(ValueError, match="did you mean 'epochs'"):
         load_config(tiny_config_path, ["train.epoch=3"])
     with pytest.raises(ValueError, match="key=value"):

@@ -79,7 +79,7 @@ def test_compare_produces_store_wandb_runs_and_report(compare, tiny_config_path,
         "--set",
         "eval.stats_modes=[running, batch, mix, online, adabn, tent]",
         "--set",
-        "eval.compositions=[iid, {name: outliers, k: 2}]",
+        "eval.compositions=[iid, {name: outliers, k: 2}, mixed_corruption]",
     ]
     assert compare.main(argv) == 0
     printed = capsys.readouterr().out
@@ -93,6 +93,8 @@ def test_compare_produces_store_wandb_runs_and_report(compare, tiny_config_path,
         ["run_key", "test_batch_size", "stats_mode", "shift", "severity", "test_composition"]
     ).any()
     assert ev["accuracy"].between(0, 1).all()
+    mixed = ev[ev["test_composition"] == "mixed_corruption"]
+    assert set(mixed["shift"]) == {"mixed"} and len(mixed) == 4 * 2 * 6
     outliers = ev[ev["test_composition"] == "outliers(k=2)"]
     assert (outliers["n_test"] < 96).all() and (
         ev[ev["test_composition"] == "iid"]["n_test"] == 96

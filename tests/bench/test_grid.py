@@ -72,6 +72,21 @@ def test_conditions_clean_has_severity_zero_and_outliers_need_room():
     assert len(conditions) == 3 * 3 * 2 + 2 * 3 * 2
 
 
+def test_mixed_corruption_batches_once_per_severity():
+    config = _config()
+    ev = dataclasses.replace(config.eval, compositions=(Composition("mixed_corruption"),))
+    conditions = expand_conditions(dataclasses.replace(config, eval=ev))
+    assert {(c.shift, c.severity) for c in conditions} == {("mixed", 1), ("mixed", 5)}
+    assert len(set(conditions)) == len(conditions)
+    assert len(conditions) == 3 * 2 * 2
+    # the corruption of a sample depends on its index only, so running statistics merge batch
+    # sizes but never drop the mixing
+    merged = computed_condition(conditions[0], True, 16)
+    assert merged.composition.name == "mixed_corruption" and merged.test_batch_size == 16
+    one = TestCondition(1, "batch", "mixed", 5, Composition("mixed_corruption"))
+    assert computed_condition(one, True, 16) == one
+
+
 def test_computed_condition_rules():
     skew = Composition("label_skew", alpha=0.0)
     c = TestCondition(8, "batch", "fog", 5, skew)
