@@ -18,6 +18,8 @@ from rich.table import Table
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
 console = Console()
+if not console.is_terminal:  # logs and pipes: do not squeeze tables into 80 columns
+    console = Console(width=160)
 log = logging.getLogger("normzoo.compare")
 
 
@@ -156,6 +158,19 @@ def _fresh(out_dir: Path) -> None:
     shutil.rmtree(out_dir / "wandb", ignore_errors=True)
 
 
+def _rich_table(frame):
+    """A DataFrame as a rich Table (wraps long column names instead of the whole table)."""
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    table.add_column(str(frame.index.name or ""), style="bold", no_wrap=True)
+    for column in frame.columns:
+        table.add_column(str(column), justify="right")
+    for index, row in frame.iterrows():
+        table.add_row(str(index), *(str(v) for v in row))
+    return table
+
+
 def _report(config, out_dir: Path, run_keys: list[str], tracker) -> None:
     from normzoo.bench.store import Store
 
@@ -190,7 +205,7 @@ def _report(config, out_dir: Path, run_keys: list[str], tracker) -> None:
         command=command,
     )
     console.print("\n[bold]headline[/] (accuracy, mean ± 95% CI half-width over seeds)")
-    console.print(report.headline.to_string())
+    console.print(_rich_table(report.headline.T.rename_axis("condition")))
     console.print(f"\nreport: {report.path}")
     if tracker is not None:
         tables = {k: v for k, v in report.tables.items() if not v.empty}

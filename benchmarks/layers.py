@@ -20,8 +20,12 @@ from torch.utils import benchmark
 
 import normzoo
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-          "float16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 def references(channels: int, groups: int, rank: int) -> dict[str, tuple[nn.Module, nn.Module]]:
@@ -38,11 +42,19 @@ def references(channels: int, groups: int, rank: int) -> dict[str, tuple[nn.Modu
 
 
 def _timer(fn, label: str, sub_label: str, description: str) -> benchmark.Timer:
-    return benchmark.Timer(stmt="fn()", globals={"fn": fn}, label=label, sub_label=sub_label,
-                           description=description, num_threads=torch.get_num_threads())
+    return benchmark.Timer(
+        stmt="fn()",
+        globals={"fn": fn},
+        label=label,
+        sub_label=sub_label,
+        description=description,
+        num_threads=torch.get_num_threads(),
+    )
 
 
-def measure(layer: nn.Module, x: torch.Tensor, train: bool, backward: bool, min_run: float) -> float:
+def measure(
+    layer: nn.Module, x: torch.Tensor, train: bool, backward: bool, min_run: float
+) -> float:
     """Median seconds per call of the layer (forward, or forward+backward)."""
     layer.train(train)
     if backward:
@@ -52,6 +64,7 @@ def measure(layer: nn.Module, x: torch.Tensor, train: bool, backward: bool, min_
         def fn():
             layer(x).backward(grad)
     else:
+
         def fn():
             with torch.no_grad():
                 layer(x)
@@ -70,9 +83,11 @@ def floor(x: torch.Tensor, backward: bool, min_run: float) -> float:
         def fn():
             torch.mul(x, 1.0).backward(grad)
     else:
+
         def fn():
             with torch.no_grad():
                 torch.mul(x, 1.0)
+
     for _ in range(3):
         fn()
     return _timer(fn, "", "", "").blocked_autorange(min_run_time=min_run).median
@@ -87,8 +102,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     if args.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     rows = []
-    for mode, train, backward in (("train fwd+bwd", True, True), ("train fwd", True, False),
-                                  ("eval fwd", False, False)):
+    for mode, train, backward in (
+        ("train fwd+bwd", True, True),
+        ("train fwd", True, False),
+        ("eval fwd", False, False),
+    ):
         base = floor(x, backward, args.min_run)
         for name, (zoo, ref) in references(shape[1], args.groups, x.dim()).items():
             zoo, ref = zoo.to(device, dtype), ref.to(device, dtype)
@@ -96,8 +114,17 @@ def run(args: argparse.Namespace) -> list[dict]:
                 pass  # batch-independent norms compute the same in eval; measured anyway
             t_zoo = measure(zoo, x, train, backward, args.min_run)
             t_ref = measure(ref, x, train, backward, args.min_run)
-            rows.append({"mode": mode, "norm": name, "zoo_ms": t_zoo * 1e3, "torch_ms": t_ref * 1e3,
-                         "ratio": t_zoo / t_ref, "floor_ms": base * 1e3, "x_floor": t_zoo / base})
+            rows.append(
+                {
+                    "mode": mode,
+                    "norm": name,
+                    "zoo_ms": t_zoo * 1e3,
+                    "torch_ms": t_ref * 1e3,
+                    "ratio": t_zoo / t_ref,
+                    "floor_ms": base * 1e3,
+                    "x_floor": t_zoo / base,
+                }
+            )
     return rows
 
 
@@ -110,20 +137,32 @@ def to_markdown(rows: list[dict], args: argparse.Namespace) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['mode']} | {r['norm']} | {r['zoo_ms']:.3f} | {r['torch_ms']:.3f} | "
-                     f"{r['ratio']:.2f} | {r['floor_ms']:.3f} | {r['x_floor']:.1f} |")
+        lines.append(
+            f"| {r['mode']} | {r['norm']} | {r['zoo_ms']:.3f} | {r['torch_ms']:.3f} | "
+            f"{r['ratio']:.2f} | {r['floor_ms']:.3f} | {r['x_floor']:.1f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    parser.add_argument("--shape", default="32,64,32,32", help="input shape N,C,*  (default: 32,64,32,32)")
-    parser.add_argument("--groups", type=int, default=32, help="groups for group norm (default: 32)")
+    parser.add_argument(
+        "--shape", default="32,64,32,32", help="input shape N,C,*  (default: 32,64,32,32)"
+    )
+    parser.add_argument(
+        "--groups", type=int, default=32, help="groups for group norm (default: 32)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (4-d)")
-    parser.add_argument("--min-run", type=float, default=0.5, help="seconds per measurement (default: 0.5)")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="channels_last memory format (4-d)"
+    )
+    parser.add_argument(
+        "--min-run", type=float, default=0.5, help="seconds per measurement (default: 0.5)"
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch.cuda.is_available() is False")

@@ -11,7 +11,15 @@ from normzoo.data.files import load_cifar10, load_mnist
 from normzoo.data.synthetic import load_synthetic
 
 DATASETS = ("synthetic", "cifar10", "mnist")
-_SYNTHETIC_OPTIONS = ("train_size", "test_size", "image_size", "seed", "num_classes", "cache")
+_SYNTHETIC_OPTIONS = (
+    "difficulty",
+    "train_size",
+    "test_size",
+    "image_size",
+    "seed",
+    "num_classes",
+    "cache",
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,8 @@ def load(name: str, root: str | os.PathLike | None = None, **opts) -> ImageSplit
     """Load dataset ``name`` (one of ``DATASETS``); real datasets are read from ``root``.
 
     Options: synthetic takes ``train_size=20000, test_size=5000, image_size=32, seed=0,
-    num_classes=10, cache=True``; cifar10 and mnist take none.
+    num_classes=10, cache=True, difficulty="hard"`` ("easy": no distractor, little clutter
+    and noise — the quick benchmark's preset); cifar10 and mnist take none.
     """
     key = name.lower().replace("-", "").replace("_", "")
     if key == "synthetic":

@@ -98,3 +98,27 @@ def test_load_errors():
         load("synthetic", size=3)
     with pytest.raises(ValueError, match="train_size"):
         load_synthetic(train_size=0)
+
+
+def test_easy_preset_keeps_nuisance_and_drops_distractor():
+    """'easy' is a different, deterministic dataset: same labels, cleaner images, same nuisance."""
+    hard, y_hard = generate(400, seed=1, image_size=16)
+    easy, y_easy = generate(400, seed=1, image_size=16, difficulty="easy")
+    assert torch.equal(y_hard, y_easy) and not torch.equal(hard, easy)
+    assert torch.equal(easy, generate(400, seed=1, image_size=16, difficulty="easy")[0])
+    easy = easy.float() / 255
+    assert easy.mean(dim=(1, 2, 3)).std() > 0.08  # per-image brightness still varies
+    # without distractor and clutter, within-image detail is dominated by the object: the
+    # background (image border) is flatter than in the hard preset
+    border = lambda x: torch.cat([x[..., 0, :], x[..., -1, :]], dim=-1).std(dim=-1).mean()  # noqa: E731
+    assert border(easy) < border(hard.float() / 255)
+    with pytest.raises(ValueError, match="difficulty"):
+        generate(4, seed=0, difficulty="medium")
+
+
+def test_easy_preset_has_its_own_cache_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("NORMZOO_CACHE", str(tmp_path))
+    a = load("synthetic", train_size=50, test_size=20, image_size=16, difficulty="easy")
+    b = load("synthetic", train_size=50, test_size=20, image_size=16)
+    assert not torch.equal(a.train_images, b.train_images)
+    assert len(list(tmp_path.glob("*.pt"))) == 2
