@@ -360,7 +360,7 @@ def _significance_sections(
             "",
             "At the headline clean condition:",
             "",
-            markdown_table(_display(key, ["train_batch_size"])),
+            markdown_table(_display(key, _train_columns(key))),
             "",
         ]
     else:
@@ -371,7 +371,7 @@ def _significance_sections(
         lines += [
             "## All pairs at the headline clean condition",
             "",
-            markdown_table(_display(pairs, ["train_batch_size"])),
+            markdown_table(_display(pairs, _train_columns(pairs))),
             "",
         ]
     group_keys = [*train_keys, "method", *[k for k in test_keys if k != "stats_mode"]]
@@ -432,6 +432,12 @@ def _significance_sections(
             "",
         ]
     return lines
+
+
+def _train_columns(table: pd.DataFrame) -> list[str]:
+    """Train-condition columns that tell the rows apart (always the train batch size)."""
+    varying = _varying(table, TRAIN_KEYS)
+    return varying if "train_batch_size" in varying else ["train_batch_size", *varying]
 
 
 def _display(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
