@@ -23,7 +23,7 @@ __all__ = [
 
 
 def check_input(x: Tensor, num_features: int, layer: str, min_dim: int = 2) -> None:
-    """Raise a clear error unless ``x`` is channels-first ``(N, C, *)`` with ``C == num_features``."""
+    """Raise a clear error unless ``x`` is channels-first ``(N, C, *)`` with C == num_features."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{layer}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() < min_dim:
@@ -31,7 +31,8 @@ def check_input(x: Tensor, num_features: int, layer: str, min_dim: int = 2) -> N
         need = "(N, C, *)" + (spatial if min_dim > 2 else "")
         raise ValueError(
             f"{layer}: expected channels-first input {need}, got shape {tuple(x.shape)} "
-            f"(rank {x.dim()}); add the missing dimensions (e.g. x.unsqueeze(0) for a single sample)"
+            f"(rank {x.dim()}); add the missing dimensions "
+            "(e.g. x.unsqueeze(0) for a single sample)"
         )
     if x.shape[1] != num_features:
         raise ValueError(

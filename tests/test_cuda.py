@@ -73,8 +73,9 @@ def test_cuda_torch_compile_inductor(name):
 
 def test_cuda_timm_model_with_zoo_layers():
     timm = pytest.importorskip("timm")
-    model = timm.create_model("resnet18", pretrained=False, num_classes=10,
-                              norm_layer=normzoo.norm_layer("batch_renorm")).cuda()
+    model = timm.create_model(
+        "resnet18", pretrained=False, num_classes=10, norm_layer=normzoo.norm_layer("batch_renorm")
+    ).cuda()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = model(torch.randn(4, 3, 64, 64, device="cuda"))
     out.float().sum().backward()

@@ -36,7 +36,7 @@ class BatchNorm(_BatchNorm):
         nzf.check_input(x, self.num_features, type(self).__name__)
 
     def _step(self) -> tuple[bool, float]:
-        """Advance the step counter in training; return (use batch stats, EMA factor) as torch does."""
+        """Advance the step counter in training; return (use batch stats, EMA factor), as torch."""
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)

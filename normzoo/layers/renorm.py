@@ -14,7 +14,8 @@ class BatchRenorm(BatchNorm):
     """Batch norm whose training output is corrected towards the running statistics.
 
     Training: ``y = weight * ((x - mu_B) / sigma_B * r + d) + bias`` with stop-gradient
-    ``r = clip(sigma_B / sigma, 1/r_max, r_max)`` and ``d = clip((mu_B - mu) / sigma, -d_max, d_max)``
+    ``r = clip(sigma_B / sigma, 1/r_max, r_max)`` and
+    ``d = clip((mu_B - mu) / sigma, -d_max, d_max)``
     (``sigma = sqrt(running_var + eps)``, ``sigma_B = sqrt(biased batch var + eps)``).
     Schedule, counted in training steps by ``num_batches_tracked``: for the first ``warmup``
     steps r = 1, d = 0 (plain batch norm); over the next ``ramp`` steps the limits grow
