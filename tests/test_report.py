@@ -142,6 +142,19 @@ def test_report_files_plots_and_headline(tmp_path):
     assert "clean, train bs 8" in headline.columns and "clean, train bs 32" in headline.columns
     assert "clean, test bs 1" in headline.columns and "label_skew test batches" in headline.columns
     assert "mean over corruptions (n=2), severity 3" in headline.columns
+    # small test batches get one column per stats mode: batch statistics lose 0.2 / bs for the
+    # batch-dependent norms; norms without batch statistics show their only (running) result
+    batch_col = "clean, test bs 1, batch stats"
+    assert batch_col in headline.columns
+    assert "mean over corruptions (n=2), severity 3, batch stats" in headline.columns
+
+    def mean_of(method, column):
+        return float(headline.loc[method, column].split(" ± ")[0])
+
+    assert mean_of("batch", batch_col) == pytest.approx(
+        mean_of("batch", "clean, test bs 1") - 0.2, abs=0.01
+    )
+    assert mean_of("layer", batch_col) == mean_of("layer", "clean, test bs 1")
     cell = headline.loc["group(groups=4)", "clean, train bs 32"]
     mean, half = (float(v) for v in cell.split(" ± "))
     rows = evaluations[
