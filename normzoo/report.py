@@ -158,8 +158,12 @@ def _headline_conditions(ev: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         rows = at_largest[
             (at_largest["shift"] == "clean") & (at_largest["test_composition"] == composition)
         ]
-        rows = _prefer_stats_mode(rows[rows["test_batch_size"] == rows["test_batch_size"].max()])
-        conditions.append((f"{composition} test batches", rows))
+        rows = rows[rows["test_batch_size"] == rows["test_batch_size"].max()]
+        conditions.append((f"{composition} test batches", _prefer_stats_mode(rows)))
+        if "batch" in set(rows["stats_mode"]):
+            conditions.append(
+                (f"{composition} test batches, batch stats", _prefer_stats_mode(rows, "batch"))
+            )
     return [(name, rows) for name, rows in conditions if not rows.empty]
 
 

@@ -147,6 +147,7 @@ def test_report_files_plots_and_headline(tmp_path):
     batch_col = "clean, test bs 1, batch stats"
     assert batch_col in headline.columns
     assert "mean over corruptions (n=2), severity 3, batch stats" in headline.columns
+    assert "label_skew test batches, batch stats" in headline.columns
 
     def mean_of(method, column):
         return float(headline.loc[method, column].split(" ± ")[0])
