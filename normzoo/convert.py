@@ -108,7 +108,7 @@ def convert(model: nn.Module, name: str, **opts) -> nn.Module:
     modules are untouched, so converting a trained model to ``batch`` leaves its eval output
     unchanged. Returns ``model`` (or the replacement when ``model`` itself is a norm layer).
     """
-    check_options(name, {k: v for k, v in opts.items()})
+    check_options(name, opts)
     channels = norm_channels(model)
     if channels is not None:
         return _replacement(model, channels, name, opts)

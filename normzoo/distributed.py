@@ -84,15 +84,11 @@ class _SyncMixin:
 
     def _renorm(self, scale, shift, mean, var):
         """Fold Algorithm 1's r and d (computed from the global statistics) into scale/shift."""
-        step = self.num_batches_tracked - 1 if self.num_batches_tracked is not None else None
-        if step is None:
-            step = torch.tensor(self.warmup + self.ramp)
-        rmax, dmax = nzf.renorm_limits(step, self.rmax, self.dmax, self.warmup, self.ramp)
-        rmax, dmax = rmax.to(var), dmax.to(var)
-        with torch.no_grad():
-            sigma = (self.running_var.to(var.dtype) + self.eps).sqrt()
-            r = (torch.sqrt(var + self.eps) / sigma).clamp(1.0 / rmax, rmax)
-            d = ((mean - self.running_mean.to(var.dtype)) / sigma).clamp(-dmax, dmax)
+        rmax, dmax = self._limits()
+        sigma_b = torch.sqrt(var + self.eps)
+        r, d = nzf.renorm_correction(
+            mean, sigma_b, self.running_mean, self.running_var, self.eps, rmax, dmax
+        )
         return scale * r, shift * r + d
 
 

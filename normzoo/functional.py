@@ -17,6 +17,7 @@ __all__ = [
     "batch_renorm",
     "check_input",
     "group_norm",
+    "renorm_correction",
     "renorm_limits",
     "values_per_channel",
 ]
@@ -98,6 +99,27 @@ def renorm_limits(
     return 1.0 + (rmax - 1.0) * frac, dmax * frac
 
 
+def renorm_correction(
+    mean_b: Tensor,
+    sigma_b: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+    rmax: Tensor | float,
+    dmax: Tensor | float,
+) -> tuple[Tensor, Tensor]:
+    """Batch Renormalization's ``r = clip(sigma_B / sigma, 1/rmax, rmax)`` and
+    ``d = clip((mu_B - mu) / sigma, -dmax, dmax)``, ``sigma = sqrt(running_var + eps)``,
+    without gradient (Ioffe 2017, Algorithm 1), in the dtype of the batch statistics."""
+    with torch.no_grad():
+        rmax = torch.as_tensor(rmax, dtype=mean_b.dtype, device=mean_b.device)
+        dmax = torch.as_tensor(dmax, dtype=mean_b.dtype, device=mean_b.device)
+        sigma = (running_var.to(mean_b.dtype) + eps).sqrt()
+        r = (sigma_b.detach() / sigma).clamp(1.0 / rmax, rmax)
+        d = ((mean_b.detach() - running_mean.to(mean_b.dtype)) / sigma).clamp(-dmax, dmax)
+    return r, d
+
+
 def batch_renorm(
     x: Tensor,
     running_mean: Tensor,
@@ -126,11 +148,7 @@ def batch_renorm(
     _check_batch_stats(x, "batch renorm")
     with torch.no_grad():
         mean_b, invstd_b = batch_stats(x, eps)
-        rmax = torch.as_tensor(rmax, dtype=mean_b.dtype, device=mean_b.device)
-        dmax = torch.as_tensor(dmax, dtype=mean_b.dtype, device=mean_b.device)
-        sigma = (running_var.to(mean_b.dtype) + eps).sqrt()
-        r = (1.0 / (invstd_b * sigma)).clamp(1.0 / rmax, rmax)
-        d = ((mean_b - running_mean.to(mean_b.dtype)) / sigma).clamp(-dmax, dmax)
+        r, d = renorm_correction(mean_b, 1.0 / invstd_b, running_mean, running_var, eps, rmax, dmax)
         param_dtype = weight.dtype if weight is not None else running_mean.dtype
         r, d = r.to(param_dtype), d.to(param_dtype)
     if weight is None:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from normzoo.functional import batch_stats
+from normzoo.functional import batch_stats, values_per_channel
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,9 @@ def channel_moments(x: Tensor, correction: int) -> tuple[Tensor, Tensor]:
     mean, invstd = batch_stats(x, 0.0)
     var = torch.where(invstd > 0, invstd.reciprocal().square(), torch.zeros_like(invstd))
     if correction:
-        count = _values_per_channel(x)
+        count = values_per_channel(x)
         var = var * (count / (count - correction))
     return mean, var
-
-
-def _values_per_channel(x: Tensor) -> int:
-    return x.numel() // max(x.shape[1], 1) if x.dim() >= 2 else x.numel()
 
 
 @dataclass(eq=False)  # compared by identity: nested contexts may hold equal policies
@@ -84,7 +80,7 @@ _ACTIVE: weakref.WeakKeyDictionary[nn.Module, _LayerHooks] = weakref.WeakKeyDict
 
 
 def _require_two_values(policy: _Policy, x: Tensor) -> None:
-    if _values_per_channel(x) < 2:
+    if values_per_channel(x) < 2:
         raise ValueError(
             f"stats_mode {policy.mode!r}: layer {policy.name!r} got input of shape "
             f"{tuple(x.shape)}, i.e. one value per channel: no batch variance exists. "
@@ -271,7 +267,7 @@ class _Moments:
 
     def update(self, x: Tensor) -> None:
         """Merge one batch: per-batch mean/M2 in float64, then Chan's parallel combination."""
-        n_b = _values_per_channel(x)
+        n_b = values_per_channel(x)
         if n_b == 0:
             return
         var_b, mean_b = torch.var_mean(

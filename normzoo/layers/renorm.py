@@ -61,16 +61,20 @@ class BatchRenorm(BatchNorm):
             f"warmup={self.warmup}, ramp={self.ramp}"
         )
 
+    def _limits(self) -> tuple[Tensor, Tensor]:
+        """Clip limits (r_max, d_max) of the current step; call after :meth:`_step`."""
+        if self.num_batches_tracked is not None:
+            step = self.num_batches_tracked - 1  # steps completed before this one
+        else:
+            step = torch.tensor(self.warmup + self.ramp)
+        return nzf.renorm_limits(step, self.rmax, self.dmax, self.warmup, self.ramp)
+
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and self.running_mean is not None and self.running_var is not None):
             return super().forward(x)  # eval, or no running statistics to renormalize towards
         self._check_input_dim(x)
         _, factor = self._step()
-        if self.num_batches_tracked is not None:
-            step = self.num_batches_tracked - 1  # steps completed before this one
-        else:
-            step = torch.tensor(self.warmup + self.ramp)
-        rmax, dmax = nzf.renorm_limits(step, self.rmax, self.dmax, self.warmup, self.ramp)
+        rmax, dmax = self._limits()
         return nzf.batch_renorm(
             x,
             self.running_mean,
