@@ -18,7 +18,7 @@ os.environ.update(
 
 @pytest.fixture(scope="session")
 def compare():
-    """benchmarks/compare.py as a module (benchmarks/ is not a package)."""
+    """benchmarks/compare.py as a module (benchmarks/ is not a package); its `main` is the CLI."""
     spec = importlib.util.spec_from_file_location("compare", ROOT / "benchmarks" / "compare.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

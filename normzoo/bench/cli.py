@@ -1,0 +1,267 @@
+"""The compare CLI: config -> runs -> store -> statistics -> report (+ W&B).
+
+``main(argv) -> int`` is the whole command; ``benchmarks/compare.py`` (the documented entry
+point), the ``normzoo compare`` console script and ``python -m normzoo`` all call it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quick.yaml"
+console = Console()
+if not console.is_terminal:  # logs and pipes: do not squeeze tables into 80 columns
+    console = Console(width=160)
+log = logging.getLogger("normzoo.compare")
+
+
+def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Train every (norm, train batch size, composition, seed) of an experiment"
+        " config, evaluate each trained model under every test condition, store the results in"
+        " <out>/results.sqlite, log to W&B and print the headline table. Rerunning resumes.",
+    )
+    parser.add_argument(
+        "config",
+        nargs="?",
+        default=str(DEFAULT_CONFIG),
+        help="experiment YAML (default: configs/quick.yaml)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, dotted key and YAML value, e.g."
+        " --set train.epochs=3 --set 'norms=[batch,group]' (repeatable)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output dir for results.sqlite, CSVs, report and wandb/"
+        " (default: runs/<experiment name>)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="parallel worker processes, one torch thread each"
+        " (default: execution.workers, else the number of CPU cores)",
+    )
+    parser.add_argument(
+        "--wandb",
+        choices=("auto", "offline", "online", "disabled"),
+        default=None,
+        help="W&B mode (default: execution.wandb = auto: online when logged in,"
+        " else offline files under <out>/wandb)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the config, print the grid and the estimated cost; train nothing",
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete this output dir's results (store, CSVs, wandb/) and start over",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing; rebuild CSVs, report and headline table from the store",
+    )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="rerun runs recorded as failed or diverged (by default they are kept and not retried)",
+    )
+    return parser.parse_args(argv)
+
+
+def _load(args: argparse.Namespace):
+    from normzoo.bench.config import load_config
+
+    overrides = list(args.set)
+    if args.workers is not None:
+        overrides.append(f"execution.workers={args.workers}")
+    if args.wandb is not None:
+        overrides.append(f"execution.wandb={args.wandb}")
+    return load_config(args.config, overrides)
+
+
+def _print_grid(config, out_dir: Path, workers: int, dry_run: bool) -> None:
+    from normzoo.bench.cost import estimate_seconds
+    from normzoo.bench.grid import expand_conditions, expand_runs, grid_summary
+    from normzoo.registry import is_batch_dependent
+
+    batch_dependent = sum(is_batch_dependent(n.name) for n in config.norms)
+    counts = grid_summary(config, batch_dependent)
+    cost = estimate_seconds(config, workers)
+    console.print(
+        f"[bold]{config.experiment.name}[/] (config hash {config.hash}) -> {out_dir}\n"
+        f"  {counts['runs']} runs = {len(config.norms)} norms x {len(config.train.batch_sizes)}"
+        f" train batch sizes x {len(config.train.compositions)} compositions x"
+        f" {len(config.train.seeds)} seeds\n"
+        f"  {counts['conditions_per_run']} test conditions per run ->"
+        f" {counts['evaluations_recorded']} evaluation rows, {counts['evaluations_computed']}"
+        " computed (identical computations run once)\n"
+        f"  estimated cost on this machine: ~{_duration(cost['wall_seconds'])}"
+        f" with {workers} workers"
+        f" (train {cost['train_seconds']:.0f} s + eval {cost['eval_seconds']:.0f} s of CPU time;"
+        " rough, from timed steps of the backbone)"
+    )
+    if dry_run:
+        table = Table(title="runs")
+        for column in ("run", "key", "norm", "train bs", "composition", "seed"):
+            table.add_column(column)
+        for run in expand_runs(config):
+            table.add_row(
+                run.name,
+                run.key,
+                run.norm.label,
+                str(run.train_batch_size),
+                run.train_composition.label,
+                str(run.seed),
+            )
+        console.print(table)
+        labels = sorted({c.label for c in expand_conditions(config)})
+        console.print(f"test conditions ({len(labels)}): " + ", ".join(labels))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _fresh(out_dir: Path) -> None:
+    from normzoo.bench.store import STORE_NAME
+
+    for name in (
+        STORE_NAME,
+        f"{STORE_NAME}-wal",
+        f"{STORE_NAME}-shm",
+        "runs.csv",
+        "evaluations.csv",
+    ):
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "wandb", ignore_errors=True)
+
+
+def _rich_table(frame):
+    """A DataFrame as a rich Table (wraps long column names instead of the whole table)."""
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    table.add_column(str(frame.index.name or ""), style="bold", no_wrap=True)
+    for column in frame.columns:
+        table.add_column(str(column), justify="right")
+    for index, row in frame.iterrows():
+        table.add_row(str(index), *(str(v) for v in row))
+    return table
+
+
+def _report(config, out_dir: Path, run_keys: list[str], tracker) -> None:
+    from normzoo.bench.store import Store
+
+    with Store(out_dir) as store:
+        csvs = store.export_csv(out_dir, run_keys)
+        runs = store.runs_frame(run_keys)
+        evaluations = store.evaluations_frame(run_keys)
+    console.print(f"results: {out_dir / 'results.sqlite'} ({', '.join(p.name for p in csvs)})")
+    excluded = runs[runs["status"] != "ok"]
+    if len(excluded):
+        console.print(
+            f"[yellow]{len(excluded)} run(s) excluded from statistics[/]: "
+            + ", ".join(f"{s}={n}" for s, n in excluded["status"].value_counts().items())
+        )
+    if evaluations.empty:
+        with Store(out_dir) as store:
+            others = len(store.runs_frame()) - len(runs)
+        hint = f" ({others} runs of other configs are in the store)" if others > 0 else ""
+        console.print(f"[yellow]no finished runs of this config yet{hint}; nothing to report[/]")
+        return
+    from normzoo.report import build_report
+
+    names = [n.name for n in config.norms]
+    reference = "batch" if "batch" in names else config.norms[0].label
+    command = " ".join(["python", *sys.argv]) if sys.argv else None
+    report = build_report(
+        runs,
+        evaluations,
+        out_dir,
+        reference=reference,
+        title=f"normzoo benchmark: {config.experiment.name}",
+        command=command,
+    )
+    console.print("\n[bold]headline[/] (accuracy, mean ± 95% CI half-width over seeds)")
+    console.print(_rich_table(report.headline.T.rename_axis("condition")))
+    console.print(f"\nreport: {report.path}")
+    if tracker is not None:
+        tables = {k: v for k, v in report.tables.items() if not v.empty}
+        tracker.log_summary(tables, list(report.figures.values()), config.to_dict())
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run the compare command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+
+    ``prog`` is the command name shown in ``--help`` (default: from ``sys.argv[0]``).
+    """
+    args = parse_args(argv, prog)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    try:
+        config = _load(args)
+    except (ValueError, FileNotFoundError) as error:
+        console.print(f"[red]error:[/] {error}")
+        return 2
+    from normzoo.bench.grid import expand_runs
+    from normzoo.bench.run import default_workers, run_grid
+    from normzoo.bench.track import Tracker
+
+    out_dir = Path(args.out) if args.out else Path("runs") / config.experiment.name
+    workers = config.execution.workers or default_workers()
+    if args.fresh and not args.dry_run:
+        _fresh(out_dir)
+    _print_grid(config, out_dir, workers, args.dry_run)
+    if args.dry_run:
+        return 0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(
+        config.execution.wandb, out_dir, config.experiment.name, config.execution.wandb_project
+    )
+    console.print(f"W&B mode: {tracker.mode}")
+    if not args.report_only:
+        summary = run_grid(
+            config,
+            out_dir,
+            workers,
+            tracker,
+            retry_failed=args.retry_failed,
+            show_progress=console.is_terminal,
+        )
+        console.print(f"[bold]summary:[/] {summary.line()}")
+        for line in summary.errors:
+            console.print(f"  [red]{line}[/]")
+    _report(config, out_dir, [r.key for r in expand_runs(config)], tracker)
+    if tracker.mode == "offline":
+        console.print(f"W&B offline runs: wandb sync {out_dir}/wandb/offline-run-*")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
