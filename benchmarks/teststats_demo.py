@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 import normzoo.data
-from normzoo.adapt import adapt
-from normzoo.teststats import recompute_stats, stats_mode
+from normzoo.testtime import adapt, recompute_stats, stats_mode
 
 
 def load(args: argparse.Namespace) -> tuple[torch.Tensor, ...]:

@@ -4,11 +4,10 @@ Layers: :func:`available`, :func:`create`, :func:`norm_layer`, :func:`convert`.
 Test-time statistics: :func:`stats_mode`, :func:`recompute_stats`, :func:`adapt`.
 """
 
-from normzoo.adapt import adapt
 from normzoo.convert import convert
 from normzoo.interop import norm_layer
 from normzoo.registry import available, create, is_batch_dependent, register
-from normzoo.teststats import STATS_MODES, recompute_stats, stats_mode
+from normzoo.testtime import STATS_MODES, adapt, recompute_stats, stats_mode
 
 __version__ = "0.1.0"
 

@@ -10,12 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normzoo.adapt import adapt
 from normzoo.bench.config import EvalSection
 from normzoo.bench.grid import TestCondition, computed_condition
 from normzoo.data import IGNORE_INDEX
 from normzoo.models import has_batch_layers
-from normzoo.teststats import stats_mode
+from normzoo.testtime import adapt, stats_mode
 
 log = logging.getLogger(__name__)
 

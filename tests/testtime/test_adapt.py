@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 import normzoo
-from normzoo.adapt import adapt
-from normzoo.teststats import stats_mode
+from normzoo.testtime import adapt, stats_mode
 
 
 def small_cnn(norm: str = "torch") -> nn.Module:

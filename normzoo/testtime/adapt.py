@@ -9,7 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from normzoo.teststats import RECOMPUTE_METHODS, _inputs, batch_layers, recompute_stats
+from normzoo.testtime.inputs import batch_inputs
+from normzoo.testtime.modes import batch_layers
+from normzoo.testtime.recompute import RECOMPUTE_METHODS, recompute_stats
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ def _tent(
     seen = 0
     try:
         with torch.enable_grad():
-            for index, x in enumerate(_inputs(batches, num_batches)):
+            for index, x in enumerate(batch_inputs(batches, num_batches)):
                 x = x.to(device)
                 for _ in range(steps):
                     logits = model(x)

@@ -1,0 +1,180 @@
+"""Exact population statistics of batch layers: PreciseBN (Wu & Johnson 2021) and AdaBN."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from normzoo.functional import values_per_channel
+from normzoo.testtime.inputs import batch_inputs
+from normzoo.testtime.modes import batch_layers, stats_mode
+
+log = logging.getLogger(__name__)
+
+RECOMPUTE_METHODS = ("precise", "sequential")
+
+
+@dataclass
+class _Moments:
+    """Per-channel count, mean and sum of squared deviations, merged with Chan et al. 1979."""
+
+    count: int = 0
+    batches: int = 0
+    mean: Tensor | None = None
+    m2: Tensor | None = None
+
+    def update(self, x: Tensor) -> None:
+        """Merge one batch: per-batch mean/M2 in float64, then Chan's parallel combination."""
+        n_b = values_per_channel(x)
+        if n_b == 0:
+            return
+        var_b, mean_b = torch.var_mean(
+            x.detach().to(torch.float64), dim=[0, *range(2, x.dim())], correction=0
+        )
+        m2_b = var_b * n_b
+        if self.mean is None:
+            self.count, self.mean, self.m2 = n_b, mean_b, m2_b
+        else:
+            total = self.count + n_b
+            delta = mean_b - self.mean
+            self.mean = self.mean + delta * (n_b / total)
+            self.m2 = self.m2 + m2_b + delta.square() * (self.count * n_b / total)
+            self.count = total
+        self.batches += 1
+
+
+def _run_pass(
+    model: nn.Module, batches: Any, num_batches: int | None, device: torch.device, label: str
+) -> int:
+    """One forward pass over the data; returns the number of batches, logs progress."""
+    total = num_batches
+    if hasattr(batches, "__len__") and not isinstance(batches, (Tensor, tuple)):
+        total = len(batches) if total is None else min(total, len(batches))
+    every = max(1, (total or 1000) // 10)
+    start, done = time.perf_counter(), 0
+    for x in batch_inputs(batches, num_batches):
+        model(x.to(device))
+        done += 1
+        if done % every == 0:
+            log.info(
+                "%s: %d/%s batches, %.1fs", label, done, total or "?", time.perf_counter() - start
+            )
+    if done == 0:
+        raise ValueError(f"recompute_stats got no batches from {type(batches).__name__}")
+    return done
+
+
+def _write(module: _BatchNorm, name: str, moments: _Moments) -> None:
+    if moments.count < 2:
+        raise ValueError(
+            f"recompute_stats: layer {name!r} saw {moments.count} value(s) per channel; the "
+            "unbiased variance needs at least 2. Pass more data."
+        )
+    module.running_mean.copy_(moments.mean.to(module.running_mean.dtype))
+    module.running_var.copy_((moments.m2 / (moments.count - 1)).to(module.running_var.dtype))
+    if module.num_batches_tracked is not None:
+        module.num_batches_tracked.fill_(moments.batches)
+
+
+@contextlib.contextmanager
+def _collecting(targets: dict[nn.Module, _Moments], first_only: bool) -> Iterator[list]:
+    """Accumulate the input moments of target layers; ``first_only`` keeps only the first layer
+    that runs (the next one in execution order, for the sequential method)."""
+    chosen: list[nn.Module] = []
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if first_only:
+            if not chosen:
+                chosen.append(module)
+            if module is not chosen[0]:
+                return
+        elif module not in chosen:
+            chosen.append(module)
+        targets[module].update(args[0] if args else next(iter(kwargs.values())))
+
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in targets]
+    try:
+        yield chosen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def recompute_stats(
+    model: nn.Module, batches: Any, num_batches: int | None = None, method: str = "precise"
+) -> nn.Module:
+    """Set every batch layer's running stats to the exact population mean and unbiased variance
+    of its input over ``batches``; returns ``model`` in eval mode.
+
+    Statistics are merged batch by batch in float64 (Chan et al.'s parallel mean/M2 combination),
+    so no activations are kept and large offsets do not cancel. ``num_batches_tracked`` is set to
+    the number of batches a layer saw.
+
+    - ``method="precise"`` (PreciseBN, Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"): one
+      pass in which every batch layer normalizes with batch statistics, as in a train-mode forward
+      (for batch_renorm: without the r/d correction), while the input statistics of all layers are
+      accumulated at once. Other modules (dropout, ...) run in eval mode.
+    - ``method="sequential"``: layer by layer in execution order; the layer being estimated sees
+      the upstream layers already recomputed and used in eval mode (running statistics), so the
+      statistics match eval-time inputs exactly. One pass over the data per batch layer, so
+      ``batches`` must be re-iterable (a list or DataLoader, not a generator).
+
+    ``batches``: a tensor (one batch), an ``(x, y, ...)`` tuple (one batch), or an iterable of
+    tensors / ``(x, y, ...)`` tuples or lists, e.g. a DataLoader. ``num_batches`` limits each pass.
+    """
+    if method not in RECOMPUTE_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(RECOMPUTE_METHODS)}")
+    if num_batches is not None and (isinstance(num_batches, bool) or num_batches < 1):
+        raise ValueError(f"num_batches must be a positive int or None, got {num_batches!r}")
+    layers = batch_layers(model)
+    if not layers:
+        raise ValueError(
+            f"recompute_stats: {type(model).__name__} has no batch layers (torch/zoo BatchNorm, "
+            "batch_renorm, SyncBatchNorm, ...); batch-independent norms have no statistics"
+        )
+    missing = [repr(n) for n, m in layers if m.running_mean is None or m.running_var is None]
+    if missing:
+        raise ValueError(
+            f"recompute_stats: layer(s) {', '.join(missing)} have no running buffers "
+            "(track_running_stats=False); there is nowhere to store statistics"
+        )
+    if method == "sequential" and isinstance(batches, Iterator):
+        raise TypeError(
+            "method='sequential' iterates the data once per batch layer; pass a list or a "
+            "DataLoader instead of a one-shot iterator, or use method='precise'"
+        )
+    names = {m: name for name, m in layers}
+    device = layers[0][1].running_mean.device
+    model.eval()
+    with torch.no_grad():
+        if method == "precise":
+            moments = {m: _Moments() for _, m in layers}
+            with stats_mode(model, "batch"), _collecting(moments, first_only=False):
+                _run_pass(model, batches, num_batches, device, "recompute_stats precise")
+            for module, mom in moments.items():
+                if mom.count:
+                    _write(module, names[module], mom)
+        else:
+            pending = dict.fromkeys(m for _, m in layers)
+            while pending:
+                moments = {m: _Moments() for m in pending}
+                label = f"recompute_stats sequential, layer {len(layers) - len(pending) + 1}"
+                with stats_mode(model, "running"), _collecting(moments, first_only=True) as chosen:
+                    _run_pass(model, batches, num_batches, device, label)
+                if not chosen:
+                    break
+                _write(chosen[0], names[chosen[0]], moments[chosen[0]])
+                del pending[chosen[0]]
+            moments = {m: _Moments() for m in pending}
+    unused = [names[m] for m, mom in moments.items() if mom.count == 0]
+    if unused:
+        log.warning("recompute_stats: layer(s) %s never ran; statistics kept", ", ".join(unused))
+    return model
