@@ -1,17 +1,22 @@
-# The README's two commands. Each creates or refreshes .venv first (stdlib venv + pip).
+# The README's commands. Each creates or refreshes .venv first (stdlib venv + pip): the exact
+# versions of requirements.lock, then normzoo itself (editable, no dependency resolution).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+# The extras the lock covers and `make` installs: dev (pytest, ruff) and cluster (submitit).
+EXTRAS := dev,cluster
 
-.PHONY: venv test compare lint clean
+.PHONY: venv test compare lint lock check-lowest clean clean-results
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -21,7 +26,27 @@ compare: $(STAMP)
 	$(PY) benchmarks/compare.py $(ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check normzoo benchmarks tests
+	$(PY) -m ruff check normzoo benchmarks tests tools
 
+# Re-resolve pyproject.toml (+ EXTRAS) from the package index into the lock file.
+lock: $(STAMP)
+	$(PY) tools/lock.py lock $(EXTRAS) > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+
+# Install the lowest versions pyproject.toml allows for the light dependencies (numpy, scipy,
+# pandas, matplotlib, pyyaml, rich, wandb, submitit) into .lowest/ and run the tests that use them.
+check-lowest: $(STAMP)
+	rm -rf .lowest
+	$(PY) tools/lock.py lowest > $(VENV)/lowest.txt
+	$(PY) -m pip install --quiet --target .lowest -r $(VENV)/lowest.txt
+	PYTHONPATH=.lowest $(PY) -m pytest -q -p no:cacheprovider tests/test_stats.py \
+		tests/test_report.py tests/bench/test_config.py tests/bench/test_store.py \
+		tests/bench/test_cluster.py $(PYTEST_ARGS)
+
+# Build outputs and caches; results (runs/) are kept: `make clean-results` deletes those.
 clean:
-	rm -rf $(VENV) runs wandb .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist .lowest .pytest_cache .hypothesis .ruff_cache *.egg-info
+
+# Deletes every stored result: runs/ (the default output dirs of `make compare`) and wandb/.
+clean-results:
+	rm -rf runs wandb
