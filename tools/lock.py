@@ -14,8 +14,9 @@ import platform
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 # Dependencies small enough to install a second time for the lower-bound check. torch,
@@ -26,9 +27,21 @@ LIGHT = ("numpy", "scipy", "pandas", "matplotlib", "pyyaml", "rich", "wandb", "s
 def lock(extras: str) -> str:
     """``name==version`` of every package pip resolves for ``.[extras]``, normzoo excluded."""
     report = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-         "--report", "-", f"{ROOT}[{extras}]"],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            "-",
+            f"{ROOT}[{extras}]",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     pins = sorted(
         (item["metadata"]["name"], item["metadata"]["version"])
@@ -39,8 +52,11 @@ def lock(extras: str) -> str:
         f"# Resolved for .[{extras}] on {platform.system()} {platform.machine()},"
         f" CPython {platform.python_version()}. Regenerate: make lock",
     ]
-    lines += [f"{name}=={version}" for name, version in sorted(pins, key=lambda p: p[0].lower())
-              if name.lower() != "normzoo"]
+    lines += [
+        f"{name}=={version}"
+        for name, version in sorted(pins, key=lambda p: p[0].lower())
+        if name.lower() != "normzoo"
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quick.yaml"
+DEFAULT_CONFIG = "quick"  # a shipped preset (configs/quick.yaml), see normzoo.bench.presets
 console = Console()
 if not console.is_terminal:  # logs and pipes: do not squeeze tables into 80 columns
     console = Console(width=160)
@@ -34,7 +34,8 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
         "config",
         nargs="?",
         default=str(DEFAULT_CONFIG),
-        help="experiment YAML (default: configs/quick.yaml)",
+        help="experiment YAML, or the name of a shipped preset such as quick or"
+        " study_batch_size (default: quick = configs/quick.yaml)",
     )
     parser.add_argument(
         "--set",
@@ -89,13 +90,14 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
 
 def _load(args: argparse.Namespace):
     from normzoo.bench.config import load_config
+    from normzoo.bench.presets import resolve_config
 
     overrides = list(args.set)
     if args.workers is not None:
         overrides.append(f"execution.workers={args.workers}")
     if args.wandb is not None:
         overrides.append(f"execution.wandb={args.wandb}")
-    return load_config(args.config, overrides)
+    return load_config(resolve_config(args.config), overrides)
 
 
 def _print_grid(config, out_dir: Path, workers: int, dry_run: bool) -> None:

@@ -1,0 +1,152 @@
+"""The package as a user installs it: a wheel with the console script, presets and py.typed."""
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _build_wheel(tmp_path: Path) -> Path:
+    """Build from a copy of the source (the repo stays clean), with this venv's setuptools."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("normzoo", "configs"):
+        shutil.copytree(
+            ROOT / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(wheels),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    (wheel,) = wheels.glob("normzoo-*.whl")
+    return wheel
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_runs_quick_preset_outside_the_repo(tmp_path):
+    wheel = _build_wheel(tmp_path)
+    names = set(zipfile.ZipFile(wheel).namelist())
+    presets = {p.name for p in (ROOT / "configs").glob("*.yaml")}
+    assert {f"normzoo/configs/{p}" for p in presets} <= names
+    assert "normzoo/py.typed" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # the installed copy, not the checkout: dependencies come from this venv's site-packages
+    env = {**os.environ, "PYTHONPATH": str(target), "WANDB_MODE": "disabled"}
+    where = subprocess.run(
+        [sys.executable, "-c", "import normzoo; print(normzoo.__file__)"],
+        cwd=elsewhere,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert Path(where.strip()).is_relative_to(target)
+
+    script = target / "bin" / "normzoo"
+    for command in ([str(script)], [sys.executable, "-m", "normzoo"]):
+        done = subprocess.run(
+            [*command, "compare", "quick", "--dry-run"],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "quick" in done.stdout and "45 runs" in done.stdout, done.stdout
+    listed = subprocess.run(
+        [str(script), "presets"], cwd=elsewhere, env=env, capture_output=True, text=True
+    ).stdout.split()
+    assert sorted(listed) == sorted(p[: -len(".yaml")] for p in presets)
+    missing = subprocess.run(
+        [str(script), "compare", "no_such_preset", "--dry-run"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "no_such_preset" in missing.stdout
+
+
+def test_lock_pins_every_dependency_exactly():
+    """requirements.lock pins (==) each dependency and extra that make installs."""
+    lock = (ROOT / "requirements.lock").read_text().splitlines()
+    pins = dict(line.split("==") for line in lock if line and not line.startswith("#"))
+    pins = {name.lower().replace("_", "-"): version for name, version in pins.items()}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    makefile = (ROOT / "Makefile").read_text()
+    extras = next(line for line in makefile.splitlines() if line.startswith("EXTRAS :="))
+    required = list(project["dependencies"])
+    for extra in extras.split(":=")[1].strip().split(","):
+        required += project["optional-dependencies"][extra]
+    from packaging.requirements import Requirement
+
+    for text in required:
+        requirement = Requirement(text)
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is a dependency but not in requirements.lock: run make lock"
+        assert requirement.specifier.contains(pins[name]), (
+            f"requirements.lock pins {name}=={pins[name]}, outside {requirement}: run make lock"
+        )
+    assert "normzoo" not in pins
+
+
+def test_light_dependencies_have_the_lower_bounds_the_code_needs():
+    """Bounds from APIs the code uses: wandb reinit='create_new' (0.19.10), SPDX license (77)."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    from packaging.requirements import Requirement
+
+    bounds = {
+        Requirement(r).name: Requirement(r).specifier for r in pyproject["project"]["dependencies"]
+    }
+    uses_create_new = 'reinit="create_new"' in (ROOT / "normzoo/bench/track.py").read_text()
+    if uses_create_new:
+        assert not bounds["wandb"].contains("0.19.9") and bounds["wandb"].contains("0.19.10")
+    (setuptools,) = [
+        Requirement(r) for r in pyproject["build-system"]["requires"] if r.startswith("setuptools")
+    ]
+    assert not setuptools.specifier.contains("76.1") and setuptools.specifier.contains("77.0")
