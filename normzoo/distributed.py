@@ -3,10 +3,10 @@
 ``torch.nn.SyncBatchNorm`` runs only on CUDA and would turn a ``batch_renorm`` layer into plain
 batch norm. :func:`sync_batch_stats` instead swaps every batch layer of a model for a zoo sync
 variant (:class:`SyncBatchNorm`, :class:`SyncBatchRenorm`) that, in training, normalizes with the
-statistics of the *global* batch: the sum over all processes of the per-channel sums gives the
-mean, then a second all-reduce of the squared deviations from that mean gives the biased
-variance (two exact passes, no sum-of-squares cancellation). Both all-reduces carry gradients,
-so each process gets the gradient of the summed loss, as with torch's SyncBatchNorm.
+statistics of the *global* batch: each process's per-channel mean and sum of squared deviations,
+merged across processes with Chan et al.'s formula (no sum-of-squares cancellation). The
+all-reduce carries gradients, so each process gets the gradient of the summed loss, as with
+torch's SyncBatchNorm.
 For Lightning DDP, pass ``plugins=[ZooLayerSync()]`` to the Trainer (instead of
 ``sync_batchnorm=True``).
 """
@@ -39,21 +39,33 @@ def _is_distributed(group) -> bool:
 
 
 def global_moments(x: Tensor, group=None) -> tuple[Tensor, Tensor, int]:
-    """Per-channel mean and biased variance of ``x`` over (N, *) of every process, and the count."""
-    dims = [0, *range(2, x.dim())]
-    count = torch.tensor([nzf.values_per_channel(x)], dtype=torch.float64, device=x.device)
-    dist.all_reduce(count, group=group)
-    total = int(count.item())
+    """Per-channel mean and biased variance of ``x`` over (N, *) of every process, and the count.
+
+    Each process computes the moments of its own batch (``functional.channel_moments``); one
+    differentiable all-reduce gathers them (each process fills its row of a (world, 2C) table)
+    and ``functional.merge_moments`` (Chan et al.) merges them, so every process gets the
+    gradient of the summed loss, as with torch's SyncBatchNorm.
+    """
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    counts = torch.zeros(world, dtype=torch.float64, device=x.device)
+    counts[rank] = nzf.values_per_channel(x)
+    dist.all_reduce(counts, group=group)
+    total = int(counts.sum().item())
     if total <= 1:
         raise ValueError(
             f"sync batch norm: the global batch holds {total} value(s) per channel; batch "
             f"statistics need more than 1 (use larger per-process batches or eval mode)"
         )
     stat_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    xs = x.to(stat_dtype)
-    mean = differentiable_all_reduce(xs.sum(dims), group=group) / total
-    shape = [1, -1] + [1] * (x.dim() - 2)
-    m2 = differentiable_all_reduce((xs - mean.view(shape)).square().sum(dims), group=group)
+    channels = x.shape[1]
+    if counts[rank] > 0:
+        mean, var = nzf.channel_moments(x.to(stat_dtype))
+        row = torch.cat([mean, var * counts[rank].to(stat_dtype)])
+    else:  # an empty local batch contributes nothing
+        row = torch.zeros(2 * channels, dtype=stat_dtype, device=x.device)
+    table = torch.stack([row if r == rank else torch.zeros_like(row) for r in range(world)])
+    table = differentiable_all_reduce(table, group=group)
+    _, mean, m2 = nzf.merge_moments(counts, table[:, :channels], table[:, channels:])
     return mean, m2 / total, total
 
 
@@ -68,28 +80,25 @@ class _SyncMixin:
         self._check_input_dim(x)
         _, factor = self._step()
         mean, var, total = global_moments(x, self.process_group)
-        scale = torch.rsqrt(var + self.eps)
-        shift = -mean * scale
+        weight, bias = self.weight, self.bias
         if isinstance(self, BatchRenorm) and self.running_mean is not None:
-            scale, shift = self._renorm(scale, shift, mean, var)
-        if self.weight is not None:
-            scale, shift = scale * self.weight, shift * self.weight + self.bias
+            weight, bias = self._renorm(weight, bias, mean, var)
         if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
-                unbiased = var.detach() * total / (total - 1)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        return (x.to(scale.dtype) * scale.view(shape) + shift.view(shape)).to(x.dtype)
+            unbiased = var * total / (total - 1)
+            nzf.update_running_stats(self.running_mean, self.running_var, mean, unbiased, factor)
+        return nzf.affine_normalize(x, mean, var, weight, bias, self.eps)
 
-    def _renorm(self, scale, shift, mean, var):
-        """Fold Algorithm 1's r and d (computed from the global statistics) into scale/shift."""
+    def _renorm(self, weight, bias, mean, var):
+        """Fold Algorithm 1's r and d (computed from the global statistics) into the affine
+        parameters: ``weight' = weight * r``, ``bias' = weight * d + bias``."""
         rmax, dmax = self._limits()
         sigma_b = torch.sqrt(var + self.eps)
         r, d = nzf.renorm_correction(
             mean, sigma_b, self.running_mean, self.running_var, self.eps, rmax, dmax
         )
-        return scale * r, shift * r + d
+        if weight is None:
+            return r, d
+        return weight * r, weight * d if bias is None else torch.addcmul(bias, weight, d)
 
 
 class SyncBatchNorm(_SyncMixin, BatchNorm):

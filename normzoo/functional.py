@@ -7,18 +7,26 @@ Where torch has a fused kernel that computes the same thing (``F.batch_norm``,
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "affine_normalize",
     "batch_norm",
     "batch_stats",
     "batch_renorm",
+    "channel_moments",
     "check_input",
+    "ema_factor",
     "group_norm",
+    "merge_moments",
+    "mix_moments",
     "renorm_correction",
     "renorm_limits",
+    "update_running_stats",
     "values_per_channel",
 ]
 
@@ -183,3 +191,116 @@ def group_norm(
     instance norm over (*).
     """
     return F.group_norm(x, num_groups, weight, bias, eps)
+
+
+# --------------------------------------------------------------------------------------------
+# Moments and running statistics: the math that batch layers, sync layers and test-time
+# statistics (normzoo.testtime) share.
+
+
+def channel_moments(x: Tensor, correction: int = 0) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and variance of channels-first ``x`` over (N, *).
+
+    ``var = sum((x - mean)^2) / (n - correction)`` with ``n = N * prod(spatial)`` values per
+    channel: ``correction=0`` is the biased variance batch norm normalizes with, ``1`` the
+    unbiased one it keeps as running variance. Half precision is computed in float32. When ``x``
+    requires grad (and grad mode is on) the result is differentiable (``torch.var_mean``);
+    otherwise it comes from torch's batch-norm statistics kernel (Welford), several times faster
+    on CPU, without gradient.
+    """
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    if torch.is_grad_enabled() and x.requires_grad:
+        var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], correction=correction)
+        return mean, var
+    # with eps = 0 the kernel returns 1/sqrt(biased var), or 0 where the variance is 0
+    mean, invstd = batch_stats(x.detach(), 0.0)
+    var = torch.where(invstd > 0, invstd.reciprocal().square(), torch.zeros_like(invstd))
+    if correction:
+        count = values_per_channel(x)
+        var = var * (count / (count - correction))
+    return mean, var
+
+
+def merge_moments(count: Tensor, mean: Tensor, m2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Merge k sets of per-channel moments, stacked along dim 0, into those of their union.
+
+    Chan, Golub & LeVeque 1979 (the parallel algorithm for the variance):
+    ``n = sum_i n_i``, ``mean = sum_i n_i * mean_i / n``,
+    ``M2 = sum_i M2_i + sum_i n_i * (mean_i - mean)^2`` with ``M2_i`` the sum of squared
+    deviations from ``mean_i``; no ``E[x^2] - E[x]^2`` cancellation. ``count``: (k,) values per
+    set; ``mean``, ``m2``: (k, C). Returns (n, mean, M2); the variance is ``M2 / (n - correction)``.
+    Differentiable in ``mean`` and ``m2``.
+    """
+    weight = count.to(mean.dtype).view(-1, *([1] * (mean.dim() - 1)))
+    total = weight.sum(0)
+    merged = (weight * mean).sum(0) / total
+    m2 = (m2 + weight * (mean - merged).square()).sum(0)
+    return count.sum(0), merged, m2
+
+
+def mix_moments(
+    source_mean: Tensor,
+    source_var: Tensor,
+    batch_mean: Tensor,
+    batch_var: Tensor,
+    prior: float,
+    n: int,
+) -> tuple[Tensor, Tensor]:
+    """Source statistics worth ``prior`` samples mixed with those of a batch of ``n`` samples.
+
+    Schneider et al. 2020, "Improving robustness against common corruptions by covariate shift
+    adaptation": ``mean = (N*m_src + n*m_batch) / (N+n)``, ``var = (N*v_src + n*v_batch) / (N+n)``
+    with ``N = prior`` in [0, inf]: ``N = 0`` gives the batch statistics and ``N = inf`` the source
+    statistics, both exactly. Computed in the batch statistics' dtype.
+    """
+    if not (prior >= 0):  # also rejects NaN
+        raise ValueError(f"mix_moments: prior must be in [0, inf], got {prior!r}")
+    weight = n / (prior + n) if math.isfinite(prior) else 0.0
+    mean = torch.lerp(source_mean.to(batch_mean.dtype), batch_mean, weight)
+    var = torch.lerp(source_var.to(batch_var.dtype), batch_var, weight)
+    return mean, var
+
+
+def ema_factor(momentum: float | None, num_batches_tracked: Tensor | int | None) -> float:
+    """The weight of a new batch in the running statistics, as torch's batch norm computes it:
+    ``momentum``, or ``1 / num_batches_tracked`` (a cumulative average) when ``momentum`` is
+    None; ``num_batches_tracked`` counts the batches including the new one."""
+    if momentum is not None:
+        return momentum
+    count = 0 if num_batches_tracked is None else int(num_batches_tracked)
+    return 1.0 / count if count > 0 else 1.0
+
+
+def update_running_stats(
+    running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, factor: float
+) -> None:
+    """In place and without gradient: ``running := (1 - factor) * running + factor * batch``, the
+    EMA update of torch's batch norm (``var`` is the batch's *unbiased* variance)."""
+    with torch.no_grad():
+        running_mean.lerp_(mean.detach().to(running_mean.dtype), factor)
+        running_var.lerp_(var.detach().to(running_var.dtype), factor)
+
+
+def affine_normalize(
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> Tensor:
+    """``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel of channels-first ``x``.
+
+    Unlike ``F.batch_norm`` with given statistics, gradients flow into ``mean`` and ``var`` too
+    (the sync layers need them for global-batch statistics). Computed in the statistics' dtype,
+    returned in ``x``'s.
+    """
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    return (x.to(scale.dtype) * scale.view(shape) + shift.view(shape)).to(x.dtype)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from normzoo.functional import batch_stats, values_per_channel
+from normzoo import functional as nzf
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +37,6 @@ def batch_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
         for name, module in model.named_modules()
         if isinstance(module, _BatchNorm)
     ]
-
-
-def channel_moments(x: Tensor, correction: int) -> tuple[Tensor, Tensor]:
-    """Per-channel (mean, variance) of a channels-first tensor over all dims but dim 1."""
-    x = x.detach()
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
-    # torch's batch-norm statistics kernel (Welford) is several times faster than var_mean over
-    # (N, *) on CPU; with eps = 0 it returns 1/sqrt(biased var), or 0 where the variance is 0
-    mean, invstd = batch_stats(x, 0.0)
-    var = torch.where(invstd > 0, invstd.reciprocal().square(), torch.zeros_like(invstd))
-    if correction:
-        count = values_per_channel(x)
-        var = var * (count / (count - correction))
-    return mean, var
 
 
 @dataclass(eq=False)  # compared by identity: nested contexts may hold equal policies
@@ -77,7 +62,7 @@ _ACTIVE: weakref.WeakKeyDictionary[nn.Module, _LayerHooks] = weakref.WeakKeyDict
 
 
 def _require_two_values(policy: _Policy, x: Tensor) -> None:
-    if values_per_channel(x) < 2:
+    if nzf.values_per_channel(x) < 2:
         raise ValueError(
             f"stats_mode {policy.mode!r}: layer {policy.name!r} got input of shape "
             f"{tuple(x.shape)}, i.e. one value per channel: no batch variance exists. "
@@ -94,26 +79,20 @@ def _override(module: _BatchNorm, policy: _Policy, x: Tensor) -> tuple[Tensor | 
     if mode == "batch":
         _require_two_values(policy, x)
         return None, None
-    if mode == "mix":
-        # Schneider et al. 2020: n = samples in the test batch, N = prior pseudo-samples.
-        n, prior = x.shape[0], float(policy.prior)
-        mean_b, var_b = channel_moments(x, correction=0)
-        src_mean, src_var = module.running_mean, module.running_var
-        mean = (prior * src_mean.to(mean_b.dtype) + n * mean_b) / (prior + n)
-        var = (prior * src_var.to(var_b.dtype) + n * var_b) / (prior + n)
-        return mean.to(src_mean.dtype), var.to(src_var.dtype)
+    if mode == "mix":  # Schneider et al. 2020: n = samples in the test batch
+        batch_mean, batch_var = nzf.channel_moments(x.detach(), correction=0)
+        mean, var = nzf.mix_moments(
+            module.running_mean, module.running_var, batch_mean, batch_var, policy.prior, len(x)
+        )
+        return mean.to(module.running_mean.dtype), var.to(module.running_var.dtype)
     # online: EMA update of the running buffers (unbiased variance, as torch does), then use them
     _require_two_values(policy, x)
-    mean_b, var_b = channel_moments(x, correction=1)
-    with torch.no_grad():
-        momentum = policy.momentum if policy.momentum is not None else module.momentum
-        if module.num_batches_tracked is not None:
-            module.num_batches_tracked.add_(1)
-        if momentum is None:  # cumulative average, as torch does for momentum=None
-            count = module.num_batches_tracked
-            momentum = 1.0 / float(count) if count is not None and count > 0 else 1.0
-        module.running_mean.lerp_(mean_b.to(module.running_mean.dtype), momentum)
-        module.running_var.lerp_(var_b.to(module.running_var.dtype), momentum)
+    batch_mean, batch_var = nzf.channel_moments(x.detach(), correction=1)
+    if module.num_batches_tracked is not None:
+        module.num_batches_tracked.add_(1)
+    momentum = policy.momentum if policy.momentum is not None else module.momentum
+    factor = nzf.ema_factor(momentum, module.num_batches_tracked)
+    nzf.update_running_stats(module.running_mean, module.running_var, batch_mean, batch_var, factor)
     return module.running_mean, module.running_var
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from normzoo.functional import values_per_channel
+from normzoo.functional import channel_moments, merge_moments, values_per_channel
 from normzoo.testtime.inputs import batch_inputs
 from normzoo.testtime.modes import batch_layers, stats_mode
 
@@ -24,7 +24,7 @@ RECOMPUTE_METHODS = ("precise", "sequential")
 
 @dataclass
 class _Moments:
-    """Per-channel count, mean and sum of squared deviations, merged with Chan et al. 1979."""
+    """Per-channel count, mean and sum of squared deviations (M2) of one layer's input."""
 
     count: int = 0
     batches: int = 0
@@ -32,22 +32,19 @@ class _Moments:
     m2: Tensor | None = None
 
     def update(self, x: Tensor) -> None:
-        """Merge one batch: per-batch mean/M2 in float64, then Chan's parallel combination."""
-        n_b = values_per_channel(x)
-        if n_b == 0:
+        """Merge one batch: its moments in float64, then Chan's parallel combination."""
+        n = values_per_channel(x)
+        if n == 0:
             return
-        var_b, mean_b = torch.var_mean(
-            x.detach().to(torch.float64), dim=[0, *range(2, x.dim())], correction=0
-        )
-        m2_b = var_b * n_b
+        mean, var = channel_moments(x.detach().to(torch.float64))
         if self.mean is None:
-            self.count, self.mean, self.m2 = n_b, mean_b, m2_b
+            self.count, self.mean, self.m2 = n, mean, var * n
         else:
-            total = self.count + n_b
-            delta = mean_b - self.mean
-            self.mean = self.mean + delta * (n_b / total)
-            self.m2 = self.m2 + m2_b + delta.square() * (self.count * n_b / total)
-            self.count = total
+            counts = torch.tensor([self.count, n], dtype=torch.float64, device=mean.device)
+            _, self.mean, self.m2 = merge_moments(
+                counts, torch.stack([self.mean, mean]), torch.stack([self.m2, var * n])
+            )
+            self.count += n
         self.batches += 1
 
 
