@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from normzoo.layers import attach_act
+from normzoo.layers import EvoNormS0, FilterResponseNorm, RMSNorm, attach_act
 from normzoo.layers.identity import NoNorm
 from normzoo.registry import check_options, create
 
@@ -38,7 +38,7 @@ def norm_channels(module: nn.Module) -> int | None:
         return module.num_features
     if isinstance(module, nn.GroupNorm):
         return module.num_channels
-    if isinstance(module, NoNorm):
+    if isinstance(module, (NoNorm, FilterResponseNorm, EvoNormS0, RMSNorm)):
         return module.num_features
     if isinstance(module, _timm_channel_layernorms()) and len(module.normalized_shape) == 1:
         return module.normalized_shape[0]

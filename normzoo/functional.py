@@ -21,11 +21,17 @@ __all__ = [
     "channel_moments",
     "check_input",
     "ema_factor",
+    "evonorm_b0",
+    "evonorm_s0",
+    "filter_response_norm",
+    "ghost_batch_norm",
     "group_norm",
     "merge_moments",
     "mix_moments",
     "renorm_correction",
     "renorm_limits",
+    "rms_norm",
+    "standardize_weight",
     "update_running_stats",
     "values_per_channel",
 ]
@@ -304,3 +310,157 @@ def affine_normalize(
         shift = shift + bias
     shape = [1, -1] + [1] * (x.dim() - 2)
     return (x.to(scale.dtype) * scale.view(shape) + shift.view(shape)).to(x.dtype)
+def _spatial_dims(x: Tensor) -> list[int]:
+    return list(range(2, x.dim()))
+
+
+def _stat_dtype(x: Tensor) -> Tensor:
+    """``x`` in the dtype statistics are computed in: float32 for half types, else its own."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _per_channel(t: Tensor, x: Tensor) -> Tensor:
+    """A (C,) tensor shaped (1, C, 1, ...) to broadcast against ``x`` in x's dtype."""
+    return t.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    if weight is not None:
+        y = y * _per_channel(weight, y)
+    if bias is not None:
+        y = y + _per_channel(bias, y)
+    return y
+
+
+def filter_response_norm(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    tau: Tensor | None,
+    eps: float | Tensor,
+) -> Tensor:
+    """Filter Response Normalization with TLU (Singh & Krishnan 2020, Eq. 1-3).
+
+    Per sample and channel, ``nu2 = mean over (*) of x^2``, ``x_hat = x / sqrt(nu2 + eps)``,
+    ``y = weight * x_hat + bias`` and the thresholded linear unit ``z = max(y, tau)`` (skipped
+    when ``tau`` is None). No mean is subtracted. With one position per channel (input (N, C))
+    ``nu2 = x^2``, the case for which the paper learns ``eps``. Same operations, in the same
+    order and precision, as timm's ``FilterResponseNormTlu2d``.
+    """
+    dims = _spatial_dims(x)
+    xs = _stat_dtype(x).square()
+    nu2 = xs.mean(dim=dims, keepdim=True) if dims else xs
+    y = x * nu2.add(eps).rsqrt().to(x.dtype)
+    y = _affine(y, weight, bias)
+    return torch.maximum(y, _per_channel(tau, y)) if tau is not None else y
+
+
+def _instance_var(x: Tensor) -> Tensor:
+    """Per sample and channel biased variance over (*), in float32/64; 0 without spatial dims."""
+    dims = _spatial_dims(x)
+    xs = _stat_dtype(x)
+    if not dims:
+        return torch.zeros_like(xs)
+    return xs.var(dim=dims, unbiased=False, keepdim=True)
+
+
+def evonorm_b0(
+    x: Tensor,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    v: Tensor,
+    use_batch_stats: bool,
+    momentum: float,
+    eps: float,
+) -> Tensor:
+    """EvoNorm-B0 (Liu et al. 2020, "Evolving Normalization-Activation Layers", Table 1).
+
+    ``y = x / max(sqrt(s2_b + eps), v * x + sqrt(s2_i + eps)) * weight + bias`` with ``s2_b``
+    the biased batch variance per channel over (N, *) (gradients flow through it) and ``s2_i``
+    the biased variance of each sample and channel over (*). With ``use_batch_stats`` and a
+    running buffer, ``running_var := (1 - momentum) * running_var + momentum * s2_b * n/(n-1)``
+    (unbiased, n values per channel); otherwise ``s2_b := running_var``. Same operations as
+    timm's ``EvoNorm2dB0``.
+    """
+    dims = [0, *_spatial_dims(x)]
+    if use_batch_stats:
+        _check_batch_stats(x, "evonorm_b0")
+        var = _stat_dtype(x).var(dim=dims, unbiased=False)
+        if running_var is not None:
+            n = values_per_channel(x)
+            with torch.no_grad():
+                running_var.copy_(
+                    running_var * (1 - momentum)
+                    + var.detach().to(running_var.dtype) * momentum * (n / (n - 1))
+                )
+    else:
+        var = running_var
+    left = _per_channel(var.add(eps).sqrt(), x)
+    right = x * _per_channel(v, x) + _instance_var(x).add(eps).sqrt().to(x.dtype)
+    return _affine(x / torch.maximum(left, right), weight, bias)
+
+
+def evonorm_s0(
+    x: Tensor,
+    groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    v: Tensor,
+    eps: float,
+) -> Tensor:
+    """EvoNorm-S0 (Liu et al. 2020, Table 1): ``y = x * sigmoid(v * x) / group_std(x) * weight
+    + bias``, ``group_std = sqrt(biased variance over each group of C/groups channels and (*)
+    + eps)`` per sample, as in group norm. Same operations as timm's ``EvoNorm2dS0``."""
+    n, c = x.shape[:2]
+    grouped = _stat_dtype(x).reshape(n, groups, -1)
+    std = grouped.var(dim=2, unbiased=False, keepdim=True).add(eps).sqrt().to(x.dtype)
+    std = std.expand(n, groups, grouped.shape[2]).reshape(x.shape)
+    return _affine(x * (x * _per_channel(v, x)).sigmoid() / std, weight, bias)
+
+
+def rms_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """RMS norm (Zhang & Sennrich 2019, Eq. 4) over channels-first maps.
+
+    Per sample, ``y = x / sqrt(mean over (C, *) of x^2 + eps) * weight + bias`` with a
+    per-channel ``weight`` (and optional ``bias``); no mean is subtracted. The normalization is
+    ``F.rms_norm`` over all non-batch dimensions.
+    """
+    y = F.rms_norm(x, x.shape[1:], None, eps)
+    return _affine(y, weight, bias)
+
+
+def ghost_batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momenta: list[float],
+    eps: float,
+    virtual_batch_size: int,
+) -> Tensor:
+    """Ghost batch norm in training (Hoffer et al. 2017, "Train longer, generalize better", Alg. 1).
+
+    The batch is split along N into chunks of ``virtual_batch_size`` samples (the last one holds
+    the remainder); each chunk is batch-normalized with its own statistics, exactly as
+    ``F.batch_norm`` on that chunk, and updates the running buffers in turn with the matching
+    factor of ``momenta`` (one per chunk), so the buffers end as if ``nn.BatchNorm`` had run on
+    each chunk in sequence.
+    """
+    chunks = x.split(virtual_batch_size)
+    if len(momenta) != len(chunks):
+        raise ValueError(f"ghost batch norm: {len(chunks)} chunks but {len(momenta)} momenta")
+    outs = [
+        batch_norm(chunk, running_mean, running_var, weight, bias, True, momentum, eps)
+        for chunk, momentum in zip(chunks, momenta, strict=True)
+    ]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def standardize_weight(weight: Tensor, eps: float) -> Tensor:
+    """Weight Standardization (Qiao et al. 2019, Eq. 5): each output filter's weights minus their
+    mean, divided by ``sqrt(biased variance + eps)`` over (in_channels, *kernel); computed with
+    ``F.batch_norm`` over a (1, out_channels, fan_in) view, as timm's ``StdConv2d``."""
+    flat = weight.reshape(1, weight.shape[0], -1)
+    return F.batch_norm(flat, None, None, training=True, momentum=0.0, eps=eps).reshape_as(weight)

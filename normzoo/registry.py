@@ -8,7 +8,19 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from normzoo.layers import BatchNorm, BatchRenorm, GroupNorm, InstanceNorm, LayerNorm, NoNorm
+from normzoo.layers import (
+    BatchNorm,
+    BatchRenorm,
+    EvoNormB0,
+    EvoNormS0,
+    FilterResponseNorm,
+    GhostBatchNorm,
+    GroupNorm,
+    InstanceNorm,
+    LayerNorm,
+    NoNorm,
+    RMSNorm,
+)
 
 __all__ = [
     "NormSpec",
@@ -113,6 +125,42 @@ register(
     aliases=("identity", "no_norm"),
     batch_dependent=False,
     summary="identity baseline (no normalization)",
+)
+
+register(
+    "ghost_batch",
+    GhostBatchNorm,
+    aliases=("gbn", "ghost", "ghost_batch_norm", "ghostbatchnorm"),
+    batch_dependent=True,
+    summary="ghost batch norm (Hoffer et al. 2017): batch norm over chunks of virtual_batch_size",
+)
+register(
+    "filter_response",
+    FilterResponseNorm,
+    aliases=("frn", "filter_response_norm", "frn_tlu"),
+    batch_dependent=False,
+    summary="filter response norm + TLU (Singh & Krishnan 2020) = timm FilterResponseNormTlu2d",
+)
+register(
+    "evonorm_b0",
+    EvoNormB0,
+    aliases=("evob0", "evonormb0"),
+    batch_dependent=True,
+    summary="EvoNorm-B0 (Liu et al. 2020), running variance = timm EvoNorm2dB0",
+)
+register(
+    "evonorm_s0",
+    EvoNormS0,
+    aliases=("evos0", "evonorms0"),
+    batch_dependent=False,
+    summary="EvoNorm-S0 (Liu et al. 2020), group std = timm EvoNorm2dS0",
+)
+register(
+    "rms",
+    RMSNorm,
+    aliases=("rms_norm", "rmsnorm"),
+    batch_dependent=False,
+    summary="RMS norm over (C, *) (Zhang & Sennrich 2019), per-channel gain",
 )
 
 

@@ -10,6 +10,8 @@ import normzoo
 
 C = 8
 RANKS = [2, 3, 4, 5]
+# references that are not torch modules (timm's layers, the papers' equations): own test files
+OWN_TESTS = {"none", "filter_response", "evonorm_b0", "evonorm_s0", "rms"}  # test_frn.py, ...
 
 
 def shape_for(rank: int, n: int = 6) -> tuple[int, ...]:
@@ -20,7 +22,7 @@ def reference(name: str, rank: int, **opts) -> nn.Module:
     """The independent torch module that defines each zoo layer's semantics."""
     eps = opts.get("eps", 1e-5)
     affine = opts.get("affine", True)
-    if name in ("batch", "batch_renorm"):
+    if name in ("batch", "batch_renorm", "ghost_batch"):  # ghost: one chunk at these batch sizes
         cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[rank]
         return cls(
             C,
@@ -48,7 +50,7 @@ def ranks_for(name: str) -> list[int]:
 
 def cases():
     for name in normzoo.available():
-        if name == "none":
+        if name in OWN_TESTS:
             continue
         for rank in ranks_for(name):
             yield pytest.param(name, rank, id=f"{name}-rank{rank}")
@@ -129,7 +131,7 @@ def test_state_dict_loads_both_ways(name, rank):
     torch.testing.assert_close(back(x), ref(x))
 
 
-@pytest.mark.parametrize("name", [n for n in normzoo.available() if n != "none"])
+@pytest.mark.parametrize("name", [n for n in normzoo.available() if n not in OWN_TESTS])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_dtypes(name, dtype):
     ours = zoo(name, dtype=dtype)
@@ -143,14 +145,14 @@ def test_dtypes(name, dtype):
     torch.testing.assert_close(ours(x), ref(x), atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("name", [n for n in normzoo.available() if n != "none"])
+@pytest.mark.parametrize("name", [n for n in normzoo.available() if n not in OWN_TESTS])
 def test_channels_last(name):
     ours, ref = zoo(name), reference(name, 4)
     x = torch.randn(4, C, 6, 5).contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(ours(x), ref(x.contiguous()), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", [n for n in normzoo.available() if n != "none"])
+@pytest.mark.parametrize("name", [n for n in normzoo.available() if n not in OWN_TESTS])
 def test_large_offset(name):
     """Inputs around 1e4 with unit spread: float64 reference, no catastrophic cancellation."""
     ours = zoo(name, dtype=torch.float64)
@@ -171,7 +173,7 @@ def test_none_is_identity():
 
 
 def test_eval_does_not_touch_buffers():
-    for name in ("batch", "batch_renorm"):
+    for name in ("batch", "batch_renorm", "ghost_batch", "evonorm_b0"):
         layer = zoo(name).eval()
         before = copy.deepcopy(layer.state_dict())
         layer(torch.randn(4, C, 3, 3) + 5)
@@ -185,6 +187,8 @@ def test_batch_is_a_torch_batchnorm():
 
     assert isinstance(normzoo.create("batch", C), _BatchNorm)
     assert isinstance(normzoo.create("batch_renorm", C), _BatchNorm)
+    assert isinstance(normzoo.create("ghost_batch", C), _BatchNorm)
+    assert isinstance(normzoo.create("evonorm_b0", C), _BatchNorm)
     assert isinstance(normzoo.create("group", C, groups=2), nn.GroupNorm)
 
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from normzoo.layers.batch import BatchNorm
+from normzoo.layers.evonorm import EvoNormB0, EvoNormS0
+from normzoo.layers.frn import FilterResponseNorm
+from normzoo.layers.ghost import GhostBatchNorm
 from normzoo.layers.group import GroupNorm, InstanceNorm, LayerNorm
 from normzoo.layers.identity import NoNorm
 from normzoo.layers.renorm import BatchRenorm
+from normzoo.layers.rms import RMSNorm
 
 
 class _ActMixin:
@@ -47,6 +51,26 @@ class NoNormAct(_ActMixin, NoNorm):
     """Identity followed by ``drop`` and ``act``."""
 
 
+class GhostBatchNormAct(_ActMixin, GhostBatchNorm):
+    """:class:`GhostBatchNorm` followed by ``drop`` and ``act``."""
+
+
+class FilterResponseNormAct(_ActMixin, FilterResponseNorm):
+    """:class:`FilterResponseNorm` followed by ``drop`` and ``act``."""
+
+
+class EvoNormB0Act(_ActMixin, EvoNormB0):
+    """:class:`EvoNormB0` followed by ``drop`` and ``act``."""
+
+
+class EvoNormS0Act(_ActMixin, EvoNormS0):
+    """:class:`EvoNormS0` followed by ``drop`` and ``act``."""
+
+
+class RMSNormAct(_ActMixin, RMSNorm):
+    """:class:`RMSNorm` followed by ``drop`` and ``act``."""
+
+
 _ACT_CLASSES: dict[type, type] = {
     BatchNorm: BatchNormAct,
     BatchRenorm: BatchRenormAct,
@@ -54,6 +78,11 @@ _ACT_CLASSES: dict[type, type] = {
     LayerNorm: LayerNormAct,
     InstanceNorm: InstanceNormAct,
     NoNorm: NoNormAct,
+    GhostBatchNorm: GhostBatchNormAct,
+    FilterResponseNorm: FilterResponseNormAct,
+    EvoNormB0: EvoNormB0Act,
+    EvoNormS0: EvoNormS0Act,
+    RMSNorm: RMSNormAct,
 }
 
 

@@ -1,0 +1,103 @@
+"""EvoNorm-B0 and EvoNorm-S0 (Liu, Brock, Simonyan & Le 2020, "Evolving
+Normalization-Activation Layers"), normalization and activation in one layer."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from normzoo import functional as nzf
+from normzoo.layers.group import resolve_groups
+
+
+class EvoNormB0(_BatchNorm):
+    """EvoNorm-B0 (paper Table 1): ``y = x / max(sqrt(s2_b + eps), v * x + sqrt(s2_i + eps))
+    * weight + bias``, batch-dependent.
+
+    ``s2_b`` is the per-channel biased batch variance over (N, *) in training (its unbiased
+    version feeds ``running_var`` by EMA, ``momentum=None``: cumulative average) and
+    ``running_var`` in eval; ``s2_i`` is each sample's per-channel variance over (*) (0 without
+    spatial dims); ``v`` is a learned per-channel parameter (init 1). Defaults equal timm's
+    ``EvoNorm2dB0`` (eps=1e-3, momentum=0.1).
+
+    The layer is a ``torch`` ``_BatchNorm`` so the zoo's test-time tools (``stats_mode``,
+    ``recompute_stats``, ``adapt``) treat its variance like batch norm's. B0 subtracts no mean:
+    ``running_mean`` exists for those tools only, is never read, and is not saved (a
+    non-persistent buffer); ``num_batches_tracked`` is not saved either. The state dict is
+    therefore timm's (``weight``, ``bias``, ``v``, ``running_var``) and loads both ways with
+    ``EvoNorm2dB0`` (with ``affine=False``, ``weight``/``bias`` are absent).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-3,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.v = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
+        if track_running_stats:
+            for name in ("running_mean", "num_batches_tracked"):
+                buffer = getattr(self, name)
+                delattr(self, name)
+                self.register_buffer(name, buffer, persistent=False)
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        nzf.check_input(x, self.num_features, type(self).__name__)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        # skip _NormBase's fill-in of num_batches_tracked for old checkpoints: ours is not saved
+        nn.Module._load_from_state_dict(self, *args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = nzf.ema_factor(self.momentum, self.num_batches_tracked)
+        use_batch_stats = self.training or self.running_var is None
+        running_var = self.running_var if (not self.training or self.track_running_stats) else None
+        return nzf.evonorm_b0(
+            x, running_var, self.weight, self.bias, self.v, use_batch_stats, factor, self.eps
+        )
+
+
+class EvoNormS0(nn.Module):
+    """EvoNorm-S0 (paper Table 1): ``y = x * sigmoid(v * x) / group_std(x) * weight + bias``,
+    ``group_std`` = per sample sqrt(biased variance over each group of channels and (*) + eps).
+
+    Batch-independent. ``groups=32`` (or ``group_size``, channels per group), validated as in
+    the zoo's group norm. Defaults and
+    parameter names (``weight``, ``bias``, ``v``) equal timm's ``EvoNorm2dS0``, so state dicts
+    load both ways (with ``affine=False``, ``weight``/``bias`` are absent).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        groups: int | None = None,
+        group_size: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.groups = resolve_groups(num_features, groups, group_size)
+        factory = {"device": device, "dtype": dtype}
+        self.num_features, self.eps, self.affine = num_features, eps, affine
+        self.weight = nn.Parameter(torch.ones(num_features, **factory)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features, **factory)) if affine else None
+        self.v = nn.Parameter(torch.ones(num_features, **factory))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, groups={self.groups}, eps={self.eps}, affine={self.affine}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        nzf.check_input(x, self.num_features, type(self).__name__)
+        return nzf.evonorm_s0(x, self.groups, self.weight, self.bias, self.v, self.eps)
