@@ -209,10 +209,10 @@ def channel_moments(x: Tensor, correction: int = 0) -> tuple[Tensor, Tensor]:
 
     ``var = sum((x - mean)^2) / (n - correction)`` with ``n = N * prod(spatial)`` values per
     channel: ``correction=0`` is the biased variance batch norm normalizes with, ``1`` the
-    unbiased one it keeps as running variance. Half precision is computed in float32. When ``x``
-    requires grad (and grad mode is on) the result is differentiable (``torch.var_mean``);
-    otherwise it comes from torch's batch-norm statistics kernel (Welford), several times faster
-    on CPU, without gradient.
+    unbiased one it keeps as running variance (NaN for a single value, as ``torch.var``). Half
+    precision is computed in float32. When ``x`` requires grad (and grad mode is on) the result
+    is differentiable (``torch.var_mean``); otherwise it comes from torch's batch-norm
+    statistics kernel (Welford), several times faster on CPU, without gradient.
     """
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
@@ -224,7 +224,8 @@ def channel_moments(x: Tensor, correction: int = 0) -> tuple[Tensor, Tensor]:
     var = torch.where(invstd > 0, invstd.reciprocal().square(), torch.zeros_like(invstd))
     if correction:
         count = values_per_channel(x)
-        var = var * (count / (count - correction))
+        factor = count / (count - correction) if count > correction else math.nan  # as torch.var
+        var = var * factor
     return mean, var
 
 
@@ -263,6 +264,8 @@ def mix_moments(
     if not (prior >= 0):  # also rejects NaN
         raise ValueError(f"mix_moments: prior must be in [0, inf], got {prior!r}")
     weight = n / (prior + n) if math.isfinite(prior) else 0.0
+    if weight == 0.0:  # also where the batch statistics are undefined (NaN)
+        return source_mean.to(batch_mean.dtype), source_var.to(batch_var.dtype)
     mean = torch.lerp(source_mean.to(batch_mean.dtype), batch_mean, weight)
     var = torch.lerp(source_var.to(batch_var.dtype), batch_var, weight)
     return mean, var

@@ -11,11 +11,9 @@ exactly as the user left it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +26,7 @@ from normzoo import functional as nzf
 log = logging.getLogger(__name__)
 
 STATS_MODES = ("running", "batch", "mix", "online")
+VARIANCES = ("biased", "unbiased")
 
 
 def batch_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
@@ -39,14 +38,20 @@ def batch_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     ]
 
 
+_Buffers = tuple[Tensor, Tensor, "Tensor | None"]
+
+
 @dataclass(eq=False)  # compared by identity: nested contexts may hold equal policies
 class _Policy:
-    """What one `stats_mode` context asks of one layer."""
+    """What one entered `stats_mode` context asks of one layer."""
 
     mode: str
     name: str
     prior: float | None = None
     momentum: float | None = None
+    var: str = "biased"
+    # online: the layer's (running_mean, running_var, num_batches_tracked) before this context
+    snapshot: _Buffers | None = None
 
 
 @dataclass
@@ -80,7 +85,12 @@ def _override(module: _BatchNorm, policy: _Policy, x: Tensor) -> tuple[Tensor | 
         _require_two_values(policy, x)
         return None, None
     if mode == "mix":  # Schneider et al. 2020: n = samples in the test batch
-        batch_mean, batch_var = nzf.channel_moments(x.detach(), correction=0)
+        if math.isinf(policy.prior):
+            return module.running_mean, module.running_var
+        correction = 1 if policy.var == "unbiased" else 0
+        if correction or policy.prior == 0:
+            _require_two_values(policy, x)
+        batch_mean, batch_var = nzf.channel_moments(x.detach(), correction=correction)
         mean, var = nzf.mix_moments(
             module.running_mean, module.running_var, batch_mean, batch_var, policy.prior, len(x)
         )
@@ -117,7 +127,7 @@ def _post_hook(module: nn.Module, args: tuple, output: Any) -> None:
     return None
 
 
-def _push(module: nn.Module, policy: _Policy) -> None:
+def _push(module: _BatchNorm, policy: _Policy) -> None:
     hooks = _ACTIVE.get(module)
     if hooks is None:
         hooks = _LayerHooks()
@@ -127,33 +137,75 @@ def _push(module: nn.Module, policy: _Policy) -> None:
             module.register_forward_hook(_post_hook, prepend=True, always_call=True),
         ]
         _ACTIVE[module] = hooks
+    if policy.mode == "online":
+        count = module.num_batches_tracked
+        policy.snapshot = (
+            module.running_mean.clone(),
+            module.running_var.clone(),
+            None if count is None else count.clone(),
+        )
     hooks.policies.append(policy)
 
 
-def _pop(module: nn.Module, policy: _Policy) -> None:
+def _pop(module: _BatchNorm, policy: _Policy) -> None:
+    """Remove one context's policy; undo its online updates now, or hand the undo on.
+
+    An online context exited while a later online context on the same layer is still active
+    (exits out of order) cannot undo its updates alone: the later context's snapshot already
+    contains them. It hands its snapshot to the next online context above it, whose exit then
+    restores the buffers to what they were before both; whatever the exit order, the buffers
+    end as they were before the first online context.
+    """
     hooks = _ACTIVE.get(module)
     if hooks is None:
         return
-    hooks.policies = [p for p in hooks.policies if p is not policy]
+    index = next((i for i, p in enumerate(hooks.policies) if p is policy), None)
+    if index is None:
+        return
+    if policy.snapshot is not None:
+        heir = next((p for p in hooks.policies[index + 1 :] if p.snapshot is not None), None)
+        if heir is not None:
+            heir.snapshot = policy.snapshot
+        else:
+            _restore(module, policy.snapshot)
+    del hooks.policies[index]
     if not hooks.policies:
         for handle in hooks.handles:
             handle.remove()
         del _ACTIVE[module]
 
 
-def _check_mode(mode: str, prior: float | None, momentum: float | None) -> None:
+def _restore(module: _BatchNorm, buffers: _Buffers) -> None:
+    with torch.no_grad():
+        for name, value in zip(
+            ("running_mean", "running_var", "num_batches_tracked"), buffers, strict=True
+        ):
+            current = getattr(module, name)
+            if value is not None and current is not None and current.shape == value.shape:
+                current.copy_(value)
+
+
+def _check_mode(mode: str, prior: float | None, momentum: float | None, var: str) -> None:
     if mode not in STATS_MODES:
         raise ValueError(f"unknown stats mode {mode!r}; choose one of {', '.join(STATS_MODES)}")
     if mode == "mix":
         if prior is None or isinstance(prior, bool):
             raise ValueError(
                 "stats_mode 'mix' needs prior=N, the number of pseudo-samples the running "
-                "statistics count for (Schneider et al. 2020 use N=16 for batch size 1..64)"
+                "statistics count for (Schneider et al. 2020 use N=16 for batch size 1..64; "
+                "N=0 is 'batch', N=float('inf') is 'running')"
             )
-        if not (isinstance(prior, (int, float)) and math.isfinite(prior) and prior > 0):
-            raise ValueError(f"stats_mode 'mix': prior must be a finite number > 0, got {prior!r}")
+        if not (isinstance(prior, (int, float)) and prior >= 0):  # NaN fails too
+            raise ValueError(
+                f"stats_mode 'mix': prior must be a number in [0, inf] (0 = batch statistics, "
+                f"inf = running statistics), got {prior!r}"
+            )
     elif prior is not None:
         raise ValueError(f"prior={prior!r} only applies to stats_mode 'mix', not {mode!r}")
+    if var not in VARIANCES:
+        raise ValueError(f"stats_mode: var must be one of {VARIANCES}, got {var!r}")
+    if var != "biased" and mode != "mix":
+        raise ValueError(f"var={var!r} only applies to stats_mode 'mix', not {mode!r}")
     if momentum is not None:
         if mode != "online":
             raise ValueError(f"momentum={momentum!r} only applies to stats_mode 'online'")
@@ -161,10 +213,80 @@ def _check_mode(mode: str, prior: float | None, momentum: float | None) -> None:
             raise ValueError(f"stats_mode 'online': momentum must be in (0, 1], got {momentum!r}")
 
 
-@contextlib.contextmanager
+class StatsMode:
+    """The context manager `stats_mode` returns; reusable and re-entrant.
+
+    Each ``__enter__`` installs a fresh set of per-layer policies and each ``__exit__`` removes
+    the set of the most recent entry of this object, so one object can be entered again after
+    it exits, or while it is active (``with ctx: with ctx: ...``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mode: str,
+        prior: float | None = None,
+        momentum: float | None = None,
+        var: str = "biased",
+    ) -> None:
+        _check_mode(mode, prior, momentum, var)
+        self.model, self.mode, self.prior, self.momentum, self.var = (
+            model,
+            mode,
+            None if prior is None else float(prior),
+            momentum,
+            var,
+        )
+        self._entries: list[list[tuple[_BatchNorm, _Policy]]] = []
+
+    def __repr__(self) -> str:
+        opts = {"prior": self.prior, "momentum": self.momentum}
+        extra = "".join(f", {k}={v!r}" for k, v in opts.items() if v is not None)
+        extra += f", var={self.var!r}" if self.var != "biased" else ""
+        return f"stats_mode({type(self.model).__name__}, {self.mode!r}{extra})"
+
+    def __enter__(self) -> nn.Module:
+        layers = batch_layers(self.model)
+        if self.mode != "batch":
+            missing = [
+                repr(n) for n, m in layers if m.running_mean is None or m.running_var is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"stats_mode {self.mode!r} needs running statistics, but layer(s) "
+                    f"{', '.join(missing)} have none (track_running_stats=False or buffers set "
+                    "to None); use mode 'batch', or recompute_stats(model, data) on a model "
+                    "whose layers track running stats"
+                )
+        entry = [
+            (m, _Policy(self.mode, name, self.prior, self.momentum, self.var)) for name, m in layers
+        ]
+        pushed = []
+        try:
+            for module, policy in entry:
+                _push(module, policy)
+                pushed.append((module, policy))
+        except BaseException:
+            for module, policy in reversed(pushed):
+                _pop(module, policy)
+            raise
+        self._entries.append(entry)
+        return self.model
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._entries:
+            raise RuntimeError(f"{self!r} exited more often than it was entered")
+        for module, policy in reversed(self._entries.pop()):
+            _pop(module, policy)
+
+
 def stats_mode(
-    model: nn.Module, mode: str, prior: float | None = None, momentum: float | None = None
-) -> Iterator[nn.Module]:
+    model: nn.Module,
+    mode: str,
+    prior: float | None = None,
+    momentum: float | None = None,
+    var: str = "biased",
+) -> StatsMode:
     """Make every batch layer of ``model`` normalize with the chosen statistics inside the block.
 
     Modes (per channel; batch layers are all ``torch.nn.modules.batchnorm._BatchNorm``):
@@ -174,55 +296,23 @@ def stats_mode(
     - ``"batch"``: mean and biased variance of the current batch; buffers untouched. A batch
       with one value per channel (one sample, no spatial dims) raises ValueError.
     - ``"mix"``: ``mean = (N*m_src + n*m_batch)/(N+n)``, ``var = (N*v_src + n*v_batch)/(N+n)``
-      with the biased batch variance, ``N = prior`` pseudo-samples (required, > 0) and ``n`` the
-      number of SAMPLES in the test batch (values per channel divided by the spatial size), as in
-      Schneider et al. 2020, "Improving robustness against common corruptions by covariate
-      shift adaptation". Works at batch size 1.
+      with ``N = prior`` pseudo-samples (required, in [0, inf]: 0 gives the batch statistics,
+      ``float("inf")`` the running ones) and ``n`` the number of SAMPLES in the test batch
+      (values per channel divided by the spatial size), as in Schneider et al. 2020, "Improving
+      robustness against common corruptions by covariate shift adaptation". ``var="biased"``
+      (default) mixes the biased batch variance, as the paper's text; ``var="unbiased"`` the
+      unbiased one (n*H*W - 1 denominator), as their code (bethgelab/robustness,
+      ``BayesianBatchNorm``, whose ``prior`` weight is ``N / (N + n)``). Works at batch size 1
+      (biased).
     - ``"online"``: running statistics keep adapting by EMA with ``momentum`` (default: the
       layer's own, ``None`` = cumulative average) as batches stream through, and normalization
       uses the updated values; buffers are restored on exit.
 
     Batch-independent layers are untouched. Buffers (outside ``online``), ``training`` flags,
     ``requires_grad`` and user hooks stay as they are, and everything is restored on exit, also
-    on exceptions. Contexts nest: the innermost mode wins. ``running``/``mix``/``online`` need
-    running buffers and raise ValueError naming a layer that has none.
+    on exceptions. Contexts nest (the innermost active mode wins), may exit in any order (online
+    buffers end as they were before the first online context), and the returned object may be
+    entered again, also while active. ``running``/``mix``/``online`` need running buffers and
+    raise ValueError naming a layer that has none. Bad arguments raise ValueError at the call.
     """
-    _check_mode(mode, prior, momentum)
-    layers = batch_layers(model)
-    if mode != "batch":
-        missing = [repr(n) for n, m in layers if m.running_mean is None or m.running_var is None]
-        if missing:
-            raise ValueError(
-                f"stats_mode {mode!r} needs running statistics, but layer(s) {', '.join(missing)} "
-                "have none (track_running_stats=False or buffers set to None); use mode 'batch', "
-                "or recompute_stats(model, data) on a model whose layers track running stats"
-            )
-    snapshots = []
-    if mode == "online":
-        snapshots = [
-            (m, m.running_mean.clone(), m.running_var.clone(), _clone(m.num_batches_tracked))
-            for _, m in layers
-        ]
-    policies = [(m, _Policy(mode, name, prior, momentum)) for name, m in layers]
-    try:
-        for module, policy in policies:
-            _push(module, policy)
-        yield model
-    finally:
-        for module, policy in policies:
-            _pop(module, policy)
-        with torch.no_grad():
-            for module, mean, var, count in snapshots:
-                _restore(module, "running_mean", mean)
-                _restore(module, "running_var", var)
-                _restore(module, "num_batches_tracked", count)
-
-
-def _clone(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.clone()
-
-
-def _restore(module: nn.Module, name: str, value: Tensor | None) -> None:
-    current = getattr(module, name)
-    if value is not None and current is not None and current.shape == value.shape:
-        current.copy_(value)
+    return StatsMode(model, mode, prior, momentum, var)

@@ -27,7 +27,6 @@ class _Moments:
     """Per-channel count, mean and sum of squared deviations (M2) of one layer's input."""
 
     count: int = 0
-    batches: int = 0
     mean: Tensor | None = None
     m2: Tensor | None = None
 
@@ -45,7 +44,6 @@ class _Moments:
                 counts, torch.stack([self.mean, mean]), torch.stack([self.m2, var * n])
             )
             self.count += n
-        self.batches += 1
 
 
 def _run_pass(
@@ -77,8 +75,6 @@ def _write(module: _BatchNorm, name: str, moments: _Moments) -> None:
         )
     module.running_mean.copy_(moments.mean.to(module.running_mean.dtype))
     module.running_var.copy_((moments.m2 / (moments.count - 1)).to(module.running_var.dtype))
-    if module.num_batches_tracked is not None:
-        module.num_batches_tracked.fill_(moments.batches)
 
 
 @contextlib.contextmanager
@@ -112,8 +108,9 @@ def recompute_stats(
     of its input over ``batches``; returns ``model`` in eval mode.
 
     Statistics are merged batch by batch in float64 (Chan et al.'s parallel mean/M2 combination),
-    so no activations are kept and large offsets do not cancel. ``num_batches_tracked`` is set to
-    the number of batches a layer saw.
+    so no activations are kept and large offsets do not cancel. ``num_batches_tracked`` is left
+    alone: it is a training step counter (batch renorm's schedule runs on it, and torch's
+    ``momentum=None`` averaging), not a count of the data seen here.
 
     - ``method="precise"`` (PreciseBN, Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"): one
       pass in which every batch layer normalizes with batch statistics, as in a train-mode forward

@@ -121,8 +121,10 @@ def test_layer_without_running_stats(kind):
     ("mode", "opts", "match"),
     [
         ("mix", {}, "needs prior"),
-        ("mix", {"prior": 0}, "> 0"),
-        ("mix", {"prior": float("nan")}, "> 0"),
+        ("mix", {"prior": -1}, r"in \[0, inf\]"),  # prior 0 and inf are valid (issue 11)
+        ("mix", {"prior": float("nan")}, r"in \[0, inf\]"),
+        ("mix", {"prior": 4, "var": "sample"}, "biased"),
+        ("running", {"var": "unbiased"}, "only applies"),
         ("batch", {"prior": 3}, "only applies"),
         ("online", {"momentum": 1.5}, r"\(0, 1\]"),
         ("averaged", {}, "running, batch, mix, online"),
@@ -224,3 +226,160 @@ def test_timm_batchnorm_act_drop_still_runs_in_training():
     dropped = (out == 0) & (kept > 0)
     assert dropped.any() and layer.drop.training
     torch.testing.assert_close(out[~dropped], kept[~dropped])
+
+
+# ------------------------------------------------------------------------------------------
+# mix at the ends of the prior sweep, the two variance conventions (issue 11)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [*SHAPES, (1, 3, 4, 4)])
+def test_mix_prior_zero_is_batch_and_infinite_prior_is_running(kind, shape):
+    layer = make_layer(kind, shape[1], len(shape)).eval()
+    x = torch.randn(shape) * 3 - 2
+    before = state(layer)
+    with torch.no_grad():
+        with stats_mode(layer, "batch"):
+            batch = layer(x)
+        with stats_mode(layer, "running"):
+            running = layer(x)
+        with stats_mode(layer, "mix", prior=0):
+            torch.testing.assert_close(layer(x), batch, rtol=1e-5, atol=1e-5)
+        with stats_mode(layer, "mix", prior=float("inf")):
+            assert torch.equal(layer(x), running)
+        with stats_mode(layer, "mix", prior=float("inf"), var="unbiased"):
+            assert torch.equal(layer(x), running)
+    assert_same_state(before, layer)
+
+
+def test_mix_at_batch_size_one_without_spatial_dims():
+    layer = make_layer("torch", 3, 2).eval()
+    x = torch.randn(1, 3)
+    expect = normalize(x, layer.running_mean, layer.running_var, layer)
+    with torch.no_grad(), stats_mode(layer, "mix", prior=float("inf"), var="unbiased"):
+        torch.testing.assert_close(layer(x), expect)
+    # one value per channel: no unbiased variance, and prior 0 is batch mode's error
+    for prior, var in [(4, "unbiased"), (0, "unbiased")]:
+        with pytest.raises(ValueError, match="one value per channel"):
+            with stats_mode(layer, "mix", prior=prior, var=var):
+                layer(x)
+
+
+class BayesianBatchNorm(nn.Module):
+    """bethgelab/robustness, robusta/batchnorm/bn.py, ``BayesianBatchNorm`` (Schneider et al.
+    2020's code), transcribed: ``prior`` is the weight N / (N + n) of the source statistics, the
+    batch statistics come from a momentum-1 BatchNorm2d in train mode (unbiased variance)."""
+
+    def __init__(self, layer, prior):
+        assert prior >= 0 and prior <= 1
+        super().__init__()
+        self.layer = layer
+        self.layer.eval()
+        self.norm = nn.BatchNorm2d(self.layer.num_features, affine=False, momentum=1.0)
+        self.prior = prior
+
+    def forward(self, input):
+        self.norm(input)
+        running_mean = (
+            self.prior * self.layer.running_mean + (1 - self.prior) * self.norm.running_mean
+        )
+        running_var = self.prior * self.layer.running_var + (1 - self.prior) * self.norm.running_var
+        return nn.functional.batch_norm(
+            input,
+            running_mean,
+            running_var,
+            self.layer.weight,
+            self.layer.bias,
+            False,
+            0,
+            self.layer.eps,
+        )
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 16])
+@pytest.mark.parametrize("prior", [0, 1, 16, 64])
+def test_mix_unbiased_equals_bethgelab_bayesian_batch_norm(batch_size, prior):
+    layer = make_layer("torch", 3, 4).eval()
+    x = torch.randn(batch_size, 3, 5, 5) * 2 + 1
+    reference = BayesianBatchNorm(layer, prior / (prior + batch_size))
+    with torch.no_grad():
+        expect = reference(x)
+        with stats_mode(layer, "mix", prior=prior, var="unbiased"):
+            out = layer(x)
+        with stats_mode(layer, "mix", prior=prior):
+            biased = layer(x)
+    torch.testing.assert_close(out, expect, rtol=1e-5, atol=1e-5)
+    if prior < 64:  # the conventions differ, most at small batches (n*H*W values per channel)
+        assert not torch.allclose(biased, expect, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# re-entrant, reusable, out-of-order exits (issue 13)
+
+
+def test_online_contexts_exited_out_of_order_restore_the_buffers():
+    layer = make_layer("torch", 3, 4).eval()
+    before = state(layer)
+    x1, x2, x3 = (torch.randn(4, 3, 2, 2) + k for k in range(3))
+    outer = stats_mode(layer, "online", momentum=0.5)
+    inner = stats_mode(layer, "online", momentum=0.5)
+    with torch.no_grad():
+        outer.__enter__()
+        layer(x1)
+        inner.__enter__()
+        layer(x2)
+        outer.__exit__(None, None, None)  # out of order: inner is still active
+        mean = layer.running_mean.clone()
+        layer(x3)  # inner keeps adapting from where it is
+        flat = per_channel(x3)
+        torch.testing.assert_close(layer.running_mean, 0.5 * mean + 0.5 * flat.mean(1))
+        inner.__exit__(None, None, None)
+    assert_same_state(before, layer)
+    assert not layer._forward_hooks and not layer._forward_pre_hooks
+
+
+def test_contexts_of_different_modes_exited_out_of_order():
+    layer = make_layer("torch", 3, 4).eval()
+    before = state(layer)
+    x = torch.randn(4, 3, 2, 2) * 2 + 1
+    flat = per_channel(x)
+    batch_expect = normalize(x, flat.mean(1), flat.var(1, unbiased=False), layer)
+    online = stats_mode(layer, "online")
+    batch = stats_mode(layer, "batch")
+    with torch.no_grad():
+        online.__enter__()
+        layer(x)
+        batch.__enter__()
+        online.__exit__(None, None, None)  # online undone at once: no online context above it
+        assert_same_state(before, layer)
+        torch.testing.assert_close(layer(x), batch_expect)  # the remaining context still rules
+        batch.__exit__(None, None, None)
+    assert_same_state(before, layer)
+    assert not layer._forward_hooks and not layer._forward_pre_hooks
+
+
+def test_a_stats_mode_object_can_be_reused_and_reentered():
+    layer = make_layer("torch", 3, 4).eval()
+    before = state(layer)
+    x = torch.randn(4, 3, 2, 2) + 3
+    flat = per_channel(x)
+    ctx = stats_mode(layer, "online", momentum=0.5)
+    with torch.no_grad():
+        for _ in range(2):  # entered again after it exited
+            with ctx as model:
+                assert model is layer
+                layer(x)
+                torch.testing.assert_close(
+                    layer.running_mean, 0.5 * before["running_mean"] + 0.5 * flat.mean(1)
+                )
+            assert_same_state(before, layer)
+        with ctx:  # entered again while active: the inner entry adapts further, then undoes it
+            layer(x)
+            once = layer.running_mean.clone()
+            with ctx:
+                layer(x)
+                torch.testing.assert_close(layer.running_mean, 0.5 * once + 0.5 * flat.mean(1))
+            torch.testing.assert_close(layer.running_mean, once)
+    assert_same_state(before, layer)
+    with pytest.raises(RuntimeError, match="exited more often than it was entered"):
+        ctx.__exit__(None, None, None)

@@ -8,6 +8,7 @@ from batch_layer_reference import make_layer, normalize, per_channel
 from timm.layers import BatchNormAct2d
 from torch import nn
 
+import normzoo
 from normzoo.testtime import recompute_stats
 
 
@@ -74,7 +75,7 @@ def test_recompute_matches_layer_by_layer_reference(kind, method):
     for layer, (mean, var) in zip([model.bn1, model.bn2, model.bn3], expect, strict=True):
         torch.testing.assert_close(layer.running_mean.double(), mean, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(layer.running_var.double(), var, rtol=1e-5, atol=1e-5)
-        assert int(layer.num_batches_tracked) == 3
+        assert int(layer.num_batches_tracked) == 5  # the step counter is left alone (issue 11)
         assert layer.running_mean.dtype == torch.float32
 
 
@@ -134,13 +135,14 @@ def test_recompute_inputs_and_limits():
         (loader, {"num_batches": 2}, data[:10], 2),
         ((x for x in data.split(4)), {}, data, 5),
     ]
-    for batches, opts, used, count in cases:
+    for batches, opts, used, _count in cases:
         layer = nn.BatchNorm1d(3, dtype=torch.float64)
         recompute_stats(nn.Sequential(layer), batches, **opts)
         mean, var = population([used])
         torch.testing.assert_close(layer.running_mean, mean, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(layer.running_var, var, rtol=1e-5, atol=1e-6)
-        assert layer.running_var.dtype == torch.float64 and int(layer.num_batches_tracked) == count
+        # the step counter stays 0 whatever the number of batches (issue 11)
+        assert layer.running_var.dtype == torch.float64 and int(layer.num_batches_tracked) == 0
 
 
 def test_recompute_errors():
@@ -165,3 +167,30 @@ def test_recompute_errors():
         recompute_stats(
             nn.Sequential(nn.BatchNorm1d(3, track_running_stats=False)), torch.ones(4, 3)
         )
+
+
+@pytest.mark.parametrize("kind", ["zoo_renorm", "torch"])
+def test_recompute_never_touches_the_step_counter(kind):
+    """Batch renorm counts its schedule in ``num_batches_tracked``: after 300 training steps and
+    recompute_stats on 5 batches, the next training step is still past warmup."""
+    torch.manual_seed(4)
+    layer = (
+        normzoo.create("batch_renorm", 4, warmup=100)
+        if kind == "zoo_renorm"
+        else (nn.BatchNorm2d(4))
+    )
+    layer.train()
+    for _ in range(300):
+        layer(torch.randn(8, 4, 3, 3))
+    recompute_stats(nn.Sequential(layer), [torch.randn(8, 4, 3, 3) * 3 + 2 for _ in range(5)])
+    assert int(layer.num_batches_tracked) == 300
+    layer.train()
+    x = torch.randn(8, 4, 3, 3) * 0.5
+    with torch.no_grad():
+        out = layer(x)
+    assert int(layer.num_batches_tracked) == 301
+    plain = nn.functional.batch_norm(x, None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
+    if kind == "zoo_renorm":  # past warmup: r and d correct towards the recomputed statistics
+        assert not torch.allclose(out, plain, atol=1e-4)
+    else:
+        torch.testing.assert_close(out, plain)
