@@ -2,6 +2,8 @@
 
 ``small_cnn`` (default, fast on CPU), ``resnet_tiny`` (residual), ``mlp`` (no spatial dims after
 its first pooling, so instance norm does not apply) and any timm model as ``timm:<name>``.
+Backbone option ``conv``: ``"plain"`` (default) or ``"ws"``, every ``nn.Conv2d`` weight-standardized
+(Qiao et al. 2019), the usual partner of group norm at small batch.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from torch import nn
 import normzoo
 
 BACKBONES = ("small_cnn", "resnet_tiny", "mlp")
+CONVS = ("plain", "ws")
 TIMM_PREFIX = "timm:"
 
 
@@ -145,20 +148,57 @@ class MLP(nn.Module):
         return self.head(self.body(self.pool(x).flatten(1)))
 
 
+def standardize_convs(model: nn.Module) -> int:
+    """Replace every ``nn.Conv2d`` of ``model`` in place by a weight-standardized
+    :class:`~normzoo.layers.WSConv2d` with the same weights; returns how many were replaced."""
+    from normzoo.layers import WSConv2d
+
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Conv2d:
+                setattr(parent, name, WSConv2d.from_conv(child))
+                replaced += 1
+    return replaced
+
+
 def build_model(
     backbone: str,
     norm: str,
     num_classes: int,
     in_channels: int = 3,
     norm_options: dict | None = None,
+    conv: str = "plain",
     **backbone_options,
 ) -> nn.Module:
     """Build ``backbone`` with every norm layer made by ``normzoo.create(norm, C, **opts)``.
 
     ``timm:<name>`` builds ``timm.create_model(name, pretrained=False,
-    norm_layer=normzoo.norm_layer(norm, **opts))``; nothing is downloaded.
+    norm_layer=normzoo.norm_layer(norm, **opts))``; nothing is downloaded. ``conv="ws"``
+    weight-standardizes every ``nn.Conv2d`` (:func:`standardize_convs`).
     """
     check_backbone(backbone)
+    if conv not in CONVS:
+        raise ValueError(
+            f"unknown conv {conv!r}; allowed: {', '.join(CONVS)} (model option 'conv')"
+        )
+    model = _build(backbone, norm, num_classes, in_channels, norm_options, **backbone_options)
+    if conv == "ws" and standardize_convs(model) == 0:
+        raise ValueError(
+            f"conv 'ws' standardizes convolution weights, but backbone '{backbone}' has no "
+            "nn.Conv2d; use a convolutional backbone (small_cnn, resnet_tiny, timm:...)"
+        )
+    return model
+
+
+def _build(
+    backbone: str,
+    norm: str,
+    num_classes: int,
+    in_channels: int,
+    norm_options: dict | None,
+    **backbone_options,
+) -> nn.Module:
     norm_options = dict(norm_options or {})
     if backbone.startswith(TIMM_PREFIX):
         import timm

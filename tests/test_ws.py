@@ -35,3 +35,33 @@ def test_paper_equation_and_from_conv():
     expected = nn.functional.conv2d(x, w_hat, conv.bias, padding=1)
     torch.testing.assert_close(ws(x), expected)
     assert torch.equal(ws.weight, conv.weight) and ws.padding == conv.padding
+
+
+@pytest.mark.parametrize("backbone", ["small_cnn", "resnet_tiny", "timm:resnet18"])
+def test_backbone_conv_ws(backbone):
+    from normzoo.models import build_model
+
+    plain = build_model(backbone, "group", 10, 3, {"groups": 8})
+    ws = build_model(backbone, "group", 10, 3, {"groups": 8}, conv="ws")
+    convs = [m for m in plain.modules() if isinstance(m, nn.Conv2d)]
+    ws_convs = [m for m in ws.modules() if isinstance(m, nn.Conv2d)]
+    assert len(ws_convs) == len(convs) and all(type(m) is WSConv2d for m in ws_convs)
+    assert ws(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_backbone_conv_errors():
+    from normzoo.models import build_model
+
+    with pytest.raises(ValueError, match="unknown conv 'std'; allowed: plain, ws"):
+        build_model("small_cnn", "batch", 10, conv="std")
+    with pytest.raises(ValueError, match="backbone 'mlp' has no nn.Conv2d"):
+        build_model("mlp", "batch", 10, conv="ws")
+
+
+def test_config_accepts_conv_ws():
+    from normzoo.bench.config import load_config
+
+    config = load_config("configs/quick.yaml", overrides=["model.options={conv: ws}"])
+    assert config.model.options == {"conv": "ws"}  # validated: every norm's model was built
+    with pytest.raises(ValueError, match="model option 'conv'"):
+        load_config("configs/quick.yaml", overrides=["model.options={conv: std}"])
