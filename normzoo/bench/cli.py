@@ -210,9 +210,21 @@ def _report(config, out_dir: Path, run_keys: list[str], tracker) -> None:
     console.print("\n[bold]headline[/] (accuracy, mean ± 95% CI half-width over seeds)")
     console.print(_rich_table(report.headline.T.rename_axis("condition")))
     console.print(f"\nreport: {report.path}")
-    if tracker is not None:
+    if tracker is not None and tracker.enabled:
         tables = {k: v for k, v in report.tables.items() if not v.empty}
-        tracker.log_summary(tables, list(report.figures.values()), config.to_dict())
+        figures = list(report.figures.values())
+        exports = {p.name for p in csvs}
+        report_csvs = [p for p in sorted(report.path.parent.glob("*.csv")) if p.name not in exports]
+        url = tracker.log_summary(
+            config,
+            tables,
+            figures,
+            store_path=out_dir / "results.sqlite",
+            report_files=[report.path, *figures, *report_csvs],
+            counts=runs["status"].value_counts().to_dict(),
+        )
+        if url:
+            console.print(f"W&B summary run: {url}")
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -243,10 +255,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.dry_run:
         return 0
     out_dir.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(
-        config.execution.wandb, out_dir, config.experiment.name, config.execution.wandb_project
-    )
-    console.print(f"W&B mode: {tracker.mode}")
+    try:
+        tracker = Tracker.from_config(config, out_dir)
+    except ValueError as error:
+        console.print(f"[red]error:[/] {error}")
+        return 2
+    project = f", project {tracker.project}" if tracker.enabled else ""
+    console.print(f"W&B mode: {tracker.mode}{project}")
+    if tracker.mode == "online":
+        console.print(f"W&B project: {tracker.project_url()}")
     if not args.report_only:
         summary = run_grid(
             config,
@@ -261,7 +278,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             console.print(f"  [red]{line}[/]")
     _report(config, out_dir, [r.key for r in expand_runs(config)], tracker)
     if tracker.mode == "offline":
-        console.print(f"W&B offline runs: wandb sync {out_dir}/wandb/offline-run-*")
+        console.print(f"W&B offline runs: wandb sync {tracker.root}/wandb/offline-run-*")
     return 0
 
 

@@ -114,7 +114,9 @@ class EvalSection:
 class ExecutionSection:
     workers: int | None = None
     wandb: str = "auto"
-    wandb_project: str = "normzoo"
+    wandb_project: str | None = None  # None: $WANDB_PROJECT, else "normzoo"
+    wandb_entity: str | None = None  # None: $WANDB_ENTITY, else the login's default entity
+    wandb_weights: bool = False  # log each run's kept weights as a W&B model artifact
     executor: str = "local"
     submitit: dict = field(default_factory=dict)
 

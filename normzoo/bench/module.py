@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import Logger
 from torch import nn
 
 from normzoo.bench.config import Config, TrainSection
@@ -18,13 +19,21 @@ from normzoo.bench.grid import Run
 
 log = logging.getLogger(__name__)
 
+# Steps between logged training points (and divergence checks).
+LOG_EVERY = 10
+
 
 class DivergedError(RuntimeError):
     """Training produced a non-finite loss; the run is recorded with status ``diverged``."""
 
 
 class Classifier(L.LightningModule):
-    """Cross-entropy training of ``model`` with the optimizer and schedule of a TrainSection."""
+    """Cross-entropy training of ``model`` with the optimizer and schedule of a TrainSection.
+
+    The step never waits for the device: loss and accuracy accumulate in device tensors and are
+    handed to Lightning's loggers (``self.log``) only every ``log_every`` steps and at epoch end,
+    where Lightning converts them to numbers anyway; a non-finite loss is detected there too.
+    """
 
     def __init__(
         self, model: nn.Module, train: TrainSection, train_batch_size: int, log_every: int = 10
@@ -34,15 +43,17 @@ class Classifier(L.LightningModule):
         self.train_config = train
         self.train_batch_size = train_batch_size
         self.log_every = log_every
-        self.history: list[dict] = []
-        self._val_correct = 0
-        self._val_total = 0
-        self._epoch_loss = 0.0
-        self._epoch_correct = 0
-        self._epoch_total = 0
+        self._reset_epoch_sums()
+        self._first_bad_step: torch.Tensor | None = None  # device scalar, -1 while all finite
+        self._first_bad_loss: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def _reset_epoch_sums(self) -> None:
+        self._loss_sum: torch.Tensor | float = 0.0
+        self._correct_sum: torch.Tensor | int = 0
+        self._seen = 0
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
@@ -50,52 +61,59 @@ class Classifier(L.LightningModule):
         x, y = batch
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)
-        if not torch.isfinite(loss):
-            raise DivergedError(
-                f"loss became {loss.item()} at step {self.global_step}"
-                f" (epoch {self.current_epoch});"
-                " lower train.lr or use a batch-independent norm for this batch size"
-            )
-        correct = (logits.argmax(1) == y).sum().item()
-        self._epoch_loss += loss.item() * len(y)
-        self._epoch_correct += correct
-        self._epoch_total += len(y)
-        if self.global_step % self.log_every == 0:
-            self.history.append(
-                {
-                    "step": self.global_step,
-                    "epoch": self.current_epoch,
-                    "train/loss": loss.item(),
-                    "train/acc": correct / len(y),
-                    "train/lr": self.optimizers().param_groups[0]["lr"],
-                }
-            )
+        detached = loss.detach()
+        correct = (logits.detach().argmax(1) == y).sum()
+        self._loss_sum = self._loss_sum + detached * len(y)
+        self._correct_sum = self._correct_sum + correct
+        self._seen += len(y)
+        self._track_finite(detached)
+        # Lightning hands step metrics to the loggers when (step + 1) % log_every_n_steps == 0
+        if (self.global_step + 1) % self.log_every == 0:
+            self._check_finite()
+            self.log("train/loss", detached, on_step=True, on_epoch=False, batch_size=len(y))
+            self.log("train/acc", correct / len(y), on_step=True, on_epoch=False, batch_size=len(y))
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
         return loss
 
-    def on_train_epoch_end(self) -> None:
-        if self._epoch_total:
-            self.history.append(
-                {
-                    "step": self.global_step,
-                    "epoch": self.current_epoch,
-                    "train/epoch_loss": self._epoch_loss / self._epoch_total,
-                    "train/epoch_acc": self._epoch_correct / self._epoch_total,
-                }
+    def _track_finite(self, loss: torch.Tensor) -> None:
+        """Remember the first non-finite loss and its step, on the device (no host sync)."""
+        if self._first_bad_step is None:
+            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._first_bad_loss = torch.zeros((), dtype=loss.dtype, device=loss.device)
+        first = (self._first_bad_step < 0) & ~torch.isfinite(loss)
+        self._first_bad_step = torch.where(first, self.global_step, self._first_bad_step)
+        self._first_bad_loss = torch.where(first, loss, self._first_bad_loss)
+
+    def _check_finite(self) -> None:
+        if self._first_bad_step is None:
+            return
+        step = int(self._first_bad_step)  # the one host sync, at logging intervals only
+        if step >= 0:
+            raise DivergedError(
+                f"loss became {float(self._first_bad_loss)} at step {step}"
+                f" (checked at step {self.global_step}, epoch {self.current_epoch});"
+                " lower train.lr or use a batch-independent norm for this batch size"
             )
-        self._epoch_loss, self._epoch_correct, self._epoch_total = 0.0, 0, 0
+
+    def on_train_epoch_end(self) -> None:
+        self._check_finite()
+        if self._seen:
+            self.log("train/epoch_loss", self._loss_sum / self._seen)
+            self.log("train/epoch_acc", self._correct_sum / self._seen)
+        self._reset_epoch_sums()
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_correct: torch.Tensor | int = 0
+        self._val_total = 0
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        self._val_correct += (self.model(x).argmax(1) == y).sum().item()
+        self._val_correct = self._val_correct + (self.model(x).argmax(1) == y).sum()
         self._val_total += len(y)
 
     def on_validation_epoch_end(self) -> None:
-        accuracy = self._val_correct / max(self._val_total, 1)
-        self.log("val_acc", accuracy)
-        self.history.append(
-            {"step": self.global_step, "epoch": self.current_epoch, "val/acc": accuracy}
-        )
-        self._val_correct, self._val_total = 0, 0
+        correct = torch.as_tensor(self._val_correct, dtype=torch.float32, device=self.device)
+        self.log("val/acc", correct / max(self._val_total, 1))
 
     def configure_optimizers(self):
         cfg = self.train_config
@@ -128,6 +146,42 @@ class Classifier(L.LightningModule):
         }
 
 
+class CurveRecorder(Logger):
+    """A Lightning logger that keeps every logged metric as a curve row for the results store.
+
+    Rows are ``{step, epoch, metric, value}``; the parent process writes them to the store's
+    ``curves`` table, so the curves exist with or without W&B.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict] = []
+
+    @property
+    def name(self) -> str:
+        return "curves"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        """Inputs live in the runs table; nothing to record here."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        metrics = dict(metrics)
+        epoch = metrics.pop("epoch", None)
+        for metric, value in metrics.items():
+            self.rows.append(
+                {
+                    "step": int(step or 0),
+                    "epoch": None if epoch is None else int(epoch),
+                    "metric": metric,
+                    "value": float(value),
+                }
+            )
+
+
 @dataclass
 class TrainOutcome:
     """A trained model plus what training measured."""
@@ -135,7 +189,7 @@ class TrainOutcome:
     model: nn.Module
     val_accuracy: float
     seconds: float
-    history: list[dict] = field(default_factory=list)
+    curves: list[dict] = field(default_factory=list)
 
 
 def quiet_lightning() -> None:
@@ -147,11 +201,10 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
 
-def train_run(run: Run, config: Config, datamodule: L.LightningDataModule) -> TrainOutcome:
-    """Seed, build the backbone with the run's norm, and fit it with Lightning."""
+def build_module(run: Run, config: Config, datamodule: L.LightningDataModule) -> Classifier:
+    """Seed, and build the backbone with the run's norm inside a Classifier."""
     from normzoo.models import build_model
 
-    quiet_lightning()
     L.seed_everything(run.seed, workers=True, verbose=False)
     datamodule.setup("fit")
     model = build_model(
@@ -162,25 +215,48 @@ def train_run(run: Run, config: Config, datamodule: L.LightningDataModule) -> Tr
         run.norm.options,
         **config.model.options,
     )
-    module = Classifier(model, config.train, run.train_batch_size)
+    return Classifier(model, config.train, run.train_batch_size, log_every=LOG_EVERY)
+
+
+def build_trainer(config: Config, loggers: list[Logger], **overrides) -> L.Trainer:
+    """The Trainer of a benchmark run: no checkpoints, bars or summaries; ``loggers`` log."""
     max_steps = config.train.max_steps
-    trainer = L.Trainer(
+    options = dict(
         accelerator="auto",
         devices=1,
         max_epochs=-1 if max_steps else config.train.epochs,
         max_steps=max_steps or -1,
         enable_checkpointing=False,
-        logger=False,
+        logger=loggers or False,
+        log_every_n_steps=LOG_EVERY,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic="warn",
     )
+    options.update(overrides)
+    return L.Trainer(**options)
+
+
+def train_run(
+    run: Run,
+    config: Config,
+    datamodule: L.LightningDataModule,
+    loggers: list[Logger] = (),
+) -> TrainOutcome:
+    """Seed, build the backbone with the run's norm, and fit it with Lightning.
+
+    ``loggers`` (e.g. a ``WandbLogger``) receive the curves live, besides the store's recorder.
+    """
+    quiet_lightning()
+    module = build_module(run, config, datamodule)
+    recorder = CurveRecorder()
+    trainer = build_trainer(config, [recorder, *loggers])
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     seconds = time.perf_counter() - start
-    if "val_acc" not in trainer.callback_metrics:  # max_steps ended before the first epoch did
+    if "val/acc" not in trainer.callback_metrics:  # max_steps ended before the first epoch did
         trainer.validate(module, datamodule=datamodule, verbose=False)
-    val = trainer.callback_metrics.get("val_acc")
+    val = trainer.callback_metrics.get("val/acc")
     val_accuracy = float(val) if val is not None else float("nan")
-    return TrainOutcome(model.cpu().eval(), val_accuracy, seconds, module.history)
+    return TrainOutcome(module.model.cpu().eval(), val_accuracy, seconds, recorder.rows)

@@ -21,18 +21,21 @@ from pathlib import Path
 from normzoo.bench.config import Config
 from normzoo.bench.grid import Run, TestCondition, expand_conditions, expand_runs
 from normzoo.bench.store import Store, config_json, now
+from normzoo.bench.track import Tracker
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunResult:
-    """What a worker returns: the run row, its evaluation rows, and its training curves."""
+    """What a worker returns: the run row, its evaluation rows, and its training curves
+    (``wandb_logged``: the worker's W&B run already holds all of it)."""
 
     run: Run
     row: dict
     evaluations: list[dict] = field(default_factory=list)
-    history: list[dict] = field(default_factory=list)
+    curves: list[dict] = field(default_factory=list)
+    wandb_logged: bool = False
 
     @property
     def status(self) -> str:
@@ -56,8 +59,13 @@ def _datamodule(run: Run, config: Config):
     )
 
 
-def execute_run(run: Run, config: Config, conditions: list[TestCondition]) -> RunResult:
-    """Train one run and evaluate it under every condition; never raises (errors become rows)."""
+def execute_run(
+    run: Run, config: Config, conditions: list[TestCondition], tracker: Tracker | None = None
+) -> RunResult:
+    """Train one run and evaluate it under every condition; never raises (errors become rows).
+
+    With a tracker the run logs live to its own W&B run, which also receives the results.
+    """
     from normzoo.bench.evaluate import evaluate_run
     from normzoo.bench.module import DivergedError, train_run
 
@@ -73,11 +81,12 @@ def execute_run(run: Run, config: Config, conditions: list[TestCondition]) -> Ru
         "started_at": now(),
     }
     result = RunResult(run, row)
+    logger = _train_logger(tracker, run, config)
     try:
         datamodule = _datamodule(run, config)
-        outcome = train_run(run, config, datamodule)
+        outcome = train_run(run, config, datamodule, [logger] if logger else [])
         row.update(val_accuracy=outcome.val_accuracy, train_seconds=outcome.seconds)
-        result.history = outcome.history
+        result.curves = outcome.curves
         start = time.perf_counter()
         result.evaluations = evaluate_run(outcome.model, datamodule, conditions, config.eval)
         row["eval_seconds"] = time.perf_counter() - start
@@ -91,7 +100,20 @@ def execute_run(run: Run, config: Config, conditions: list[TestCondition]) -> Ru
     row["finished_at"] = now()
     for evaluation in result.evaluations:
         evaluation["run_key"] = run.key
+    if tracker is not None:
+        result.wandb_logged = tracker.finish_run(logger, run, row, result.evaluations)
     return result
+
+
+def _train_logger(tracker: Tracker | None, run: Run, config: Config):
+    """The run's WandbLogger, or None (disabled, or W&B failed: the parent logs it later)."""
+    if tracker is None:
+        return None
+    try:
+        return tracker.train_logger(run, config)
+    except Exception as error:  # W&B trouble never stops training
+        log.warning("W&B init for %s failed (%s); logging it after the run", run.name, error)
+        return None
 
 
 def _init_worker() -> None:
@@ -101,17 +123,19 @@ def _init_worker() -> None:
     logging.basicConfig(level=logging.WARNING)
 
 
-def _local_results(tasks: list[Run], config: Config, workers: int) -> Iterator[RunResult]:
+def _local_results(
+    tasks: list[Run], config: Config, workers: int, tracker: Tracker | None
+) -> Iterator[RunResult]:
     conditions = expand_conditions(config)
     if workers == 1:  # in-process: no start-up cost, same single-threaded computation
         _init_worker()
         for run in tasks:
-            yield execute_run(run, config, conditions)
+            yield execute_run(run, config, conditions, tracker)
         return
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
     try:
-        futures = [pool.submit(execute_run, run, config, conditions) for run in tasks]
+        futures = [pool.submit(execute_run, run, config, conditions, tracker) for run in tasks]
         for future in as_completed(futures):
             try:
                 yield future.result()
@@ -122,7 +146,9 @@ def _local_results(tasks: list[Run], config: Config, workers: int) -> Iterator[R
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _submitit_results(tasks: list[Run], config: Config, out_dir: Path) -> Iterator[RunResult]:
+def _submitit_results(
+    tasks: list[Run], config: Config, out_dir: Path, tracker: Tracker | None
+) -> Iterator[RunResult]:
     try:
         import submitit
     except ImportError as error:
@@ -133,7 +159,13 @@ def _submitit_results(tasks: list[Run], config: Config, out_dir: Path) -> Iterat
     executor = submitit.AutoExecutor(folder=out_dir / "submitit")
     executor.update_parameters(**config.execution.submitit)
     conditions = expand_conditions(config)
-    jobs = executor.map_array(execute_run, tasks, [config] * len(tasks), [conditions] * len(tasks))
+    jobs = executor.map_array(
+        execute_run,
+        tasks,
+        [config] * len(tasks),
+        [conditions] * len(tasks),
+        [tracker] * len(tasks),
+    )
     for job in submitit.helpers.as_completed(jobs):
         yield job.result()
 
@@ -171,7 +203,7 @@ def run_grid(
     config: Config,
     out_dir: str | Path,
     workers: int | None = None,
-    tracker=None,
+    tracker: Tracker | None = None,
     retry_failed: bool = False,
     show_progress: bool = True,
 ) -> Summary:
@@ -207,16 +239,18 @@ def run_grid(
     with Progress(*columns, disable=not show_progress or not tasks, transient=False) as progress:
         bar = progress.add_task("runs", total=len(runs), completed=summary.skipped)
         if config.execution.executor == "submitit":
-            results = _submitit_results(tasks, config, out_dir)
+            results = _submitit_results(tasks, config, out_dir, tracker)
         else:
-            results = _local_results(tasks, config, workers)
+            results = _local_results(tasks, config, workers, tracker)
         for done, result in enumerate(results, start=1):
-            store.write_run(result.row, result.evaluations)
+            store.write_run(result.row, result.evaluations, result.curves)
             setattr(summary, result.status, getattr(summary, result.status) + 1)
             if result.status != "ok":
                 summary.errors.append(f"{result.run.name}: {result.status}: {result.row['error']}")
-            if tracker is not None:
-                tracker.log_run(result)
+            if tracker is not None and tracker.enabled and not result.wandb_logged:
+                tracker.log_stored_run(
+                    result.run, config, result.row, result.evaluations, result.curves
+                )
             elapsed = time.perf_counter() - start
             eta = elapsed / done * (len(tasks) - done)
             log.info(

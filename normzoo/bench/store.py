@@ -50,6 +50,7 @@ EVAL_COLUMNS = (
     "n_test",
     "computed_as",
 )
+CURVE_COLUMNS = ("run_key", "step", "epoch", "metric", "value")
 # Columns of the exported runs frame (the Results schema), in order; the rest are extra.
 SCHEMA_RUN_COLUMNS = RUN_COLUMNS[:13]
 
@@ -70,6 +71,11 @@ CREATE TABLE IF NOT EXISTS evaluations (
     severity INTEGER NOT NULL, test_composition TEXT NOT NULL,
     accuracy REAL NOT NULL, loss REAL, n_test INTEGER NOT NULL, computed_as TEXT NOT NULL,
     PRIMARY KEY (run_key, test_batch_size, stats_mode, shift, severity, test_composition)
+);
+CREATE TABLE IF NOT EXISTS curves (
+    run_key TEXT NOT NULL REFERENCES runs(run_key) ON DELETE CASCADE,
+    step INTEGER NOT NULL, epoch INTEGER, metric TEXT NOT NULL, value REAL,
+    PRIMARY KEY (run_key, metric, step)
 );
 """
 
@@ -100,15 +106,20 @@ class Store:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def write_run(self, run_row: dict, evaluations: Iterable[dict]) -> None:
-        """Write a finished run and all its evaluations in one transaction (replacing old rows)."""
+    def write_run(
+        self, run_row: dict, evaluations: Iterable[dict], curves: Iterable[dict] = ()
+    ) -> None:
+        """Write a finished run, its evaluations and its training curves in one transaction
+        (replacing old rows)."""
         missing = set(RUN_COLUMNS) - set(run_row)
         if missing:
             raise ValueError(f"run row lacks columns {sorted(missing)}")
         run_values = [run_row[c] for c in RUN_COLUMNS]
         eval_values = [[e[c] for c in EVAL_COLUMNS] for e in evaluations]
+        curve_values = [[run_row["run_key"], *(c[k] for k in CURVE_COLUMNS[1:])] for c in curves]
         with self._conn:  # one transaction: commit on success, rollback on any error
             self._conn.execute("DELETE FROM evaluations WHERE run_key = ?", (run_row["run_key"],))
+            self._conn.execute("DELETE FROM curves WHERE run_key = ?", (run_row["run_key"],))
             self._conn.execute(
                 f"INSERT OR REPLACE INTO runs ({', '.join(RUN_COLUMNS)}) "
                 f"VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
@@ -118,6 +129,11 @@ class Store:
                 f"INSERT INTO evaluations ({', '.join(EVAL_COLUMNS)}) "
                 f"VALUES ({', '.join('?' * len(EVAL_COLUMNS))})",
                 eval_values,
+            )
+            self._conn.executemany(
+                f"INSERT OR REPLACE INTO curves ({', '.join(CURVE_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(CURVE_COLUMNS))})",
+                curve_values,
             )
 
     def statuses(self) -> dict[str, str]:
@@ -141,6 +157,14 @@ class Store:
             f"SELECT {run_cols}, {eval_cols} FROM evaluations e JOIN runs r USING (run_key) "
             "WHERE r.status = 'ok' ORDER BY r.run_key, e.test_batch_size, e.stats_mode, "
             "e.shift, e.severity, e.test_composition",
+            self._conn,
+        )
+        return _only(frame, run_keys)
+
+    def curves_frame(self, run_keys: Iterable[str] | None = None) -> pd.DataFrame:
+        """Training curves in long form: one row per (run, metric, step), with ``epoch``."""
+        frame = pd.read_sql_query(
+            f"SELECT {', '.join(CURVE_COLUMNS)} FROM curves ORDER BY run_key, metric, step",
             self._conn,
         )
         return _only(frame, run_keys)

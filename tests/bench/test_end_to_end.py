@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import sqlite3
-import struct
 import subprocess
 import sys
 import time
@@ -12,58 +11,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from wandb_offline import wandb_run
 
 from normzoo.bench.config import load_config
 from normzoo.bench.grid import expand_conditions, expand_runs
 from normzoo.bench.store import Store
-from normzoo.bench.track import offline_run_dirs
+from normzoo.bench.track import offline_run_dirs, setting
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
-
-
-def read_wandb_records(path: Path) -> list:
-    """Decode a ``.wandb`` transaction log (LevelDB log format: 7-byte file header, 32 KiB blocks
-    of chunks with a 7-byte header: crc32 u32, length u16, type u8 = full/first/middle/last)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    records, pending, pos, block = [], b"", 7, 32768
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # trailer too small for a header: skip to the next block
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind == 0:  # zero padding
-            break
-        if kind in (1, 2):
-            pending = chunk
-        else:
-            pending += chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-    return records
-
-
-def _items(items) -> dict:
-    return {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items}
-
-
-def _wandb_run(run_dir: Path) -> dict:
-    records = read_wandb_records(next(run_dir.glob("run-*.wandb")))
-    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
-    config = {}
-    for r in records:
-        if r.WhichOneof("record_type") == "config":
-            config.update(_items(r.config.update))
-    config.update(_items(run.config.update))
-    history = [_items(r.history.item) for r in records if r.WhichOneof("record_type") == "history"]
-    return {"run": run, "config": config, "history": history}
 
 
 def test_compare_produces_store_wandb_runs_and_report(compare, tiny_config_path, tmp_path, capsys):
@@ -118,19 +75,21 @@ def test_compare_produces_store_wandb_runs_and_report(compare, tiny_config_path,
     assert "headline" in printed and str(out / "report.md") in printed
 
     dirs = offline_run_dirs(out)
-    logged = [_wandb_run(d) for d in dirs]
+    logged = [wandb_run(d) for d in dirs]
     train = [w for w in logged if w["run"].job_type == "train"]
     summary = [w for w in logged if w["run"].job_type == "summary"]
     assert len(train) == 4 and len(summary) == 1
-    assert {w["run"].run_group for w in logged} == {"tiny"}
     by_key = {w["config"]["run_key"]: w for w in train}
     assert set(by_key) == {r.key for r in runs}
     for run in runs:
         w = by_key[run.key]
         assert w["run"].display_name == f"tiny-{run.name}"
-        assert {run.norm.name, "bs=16"} <= set(w["run"].tags)
+        # issue 14: the group is the setting (seeds are its members), not the experiment, and
+        # the config is flat inputs (no nested experiment_config)
+        assert w["run"].run_group == setting("tiny", run)
+        assert {run.norm.label, "bs=16"} <= set(w["run"].tags)
         assert w["config"]["norm"] == run.norm.name and w["config"]["seed"] == run.seed
-        assert w["config"]["experiment_config"]["train"]["epochs"] == 1
+        assert w["config"]["epochs"] == 1 and "experiment_config" not in w["config"]
         assert any("val/acc" in h for h in w["history"]) and any(
             "train/loss" in h for h in w["history"]
         )

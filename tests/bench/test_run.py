@@ -60,6 +60,7 @@ def test_failed_and_diverged_runs_are_recorded_and_the_grid_goes_on(
 
 def test_wandb_mode_is_offline_without_a_key(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the user's WANDB_MODE would win over auto
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     assert resolve_mode("auto") == "offline"
