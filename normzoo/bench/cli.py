@@ -206,6 +206,7 @@ def _report(config, out_dir: Path, run_keys: list[str], tracker) -> None:
         reference=reference,
         title=f"normzoo benchmark: {config.experiment.name}",
         command=command,
+        stats=getattr(config, "stats", None),
     )
     console.print("\n[bold]headline[/] (accuracy, mean ± 95% CI half-width over seeds)")
     console.print(_rich_table(report.headline.T.rename_axis("condition")))

@@ -1,0 +1,79 @@
+"""'What we found': sentences generated from the primary family's verdicts, nothing else."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from normzoo import stats
+from normzoo.report.select import TEST_KEYS, TRAIN_KEYS
+from normzoo.report.tables import condition_columns
+
+_SHORT = {"train_batch_size": "train bs", "test_batch_size": "test bs"}
+
+
+def _p(p: float) -> str:
+    return "< 0.0001" if p < 1e-4 else f"= {p:.3g}"
+
+
+def _condition(row: pd.Series, keys: list[str]) -> str:
+    return ", ".join(f"{_SHORT.get(k, k)} {row[k]}" for k in keys)
+
+
+def finding(row: pd.Series, keys: list[str]) -> str:
+    """One sentence for one primary comparison, from its numbers and verdict only."""
+    where = _condition(row, keys)
+    head = f"**{row['a']} vs {row['b']}**" + (f" ({where})" if where else "")
+    n, verdict = int(row["n"]), row["verdict"]
+    if verdict == stats.INSUFFICIENT:
+        return f"{head}: insufficient data (n = {n} paired seeds; at least 2 needed)."
+    if verdict == stats.DEGENERATE:
+        return (
+            f"{head}: degenerate, all {n} seeds give the same difference "
+            f"({row['mean_difference']:+.4f}); no test is meaningful, no claim is made."
+        )
+    ci = (
+        f"{row['mean_difference']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] "
+        f"({row['ci_level']:.1%} paired t-interval)"
+    )
+    tests = f"Holm-adjusted p {_p(row['p_adjusted'])}, n = {n}, {row['test']}"
+    if verdict == stats.SIGNIFICANT:
+        sign = "better" if row["mean_difference"] > 0 else "worse"
+        return (
+            f"{head}: {row['a']} is significantly {sign}, difference {ci}; {tests}; "
+            f"d_z = {row['cohens_dz']:.2f}; exact sign-flip test Holm p "
+            f"{_p(row['permutation_p_adjusted'])}."
+        )
+    power = row["power"]
+    power_text = (
+        f"power to detect a difference of {row['power_delta']:.3f} is {power:.2f}"
+        if np.isfinite(power)
+        else "power unknown"
+    )
+    text = f"{head}: no significant difference, {ci}; {tests}; {power_text}."
+    if row.get("equivalence") == stats.EQUIVALENT:
+        text += (
+            f" Equivalent within ±{row['equivalence_margin']:.3f} by TOST "
+            f"(Holm p {_p(row['tost_p_adjusted'])})."
+        )
+    elif row.get("equivalence") == stats.NOT_EQUIVALENT:
+        text += f" Not shown equivalent within ±{row['equivalence_margin']:.3f} (TOST)."
+    return text
+
+
+def findings(primary: pd.DataFrame) -> list[str]:
+    """Bullets: a count, then one sentence per primary comparison (significant ones first)."""
+    if primary.empty:
+        return ["No comparison of the primary family could be computed (see below)."]
+    keys = condition_columns(primary, (*TRAIN_KEYS, *TEST_KEYS))
+    if primary["method"].nunique() > 1 if "method" in primary.columns else False:
+        keys = [*keys, "method"]
+    significant = int((primary["verdict"] == stats.SIGNIFICANT).sum())
+    lines = [
+        f"{significant} of {len(primary)} comparisons in the primary family are significant "
+        f"(Holm over the whole family, alpha = {primary['alpha'].iloc[0]})."
+    ]
+    order = primary.assign(_s=primary["verdict"] != stats.SIGNIFICANT)
+    order = order.sort_values(["_s", "comparison"], kind="stable")
+    lines += [finding(row, keys) for _, row in order.iterrows()]
+    return lines

@@ -1,0 +1,214 @@
+"""Render a computed :class:`~normzoo.report.Report` as markdown (no computation here)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from normzoo import stats
+from normzoo.report.select import TEST_KEYS, TRAIN_KEYS
+from normzoo.report.tables import condition_columns, display, markdown_table, verdict_summary
+
+if TYPE_CHECKING:
+    from normzoo.report import Report
+
+
+def _method_section(report: Report) -> list[str]:
+    spec = report.spec
+    family = (
+        "declared in the config's `stats.primary`"
+        if report.declared
+        else f"not declared in the config; the default is every norm vs `{report.reference}` "
+        "at every train condition on clean i.i.d. test batches of the largest size"
+    )
+    margin = (
+        f'Equivalence ("as good as") is claimed only by TOST against the declared margin '
+        f"±{spec.equivalence_margin} (Holm-adjusted)."
+        if spec.equivalence_margin
+        else "No equivalence margin is declared, so no comparison is ever called equivalent; a "
+        "non-significant result is reported with the power the test had."
+    )
+    return [
+        "## How differences are decided",
+        "",
+        "- Pairs are seeds: the same seed trained with two norms (stats-mode comparisons pair "
+        "evaluations of the same trained run). n = pairs.",
+        f"- Primary family ({family}): {', '.join(f'`{c}`' for c in report.primary_labels)}, "
+        f"expanded over conditions to {len(report.primary)} comparisons. Holm corrects over "
+        f"the whole family at alpha = {spec.alpha}. Only this family is used for the findings.",
+        f"- Primary test: two-sided {stats.PRIMARY_TEST}. Interval: the paired t-interval "
+        "(df = n - 1) at the level Holm tests the comparison at (shown in brackets; at least "
+        "95%), so an interval excludes 0 exactly when the verdict is `significant`.",
+        "- The intervals cover seed-to-seed (training) variance on one fixed test set: they say "
+        "how much another training seed would move the result, not how the accuracy would "
+        "change on another test set or dataset. A paper's number lies outside them for many "
+        "reasons (data, model, schedule) and is compared by direction and size only.",
+        f"- Robustness: the exact {stats.ROBUSTNESS_TEST} of the mean difference (all 2^n sign "
+        "patterns; smallest p = 2/2^n, e.g. 0.0625 at n = 5) and the Wilcoxon signed-rank test "
+        "(exact null with ties), both Holm-adjusted; Wilcoxon is `underpowered` when even its "
+        "smallest p, Holm-adjusted, cannot reach alpha.",
+        f"- n < {stats.MIN_SEEDS}: `{stats.INSUFFICIENT}`; all paired differences equal: "
+        f"`{stats.DEGENERATE}` (no p-value, no effect size).",
+        f"- {margin}",
+        "- Effect size: Cohen's d_z; `seeds a > b`: the share of seeds on which a beats b "
+        "(paired sign proportion, ties 1/2; not rliable's probability of improvement).",
+        "- Everything outside the primary family is exploratory: each table has its own Holm "
+        "correction and none of it enters the findings.",
+        "",
+    ]
+
+
+def _primary_section(report: Report) -> list[str]:
+    lines = ["## Primary family", ""]
+    if report.primary_missing:
+        lines += [
+            "Declared but absent from the data: "
+            + ", ".join(f"`{c}`" for c in report.primary_missing),
+            "",
+        ]
+    if report.primary.empty:
+        return lines + ["No primary comparison could be computed.", ""]
+    keys = condition_columns(report.primary, (*TRAIN_KEYS, *TEST_KEYS))
+    if "method" in report.primary.columns and report.primary["method"].nunique() > 1:
+        keys = [*keys, "method"]
+    return lines + [markdown_table(display(report.primary, keys)), ""]
+
+
+def _exploratory_section(report: Report) -> list[str]:
+    lines = ["## Exploratory comparisons (not part of the findings)", ""]
+    if not report.exploratory and not report.constant_modes:
+        return lines + ["None beyond the primary family.", ""]
+    vs = report.exploratory.get("vs_reference")
+    if vs is not None:
+        lines += [
+            f"### Each norm vs `{report.reference}` at every other condition",
+            "",
+            f"{len(vs)} comparisons, one Holm family (full table: "
+            "`significance_vs_reference.csv`):",
+            "",
+            markdown_table(verdict_summary(vs, ["a", "b"])),
+            "",
+        ]
+    pairs = report.exploratory.get("all_pairs")
+    if pairs is not None:
+        lines += [
+            "### All other pairs at the headline clean condition",
+            "",
+            f"{len(pairs)} comparisons, one Holm family:",
+            "",
+            markdown_table(display(pairs, condition_columns(pairs, TRAIN_KEYS))),
+            "",
+        ]
+    modes = report.exploratory.get("stats_modes")
+    if modes is not None or report.constant_modes:
+        lines += ["### Test-time statistics modes vs `running` (same trained runs)", ""]
+        if report.constant_modes:
+            lines += [
+                "Accuracy identical under every mode (no batch statistics): "
+                f"{', '.join(report.constant_modes)}.",
+                "",
+            ]
+        if modes is not None:
+            lines += [
+                f"{len(modes)} comparisons, one Holm family (full table: "
+                "`significance_stats_modes.csv`):",
+                "",
+                markdown_table(
+                    verdict_summary(modes, ["method", "a"]).rename(columns={"a": "stats mode"})
+                ),
+                "",
+            ]
+    return lines
+
+
+def _ranks_section(report: Report) -> list[str]:
+    ranks = report.ranks
+    if ranks is None:
+        return []
+    result = ranks.result
+    table = pd.DataFrame({"norm": result.names, "average rank": result.average_ranks})
+    if result.independent_blocks:
+        test = (
+            f"{result.test}: chi2 = {result.chi2:.2f}, F = {result.f_statistic:.2f}, "
+            f"p {_p(result.pvalue)} -> {result.verdict}; Nemenyi CD = "
+            f"{result.critical_difference:.2f} at alpha = {result.alpha}."
+        )
+    else:
+        test = (
+            "The blocks share trained models, so they are not independent replications: the "
+            f"ranks and the CD ({result.critical_difference:.2f}) are descriptive, no test "
+            "verdict is given."
+        )
+    merged = (
+        f" {ranks.duplicates} test conditions that repeated another condition's computations "
+        "(same `computed_as` for every norm) were merged."
+        if ranks.duplicates
+        else ""
+    )
+    return [
+        "## Ranks (Friedman + Nemenyi, Demšar 2006)",
+        "",
+        f"Blocks: {ranks.used} {ranks.blocks}; {ranks.dropped} incomplete blocks left out; "
+        f"each norm with running statistics (or its only mode), ranked by mean accuracy "
+        f"(1 = best, ties averaged).{merged} {test}",
+        "",
+        markdown_table(table.sort_values("average rank")),
+        "",
+        "![critical_difference](critical_difference.png)",
+        "",
+    ]
+
+
+def _p(p: float) -> str:
+    return "n/a" if p != p else ("< 0.0001" if p < 1e-4 else f"= {p:.3g}")
+
+
+def render_markdown(report: Report, figures: dict[str, str]) -> str:
+    """The report's markdown; ``figures`` maps figure names to file names."""
+    lines = [f"# {report.title}", ""]
+    if report.command:
+        lines += [f"Produced by: `{report.command}`", ""]
+    counts = report.run_counts
+    lines += [
+        "## Runs",
+        "",
+        f"{counts['total']} training runs: {counts['ok']} ok, {counts['failed']} failed, "
+        f"{counts['diverged']} diverged. Failed and diverged runs are excluded from every "
+        "statistic below; their seeds are missing from the pairs they belong to.",
+        "",
+    ]
+    if not report.failed.empty:
+        lines += ["### Failed and diverged runs", "", markdown_table(report.failed), ""]
+    if report.limits:
+        lines += ["### What this report cannot compute", ""]
+        lines += [f"- {limit}" for limit in report.limits] + [""]
+    if not report.methods:
+        lines += ["No finished evaluations: nothing to compare.", ""]
+        return "\n".join(lines) + "\n"
+    lines += [
+        f"Norms: {', '.join(report.methods)}. Seeds per norm: "
+        + ", ".join(f"{m} {n}" for m, n in report.seeds.items())
+        + f". {report.test_conditions} test conditions.",
+        "",
+    ]
+    lines += _method_section(report)
+    lines += ["## What we found", "", *[f"- {f}" for f in report.findings], ""]
+    lines += _primary_section(report)
+    lines += [
+        "## Headline",
+        "",
+        "Accuracy, mean ± 95% Student-t CI half-width over seeds. Clean i.i.d. test batches "
+        "of the largest test batch size with running statistics (a norm without a "
+        "`running` mode uses its only mode) unless the column says otherwise; columns "
+        "without a train batch size use the largest one.",
+        "",
+        markdown_table(report.headline.reset_index()),
+        "",
+    ]
+    curves = [k for k in figures if k != "critical_difference"]
+    if curves:
+        lines += ["## Plots", ""] + [f"![{k}]({figures[k]})\n" for k in curves]
+    lines += _exploratory_section(report)
+    lines += _ranks_section(report)
+    return "\n".join(lines) + "\n"
