@@ -1,18 +1,30 @@
-"""Micro-benchmark: zoo layers vs torch's native layers vs the memory-bandwidth floor.
+"""Micro-benchmark: zoo layers vs their torch/timm references vs the memory-bandwidth floor.
 
-For each norm, the zoo layer and its torch reference run side by side in one process on the same
-input (forward, or forward+backward, in train and eval mode); the table reports median times
-and the ratio zoo/torch. The floor is an elementwise op that reads the input once and writes the
-output once (``torch.mul(x, 1.0)``): no normalization can run faster than that.
+For each norm, the zoo layer and its reference (torch's layer; timm's for FRN, EvoNorm and weight
+standardization; ``nn.BatchNorm`` run on each chunk for ghost batch norm) run side by side in one
+process on the same input, interleaved over several repetitions (forward+backward in train mode,
+forward in eval mode); the table reports median times and the ratio zoo/reference.
 
-    python benchmarks/layers.py                       # CPU, float32, a ResNet-stage shape
+The floor is the time to move the bytes a layer must read and write at the measured copy
+bandwidth of this machine (``dst.copy_(x)`` on a tensor of the input's size and layout):
+forward reads x and writes y (2 tensors), forward+backward also reads x and dy and writes dx
+(5 tensors); parameters are negligible. No normalization can run faster. (Weight
+standardization is a 3x3 convolution, compute-bound: its floor is listed for scale only.)
+
+    python benchmarks/layers.py                       # CPU, float32, one ResNet-stage shape
     python benchmarks/layers.py --device cuda --dtype bfloat16 --shape 64,256,56,56
+    python benchmarks/layers.py --markdown reports/perf.md   # the committed sweep
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import platform
+import shlex
+import statistics
 import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -26,40 +38,86 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
+MODES = {"train fwd+bwd": (True, True), "train fwd": (True, False), "eval fwd": (False, False)}
+# the committed report: a few CNN shapes (ResNet stages at CIFAR and ImageNet scale)
+PERF_SHAPES = ("32,64,32,32", "8,256,28,28", "64,128,8,8")
+GHOST_BATCH = 8  # virtual batch size in the ghost batch norm rows
 
 
-def references(channels: int, groups: int, rank: int) -> dict[str, tuple[nn.Module, nn.Module]]:
-    """(zoo layer, torch reference) for each norm with a torch counterpart."""
-    bn = {3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[rank]
-    return {
-        "batch": (normzoo.create("batch", channels), bn(channels)),
+class ChunkedBatchNorm(nn.Module):
+    """Reference for ghost batch norm: one ``nn.BatchNorm`` applied to each chunk in turn."""
+
+    def __init__(self, bn: nn.Module, virtual_batch_size: int) -> None:
+        super().__init__()
+        self.bn, self.virtual_batch_size = bn, virtual_batch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self.bn(x)
+        return torch.cat([self.bn(chunk) for chunk in x.split(self.virtual_batch_size)])
+
+
+def references(shape: tuple[int, ...], groups: int) -> dict[str, tuple[nn.Module, nn.Module, str]]:
+    """(zoo layer, reference, reference name) for each norm; timm's only for 4-d inputs."""
+    channels, rank = shape[1], len(shape)
+    bn = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[rank]
+    bn_name = f"torch {bn.__name__}"
+    rows = {
+        "batch": (normzoo.create("batch", channels), bn(channels), bn_name),
         # batch renorm has no torch layer: compare with batch norm, the work it adds to
-        "batch_renorm": (normzoo.create("batch_renorm", channels), bn(channels)),
-        "group": (normzoo.create("group", channels, groups=groups), nn.GroupNorm(groups, channels)),
-        "layer": (normzoo.create("layer", channels), nn.GroupNorm(1, channels)),
-        "instance": (normzoo.create("instance", channels), nn.GroupNorm(channels, channels)),
+        "batch_renorm": (normzoo.create("batch_renorm", channels), bn(channels), bn_name),
+        "ghost_batch": (
+            normzoo.create("ghost_batch", channels, virtual_batch_size=GHOST_BATCH),
+            ChunkedBatchNorm(bn(channels), GHOST_BATCH),
+            f"{bn_name} per chunk of {GHOST_BATCH}",
+        ),
+        "group": (
+            normzoo.create("group", channels, groups=groups),
+            nn.GroupNorm(groups, channels),
+            "torch GroupNorm",
+        ),
+        "layer": (normzoo.create("layer", channels), nn.GroupNorm(1, channels), "torch GroupNorm"),
+        "instance": (
+            normzoo.create("instance", channels),
+            nn.GroupNorm(channels, channels),
+            "torch GroupNorm",
+        ),
+        # torch's RMSNorm over (C, *) has a per-element gain; ours is per channel
+        "rms": (normzoo.create("rms", channels), nn.RMSNorm(shape[1:]), "torch RMSNorm(C,*)"),
     }
+    if rank == 4:
+        from timm.layers import EvoNorm2dB0, EvoNorm2dS0, FilterResponseNormTlu2d, StdConv2d
+
+        from normzoo.layers import WSConv2d
+
+        rows["filter_response"] = (
+            normzoo.create("filter_response", channels),
+            FilterResponseNormTlu2d(channels),
+            "timm FilterResponseNormTlu2d",
+        )
+        rows["evonorm_b0"] = (
+            normzoo.create("evonorm_b0", channels),
+            EvoNorm2dB0(channels),
+            "timm EvoNorm2dB0",
+        )
+        rows["evonorm_s0"] = (
+            normzoo.create("evonorm_s0", channels, groups=groups),
+            EvoNorm2dS0(channels, groups=groups),
+            "timm EvoNorm2dS0",
+        )
+        rows["ws conv3x3"] = (
+            WSConv2d(channels, channels, 3, padding=1, bias=False),
+            StdConv2d(channels, channels, 3, padding=1),
+            "timm StdConv2d",
+        )
+    return rows
 
 
-def _timer(fn, label: str, sub_label: str, description: str) -> benchmark.Timer:
-    return benchmark.Timer(
-        stmt="fn()",
-        globals={"fn": fn},
-        label=label,
-        sub_label=sub_label,
-        description=description,
-        num_threads=torch.get_num_threads(),
-    )
-
-
-def measure(
-    layer: nn.Module, x: torch.Tensor, train: bool, backward: bool, min_run: float
-) -> float:
-    """Median seconds per call of the layer (forward, or forward+backward)."""
+def _callable(layer: nn.Module, x: torch.Tensor, train: bool, backward: bool):
     layer.train(train)
     if backward:
         x = x.detach().requires_grad_()
-        grad = torch.randn_like(x)
+        grad = torch.randn_like(x)  # every timed layer keeps the input's shape
 
         def fn():
             layer(x).backward(grad)
@@ -69,104 +127,239 @@ def measure(
             with torch.no_grad():
                 layer(x)
 
-    for _ in range(3):  # warm-up (allocator, cudnn, lazy init)
+    for _ in range(3):  # warm-up (allocator, lazy init)
         fn()
-    return _timer(fn, "", "", "").blocked_autorange(min_run_time=min_run).median
+    return fn
 
 
-def floor(x: torch.Tensor, backward: bool, min_run: float) -> float:
-    """One read of the input and one write of the output (twice that with backward)."""
-    if backward:
-        x = x.detach().requires_grad_()
-        grad = torch.randn_like(x)
-
-        def fn():
-            torch.mul(x, 1.0).backward(grad)
-    else:
-
-        def fn():
-            with torch.no_grad():
-                torch.mul(x, 1.0)
-
-    for _ in range(3):
-        fn()
-    return _timer(fn, "", "", "").blocked_autorange(min_run_time=min_run).median
+def _median_time(fn, min_run: float) -> float:
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run).median
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def measure_pair(
+    zoo: nn.Module, ref: nn.Module, x: torch.Tensor, train: bool, backward: bool, args
+) -> tuple[float, float]:
+    """Median seconds per call of the zoo layer and of its reference, interleaved."""
+    fns = [_callable(m, x, train, backward) for m in (zoo, ref)]
+    times: list[list[float]] = [[], []]
+    for _ in range(args.repeats):
+        for i, fn in enumerate(fns):
+            times[i].append(_median_time(fn, args.min_run / args.repeats))
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def copy_bandwidth(x: torch.Tensor, min_run: float) -> float:
+    """Bytes per second of ``dst.copy_(x)`` (a read and a write of x), same size and layout."""
+    dst = torch.empty_like(x)
+    seconds = _median_time(lambda: dst.copy_(x), min_run)
+    return 2 * x.numel() * x.element_size() / seconds
+
+
+def run(args: argparse.Namespace, shape: tuple[int, ...], channels_last: bool) -> list[dict]:
     torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    shape = tuple(int(s) for s in args.shape.split(","))
     x = torch.randn(shape, device=device, dtype=dtype)
-    if args.channels_last and x.dim() == 4:
+    if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
+    bandwidth = copy_bandwidth(x, args.min_run)
     rows = []
-    for mode, train, backward in (
-        ("train fwd+bwd", True, True),
-        ("train fwd", True, False),
-        ("eval fwd", False, False),
-    ):
-        base = floor(x, backward, args.min_run)
-        for name, (zoo, ref) in references(shape[1], args.groups, x.dim()).items():
+    for mode in args.modes:
+        train, backward = MODES[mode]
+        floor = (5 if backward else 2) * x.numel() * x.element_size() / bandwidth
+        for name, (zoo, ref, ref_name) in references(shape, args.groups).items():
+            if args.norms and name.split()[0] not in args.norms:
+                continue
             zoo, ref = zoo.to(device, dtype), ref.to(device, dtype)
-            if not train and name not in ("batch", "batch_renorm"):
-                pass  # batch-independent norms compute the same in eval; measured anyway
-            t_zoo = measure(zoo, x, train, backward, args.min_run)
-            t_ref = measure(ref, x, train, backward, args.min_run)
+            if channels_last and x.dim() == 4:
+                zoo, ref = (m.to(memory_format=torch.channels_last) for m in (zoo, ref))
+            t_zoo, t_ref = measure_pair(zoo, ref, x, train, backward, args)
             rows.append(
                 {
                     "mode": mode,
                     "norm": name,
+                    "reference": ref_name,
                     "zoo_ms": t_zoo * 1e3,
-                    "torch_ms": t_ref * 1e3,
+                    "ref_ms": t_ref * 1e3,
                     "ratio": t_zoo / t_ref,
-                    "floor_ms": base * 1e3,
-                    "x_floor": t_zoo / base,
+                    "floor_ms": floor * 1e3,
+                    "x_floor": t_zoo / floor,
+                    "bandwidth_gbs": bandwidth / 1e9,
                 }
             )
     return rows
 
 
-def to_markdown(rows: list[dict], args: argparse.Namespace) -> str:
+def table(rows: list[dict], title: str) -> str:
+    bandwidth = f"copy bandwidth {rows[0]['bandwidth_gbs']:.1f} GB/s" if rows else ""
     lines = [
-        f"shape {args.shape}, {args.dtype}, device {args.device}, threads {args.threads}"
-        f"{', channels_last' if args.channels_last else ''}",
+        f"{title}, {bandwidth}",
         "",
-        "| mode | norm | zoo ms | torch ms | zoo/torch | floor ms | zoo/floor |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| mode | norm | reference | zoo ms | ref ms | zoo/ref | floor ms | zoo/floor |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['mode']} | {r['norm']} | {r['zoo_ms']:.3f} | {r['torch_ms']:.3f} | "
-            f"{r['ratio']:.2f} | {r['floor_ms']:.3f} | {r['x_floor']:.1f} |"
+            f"| {r['mode']} | {r['norm']} | {r['reference']} | {r['zoo_ms']:.3f} | "
+            f"{r['ref_ms']:.3f} | {r['ratio']:.2f} | {r['floor_ms']:.3f} | {r['x_floor']:.1f} |"
         )
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} usable cores, {platform.system()} {platform.release()}"
+
+
+def _versions() -> str:
+    import timm
+
+    return (
+        f"normzoo {normzoo.__version__}, torch {torch.__version__}, timm {timm.__version__}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def sweep(args: argparse.Namespace) -> list[tuple[str, list[dict]]]:
+    sections = []
+    for shape_text in args.shape:
+        shape = tuple(int(s) for s in shape_text.split(","))
+        for channels_last in args.formats:
+            if channels_last and len(shape) != 4:
+                continue
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                layout = "channels_last" if channels_last else "NCHW"
+                title = (
+                    f"shape {shape_text}, {layout}, {args.dtype}, {args.device}, "
+                    f"{threads} thread(s)"
+                )
+                rows = run(args, shape, channels_last)
+                print(table(rows, title) + "\n", flush=True)
+                sections.append((title, rows))
+    return sections
+
+
+def write_markdown(
+    path: Path, sections: list[tuple[str, list[dict]]], argv: list[str], args: argparse.Namespace
+) -> None:
+    command = "python benchmarks/layers.py " + " ".join(shlex.quote(a) for a in argv)
+    ratios: dict[str, list[float]] = {}
+    for _, rows in sections:
+        for r in rows:
+            ratios.setdefault(f"{r['norm']} ({r['mode']})", []).append(r["ratio"])
+    summary = [
+        "| norm (mode) | reference | zoo/ref median | min | max |",
+        "|---|---|---:|---:|---:|",
+    ]
+    refs = {f"{r['norm']} ({r['mode']})": r["reference"] for _, rows in sections for r in rows}
+    for key, values in ratios.items():
+        summary.append(
+            f"| {key} | {refs[key]} | {statistics.median(values):.2f} | {min(values):.2f} | "
+            f"{max(values):.2f} |"
+        )
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = [
+        "# Layer speed: zoo vs torch/timm references vs the memory-bandwidth floor",
+        "",
+        f"Generated by `{command}` on {now}.",
+        "",
+        f"- Versions: {_versions()}.",
+        f"- Machine: {_machine()}.",
+        "- Times are medians of interleaved repetitions (zoo and reference alternate in one "
+        "process); `zoo/ref` is the ratio of the two medians. `floor` = bytes a layer must read "
+        "and write (2 tensors forward, 5 forward+backward) / the measured copy bandwidth at the "
+        "same size and layout; `zoo/floor` says how far a layer is from that bound.",
+        "- This machine was shared with other jobs while this ran (2 cores, several agents "
+        "working): expect noise of 10-30% on single figures, more at 2 threads. The run is short "
+        f"({args.min_run} s per measurement in {args.repeats} interleaved repetitions). Compare "
+        "ratios, not absolute times. No GPU was available to this run.",
+        "",
+        "## Summary: zoo/reference over all shapes, layouts and thread counts",
+        "",
+        *summary,
+        "",
+    ]
+    for title, rows in sections:
+        text += ["## " + title.split(", copy")[0], "", table(rows, title), ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(text))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument(
-        "--shape", default="32,64,32,32", help="input shape N,C,*  (default: 32,64,32,32)"
+        "--shape",
+        action="append",
+        help="input shape N,C,* (repeatable; default: 32,64,32,32, or a few CNN shapes with "
+        "--markdown)",
+    )
+    parser.add_argument("--groups", type=int, default=32, help="groups for group norm/EvoNorm-S0")
+    parser.add_argument(
+        "--threads",
+        default=None,
+        help="torch CPU threads, comma list (default 1; '1,2' with --markdown)",
     )
     parser.add_argument(
-        "--groups", type=int, default=32, help="groups for group norm (default: 32)"
+        "--channels-last", action="store_true", help="channels_last memory format only (4-d)"
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     parser.add_argument(
-        "--channels-last", action="store_true", help="channels_last memory format (4-d)"
+        "--both-layouts",
+        action="store_true",
+        help="NCHW and channels_last (default with --markdown)",
     )
+    parser.add_argument("--modes", default=None, help=f"comma list of {list(MODES)}")
+    parser.add_argument("--norms", default=None, help="comma list of norms to time (default: all)")
     parser.add_argument(
         "--min-run", type=float, default=0.5, help="seconds per measurement (default: 0.5)"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved repetitions (default 3)"
+    )
+    parser.add_argument("--markdown", type=Path, help="write the sweep as markdown to this path")
     args = parser.parse_args(argv)
+    sweep_defaults = args.markdown is not None
+    args.shape = args.shape or (list(PERF_SHAPES) if sweep_defaults else ["32,64,32,32"])
+    threads = args.threads or ("1,2" if sweep_defaults else "1")
+    args.threads = [int(t) for t in threads.split(",")]
+    if args.channels_last:
+        args.formats = [True]
+    elif args.both_layouts or sweep_defaults:
+        args.formats = [False, True]
+    else:
+        args.formats = [False]
+    modes = args.modes or ("train fwd+bwd,eval fwd" if sweep_defaults else ",".join(MODES))
+    args.modes = [m.strip() for m in modes.split(",")]
+    unknown = [m for m in args.modes if m not in MODES]
+    if unknown:
+        parser.error(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
+    args.norms = [n.strip() for n in args.norms.split(",")] if args.norms else None
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch.cuda.is_available() is False")
-    print(to_markdown(run(args), args))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    sections = sweep(args)
+    if args.markdown is not None:
+        write_markdown(args.markdown, sections, argv, args)
+        print(f"wrote {args.markdown}")
     return 0
 
 
