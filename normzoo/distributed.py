@@ -132,11 +132,12 @@ def sync_batch_stats(model: nn.Module, process_group=None) -> nn.Module:
     torch's BatchNorm*/SyncBatchNorm layers (and timm's BatchNormAct2d) first become zoo
     ``batch`` layers, parameters and buffers kept; every zoo batch and batch_renorm layer then
     gets its sync variant. Outside an initialized multi-process group the sync layers compute
-    exactly what the plain ones do. Returns ``model``.
+    exactly what the plain ones do. Other zoo batch-dependent layers (``ghost_batch``, whose
+    chunks are local by design, and ``evonorm_b0``) keep their local statistics. Returns ``model``.
     """
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
-            if isinstance(child, _BatchNorm) and not isinstance(child, BatchNorm):
+            if isinstance(child, _BatchNorm) and not type(child).__module__.startswith("normzoo."):
                 setattr(parent, child_name, convert(child, "batch"))
     for module in model.modules():
         target = _SYNC_OF.get(type(module))
