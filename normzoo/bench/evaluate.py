@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Iterable
@@ -14,7 +15,7 @@ from normzoo.bench.config import EvalSection
 from normzoo.bench.grid import TestCondition, computed_condition
 from normzoo.data import IGNORE_INDEX
 from normzoo.models import has_batch_layers
-from normzoo.testtime import adapt, stats_mode
+from normzoo.testtime import Tent, adapt, stats_mode
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +101,16 @@ def evaluate_condition(
     loader = test_loader(datamodule, condition, ev)
     mode = condition.stats_mode
     model.eval()
-    if mode in ("adabn", "tent"):
+    if mode == "adabn":
         # adapt() works on a copy: AdaBN re-estimates running statistics on this condition's test
-        # data; TENT (one pass, `tent_steps` updates per batch) then predicts with batch statistics.
-        options = {"lr": ev.tent_lr, "steps": ev.tent_steps} if mode == "tent" else {}
-        adapted = adapt(model, _inputs_on(loader, device), method=mode, **options)
+        # data, then predicts with them.
+        adapted = adapt(model, _inputs_on(loader, device), method="adabn")
         return predict(adapted.eval(), loader, device)
+    if mode == "tent":
+        # TENT online, as the official code: a copy adapts on each batch (`tent_steps` updates)
+        # and the batch is scored by the outputs of the forward pass that adapts on it.
+        tent = Tent(copy.deepcopy(model), lr=ev.tent_lr, steps=ev.tent_steps)
+        return predict(tent, loader, device)
     prior = ev.mix_prior if mode == "mix" else None
     with stats_mode(model, mode, prior=prior):
         return predict(model, loader, device)
