@@ -30,9 +30,11 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
+from normzoo.bench.schema import WANDB_RUN_MODES
+
 log = logging.getLogger(__name__)
 
-MODES = ("offline", "online", "disabled")
+MODES = WANDB_RUN_MODES
 DEFAULT_PROJECT = "normzoo"
 # Summaries W&B keeps for a metric beyond its last value (define_metric).
 METRIC_SUMMARIES = {"val/acc": "max,last", "train/loss": "min,last", "train/epoch_loss": "min,last"}
