@@ -2,9 +2,10 @@
 
 Everything the config, the grid, the store, the report, W&B and the CSV export call by name is
 defined here (or, for names a lower layer implements, re-exported from that layer so that there
-is still exactly one definition): stats modes and adaptation methods from :mod:`normzoo.testtime`, batch
-compositions from :mod:`normzoo.data.shifts`. Norm names are not here: :mod:`normzoo.registry`
-owns them and their aliases, and a parsed config holds canonical names only.
+is still exactly one definition): stats modes and adaptation methods from
+:mod:`normzoo.testtime`, batch compositions from :mod:`normzoo.data.shifts`. Norm names are not
+here: :mod:`normzoo.registry` owns them and their aliases, and a parsed config holds canonical
+names only.
 """
 
 from __future__ import annotations

@@ -48,9 +48,9 @@ class Rule:
 
     ``kind``: ``int`` (an integral float such as ``3e4`` is taken as the int), ``number``,
     ``choice`` (one of ``choices``; ``noun`` names it in errors), ``name`` (an experiment name),
-    ``text``, ``mapping``. Bounds: ``low``/``high``, exclusive when ``open_low``/``open_high``;
-    NaN is never accepted, infinity only with ``infinite``. ``optional``: null allowed.
-    ``many``: a non-empty list of such values (a single value is taken as a list of one),
+    ``text``, ``bool``, ``mapping``. Bounds: ``low``/``high``, exclusive when ``open_low`` /
+    ``open_high``; NaN is never accepted, infinity only with ``infinite``. ``optional``: null
+    allowed. ``many``: a non-empty list of such values (a single value is taken as a list of one),
     ``distinct``: without repeats. ``hint``: appended to the error (what to use instead).
     """
 
@@ -84,6 +84,8 @@ class Rule:
             what = f"a name of 1..{MAX_NAME_LENGTH} printable characters without '/'"
         elif self.kind == "mapping":
             what = "a mapping {key: value}"
+        elif self.kind == "bool":
+            what = "true or false"
         else:
             what = "text"
         if self.many:
@@ -100,6 +102,8 @@ class Rule:
             return value, isinstance(value, str)
         if self.kind == "mapping":
             return value, isinstance(value, dict)
+        if self.kind == "bool":
+            return value, isinstance(value, bool)
         if self.kind == "name":
             ok = (
                 isinstance(value, str)
@@ -192,7 +196,9 @@ FIELD_RULES: dict[str, Rule] = {
     "eval.shift_root": Rule("text", optional=True),
     "execution.workers": _int(optional=True, hint=" (null: all cores)"),
     "execution.wandb": _choice(schema.WANDB_MODES, "W&B mode"),
-    "execution.wandb_project": Rule("text"),
+    "execution.wandb_project": Rule("text", optional=True, hint=" (null: $WANDB_PROJECT)"),
+    "execution.wandb_entity": Rule("text", optional=True, hint=" (null: $WANDB_ENTITY)"),
+    "execution.wandb_weights": Rule("bool"),
     "execution.executor": _choice(schema.EXECUTORS, "executor"),
     "execution.submitit": Rule("mapping"),
 }

@@ -262,3 +262,20 @@ def test_every_field_has_a_rule():
     names = {f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)}
     assert names - set(FIELD_RULES) == {"train.compositions", "eval.compositions"}
     assert set(FIELD_RULES) <= names
+
+
+def test_missing_dataset_files_stop_the_cli_before_training(compare, tiny_config_path, tmp_path):
+    out = tmp_path / "out"
+    code = compare.main(
+        [
+            str(tiny_config_path),
+            "--set",
+            "data={dataset: cifar10, root: " + str(tmp_path / "nothing") + "}",
+            "--set",
+            "norms=[batch]",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 2
+    assert not (out / "results.sqlite").exists()
