@@ -9,9 +9,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from normzoo.layers import EvoNormS0, FilterResponseNorm, RMSNorm, attach_act
+from normzoo.layers import EvoNormS0, FilterResponseNorm, RMSNorm
 from normzoo.layers.identity import NoNorm
-from normzoo.registry import check_options, create
+from normzoo.registry import check_options, create_norm_act
 
 __all__ = ["convert", "norm_channels"]
 
@@ -59,7 +59,9 @@ def _inherited_options(old: nn.Module, new_name: str, opts: dict) -> dict:
     carried = {}
     if "eps" in spec.options and hasattr(old, "eps"):
         carried["eps"] = float(old.eps)
-    if "momentum" in spec.options and isinstance(old, _BatchNorm):
+    # batch renorm's paper update has its own rate (renorm_momentum): batch norm's does not carry
+    renorm_paper = spec.name == "batch_renorm" and opts.get("sigma_update", "paper") == "paper"
+    if "momentum" in spec.options and isinstance(old, _BatchNorm) and not renorm_paper:
         carried["momentum"] = old.momentum
     if "track_running_stats" in spec.options and isinstance(old, _BatchNorm):
         carried["track_running_stats"] = old.track_running_stats
@@ -73,6 +75,11 @@ def _inherited_options(old: nn.Module, new_name: str, opts: dict) -> dict:
     return {**carried, **opts}
 
 
+def _submodule(module: nn.Module, name: str) -> nn.Module | None:
+    child = getattr(module, name, None)
+    return child if isinstance(child, nn.Module) else None
+
+
 def _replacement(old: nn.Module, channels: int, name: str, opts: dict) -> nn.Module:
     ref = next(iter(old.parameters()), None)
     if ref is None:
@@ -80,7 +87,15 @@ def _replacement(old: nn.Module, channels: int, name: str, opts: dict) -> nn.Mod
     factory = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
     if ref is not None and not ref.is_floating_point():
         factory.pop("dtype")
-    new = create(name, channels, **_inherited_options(old, name, opts), **factory)
+    # timm norm+act layers keep their activation and drop modules as they were
+    new = create_norm_act(
+        name,
+        channels,
+        act_layer=_submodule(old, "act"),
+        drop_layer=_submodule(old, "drop"),
+        **_inherited_options(old, name, opts),
+        **factory,
+    )
     with torch.no_grad():
         old_w, old_b = getattr(old, "weight", None), getattr(old, "bias", None)
         new_w, new_b = getattr(new, "weight", None), getattr(new, "bias", None)
@@ -96,8 +111,7 @@ def _replacement(old: nn.Module, channels: int, name: str, opts: dict) -> nn.Mod
             if old.num_batches_tracked is not None and new.num_batches_tracked is not None:
                 new.num_batches_tracked.copy_(old.num_batches_tracked)
     new.train(old.training)
-    # timm norm+act layers keep their activation and drop modules as they were
-    return attach_act(new, getattr(old, "act", None), getattr(old, "drop", None))
+    return new
 
 
 def convert(model: nn.Module, name: str, **opts) -> nn.Module:

@@ -1,12 +1,12 @@
 """Cross-process batch statistics for the zoo's batch layers, on any backend (gloo included).
 
 ``torch.nn.SyncBatchNorm`` runs only on CUDA and would turn a ``batch_renorm`` layer into plain
-batch norm. :func:`sync_batch_stats` instead swaps every batch layer of a model for a zoo sync
-variant (:class:`SyncBatchNorm`, :class:`SyncBatchRenorm`) that, in training, normalizes with the
-statistics of the *global* batch: each process's per-channel mean and sum of squared deviations,
-merged across processes with Chan et al.'s formula (no sum-of-squares cancellation). The
-all-reduce carries gradients, so each process gets the gradient of the summed loss, as with
-torch's SyncBatchNorm.
+batch norm. :func:`sync_batch_stats` instead replaces every batch layer of a model by a zoo sync
+layer (:class:`SyncBatchNorm`, :class:`SyncBatchRenorm`, built as such and sharing the layer's
+parameters and buffers) that, in training, normalizes with the statistics of the *global*
+batch: each process's per-channel mean and sum of squared deviations, merged across processes
+with Chan et al.'s formula (no sum-of-squares cancellation). The all-reduce carries gradients,
+so each process gets the gradient of the summed loss, as with torch's SyncBatchNorm.
 For Lightning DDP, pass ``plugins=[ZooLayerSync()]`` to the Trainer (instead of
 ``sync_batchnorm=True``).
 """
@@ -21,8 +21,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from normzoo import functional as nzf
 from normzoo.convert import convert
-from normzoo.layers import BatchNorm, BatchRenorm
-from normzoo.layers.act import BatchNormAct, BatchRenormAct, _ActMixin
+from normzoo.layers import BatchNorm, BatchRenorm, GhostBatchNorm
+from normzoo.layers.act import BatchNormAct, BatchRenormAct, NormActMixin
 
 __all__ = [
     "SyncBatchNorm",
@@ -72,7 +72,9 @@ def global_moments(x: Tensor, group=None) -> tuple[Tensor, Tensor, int]:
 class _SyncMixin:
     """Training forward with global-batch statistics; used by the sync layer classes."""
 
-    process_group = None
+    def __init__(self, num_features: int, *, process_group=None, **opts) -> None:
+        super().__init__(num_features, **opts)
+        self.process_group = process_group
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and _is_distributed(self.process_group)):
@@ -84,8 +86,22 @@ class _SyncMixin:
         if isinstance(self, BatchRenorm) and self.running_mean is not None:
             weight, bias = self._renorm(weight, bias, mean, var)
         if self.track_running_stats and self.running_mean is not None:
-            unbiased = var * total / (total - 1)
-            nzf.update_running_stats(self.running_mean, self.running_var, mean, unbiased, factor)
+            if isinstance(self, BatchRenorm):  # the layer's own update (paper or variance EMA)
+                nzf.renorm_update_(
+                    self.running_mean,
+                    self.running_var,
+                    mean.detach(),
+                    var.detach(),
+                    total,
+                    factor,
+                    self.eps,
+                    self.sigma_update,
+                )
+            else:
+                unbiased = var * total / (total - 1)
+                nzf.update_running_stats(
+                    self.running_mean, self.running_var, mean, unbiased, factor
+                )
         return nzf.affine_normalize(x, mean, var, weight, bias, self.eps)
 
     def _renorm(self, weight, bias, mean, var):
@@ -109,11 +125,11 @@ class SyncBatchRenorm(_SyncMixin, BatchRenorm):
     """:class:`~normzoo.layers.BatchRenorm` whose training statistics span all processes."""
 
 
-class SyncBatchNormAct(_ActMixin, SyncBatchNorm):
+class SyncBatchNormAct(NormActMixin, SyncBatchNorm):
     """:class:`SyncBatchNorm` followed by ``drop`` and ``act``."""
 
 
-class SyncBatchRenormAct(_ActMixin, SyncBatchRenorm):
+class SyncBatchRenormAct(NormActMixin, SyncBatchRenorm):
     """:class:`SyncBatchRenorm` followed by ``drop`` and ``act``."""
 
 
@@ -126,35 +142,96 @@ _SYNC_OF = {
 _PLAIN_OF = {v: k for k, v in _SYNC_OF.items()}
 
 
+def _rebuild(module: nn.Module, cls: type, **extra) -> nn.Module:
+    """A ``cls`` layer with ``module``'s options that shares its parameters, buffers, drop and
+    act modules (like ``nn.SyncBatchNorm.convert_sync_batchnorm``): optimizers and
+    checkpoints holding them keep working."""
+    opts = module.init_options()
+    if isinstance(module, NormActMixin):
+        opts.update(act_layer=module.act, drop_layer=module.drop)
+    new = cls(module.num_features, **opts, **extra, device="meta")
+    for name, param in module.named_parameters(recurse=False):
+        setattr(new, name, param)
+    for name, buf in module.named_buffers(recurse=False):
+        setattr(new, name, buf)
+    new.check_finite = module.check_finite
+    new.train(module.training)
+    return new
+
+
+def _unsupported(module: nn.Module, action: str) -> TypeError:
+    return TypeError(
+        f"{action}: no sync layer for {type(module).__qualname__}, a batch-dependent layer that "
+        f"is not plain batch norm or batch renorm (a subclass with code of its own, or another "
+        f"norm such as evonorm_b0); replacing it would silently change what it computes. "
+        f"Supported: torch's and timm's batch-norm layers and normzoo's "
+        f"{sorted(c.__name__ for c in _SYNC_OF)}. Sync it yourself (e.g. subclass "
+        f"normzoo.distributed.SyncBatchNorm), or train without syncing that layer"
+    )
+
+
+def _convertible_to_zoo(module: nn.Module) -> bool:
+    """torch's own batch-norm classes and timm's (plain and norm+act): their semantics are
+    batch norm (+ drop + act), which ``convert`` keeps."""
+    return type(module) in _TORCH_BATCH_NORMS or type(module).__module__.startswith("timm.")
+
+
+_TORCH_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def _replace_children(model: nn.Module, replace) -> nn.Module:
+    root = replace(model)
+    if root is not None:
+        return root
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            new = replace(child)
+            if new is not None:
+                setattr(parent, child_name, new)
+    return model
+
+
 def sync_batch_stats(model: nn.Module, process_group=None) -> nn.Module:
     """Make every batch layer of ``model`` use global-batch statistics in training (in place).
 
     torch's BatchNorm*/SyncBatchNorm layers (and timm's BatchNormAct2d) first become zoo
-    ``batch`` layers, parameters and buffers kept; every zoo batch and batch_renorm layer then
-    gets its sync variant. Outside an initialized multi-process group the sync layers compute
-    exactly what the plain ones do. Other zoo batch-dependent layers (``ghost_batch``, whose
-    chunks are local by design, and ``evonorm_b0``) keep their local statistics. Returns ``model``.
+    ``batch`` layers, parameters and buffers kept; every zoo batch and batch_renorm layer is
+    then rebuilt as its sync class, sharing the parameters, buffers and act/drop modules.
+    Ghost batch norm keeps its per-chunk (local) statistics, by design. Other batch-dependent
+    layers (subclasses with code of their own, evonorm_b0) raise a TypeError rather than being
+    replaced. Outside an
+    initialized multi-process group the sync layers compute exactly what the plain ones do.
+    Returns ``model`` (or the new layer when ``model`` itself is a batch layer).
     """
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, _BatchNorm) and not type(child).__module__.startswith("normzoo."):
-                setattr(parent, child_name, convert(child, "batch"))
-    for module in model.modules():
-        target = _SYNC_OF.get(type(module))
-        if target is not None:
-            module.__class__ = target
+
+    def replace(module: nn.Module) -> nn.Module | None:
+        if isinstance(module, _SyncMixin):  # synced already (maybe a user's sync subclass)
             module.process_group = process_group
-    return model
+            return None
+        if not isinstance(module, _BatchNorm) or isinstance(module, GhostBatchNorm):
+            return None  # ghost batch norm's per-chunk statistics are local by design
+        if _convertible_to_zoo(module):
+            module = convert(module, "batch")
+        target = _SYNC_OF.get(type(module))
+        if target is None:
+            raise _unsupported(module, "sync_batch_stats")
+        return _rebuild(module, target, process_group=process_group)
+
+    return _replace_children(model, replace)
 
 
 def unsync_batch_stats(model: nn.Module) -> nn.Module:
     """Undo :func:`sync_batch_stats` (former torch layers stay zoo ``batch`` layers)."""
-    for module in model.modules():
+
+    def replace(module: nn.Module) -> nn.Module | None:
+        if not isinstance(module, _SyncMixin):
+            return None
         plain = _PLAIN_OF.get(type(module))
-        if plain is not None:
-            module.__class__ = plain
-            module.__dict__.pop("process_group", None)
-    return model
+        if plain is None:
+            raise _unsupported(module, "unsync_batch_stats")
+        return _rebuild(module, plain)
+
+    return _replace_children(model, replace)
 
 
 try:  # Lightning integration

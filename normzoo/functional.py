@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "SIGMA_UPDATES",
     "affine_normalize",
     "batch_norm",
     "batch_stats",
@@ -32,6 +33,7 @@ __all__ = [
     "renorm_limits",
     "rms_norm",
     "standardize_weight",
+    "renorm_update_",
     "update_running_stats",
     "values_per_channel",
 ]
@@ -73,6 +75,21 @@ def _check_batch_stats(x: Tensor, layer: str) -> None:
         )
 
 
+def _nonfinite_error(layer: str, x: Tensor) -> ValueError:
+    return ValueError(
+        f"{layer}: the training batch (shape {tuple(x.shape)}) holds NaN or inf values, which "
+        f"would turn the running statistics into NaN for good; running statistics were left "
+        f"unchanged. Find the source (a diverged loss, bad data), or set "
+        f"layer.check_finite = False to skip this check"
+    )
+
+
+def _must_mask(x: Tensor) -> bool:
+    """Raising on a non-finite batch needs a host sync; on accelerators and under
+    ``torch.compile`` the update is masked on the device instead."""
+    return x.device.type != "cpu" or torch.compiler.is_compiling()
+
+
 def batch_norm(
     x: Tensor,
     running_mean: Tensor | None,
@@ -82,6 +99,7 @@ def batch_norm(
     use_batch_stats: bool,
     momentum: float,
     eps: float,
+    check_finite: bool = True,
 ) -> Tensor:
     """Batch normalization (Ioffe & Szegedy 2015), identical to ``F.batch_norm``.
 
@@ -89,28 +107,53 @@ def batch_norm(
     biased batch statistics over (N, *) normalize and, when running buffers are given, update them
     in place: ``running = (1 - momentum) * running + momentum * batch`` (unbiased variance).
     Otherwise the running buffers normalize.
+
+    ``check_finite``: a batch with NaN/inf (seen in its per-channel statistics, C values, so
+    the check costs no extra pass over ``x``) must not poison the running buffers. On CPU it
+    raises ValueError with the buffers restored; on other devices and under ``torch.compile``,
+    where raising needs a host sync every step, the buffers silently keep their previous values
+    (the output is NaN, so the loss shows it).
     """
-    if use_batch_stats:
-        _check_batch_stats(x, "batch norm")
-    return F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, momentum, eps)
+    if not use_batch_stats:
+        return F.batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps)
+    _check_batch_stats(x, "batch norm")
+    if not (check_finite and running_mean is not None and running_var is not None):
+        return F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps)
+    before = running_mean.clone(), running_var.clone()
+    y, mean_b, invstd_b = torch.native_batch_norm(
+        x, weight, bias, running_mean, running_var, True, momentum, eps
+    )
+    ok = torch.isfinite(mean_b).all() & torch.isfinite(invstd_b).all()
+    with torch.no_grad():
+        if _must_mask(x):
+            running_mean.copy_(torch.where(ok, running_mean, before[0]))
+            running_var.copy_(torch.where(ok, running_var, before[1]))
+        elif not ok:
+            running_mean.copy_(before[0])
+            running_var.copy_(before[1])
+            raise _nonfinite_error("batch norm", x)
+    return y
 
 
 def renorm_limits(
-    step: Tensor, rmax: float, dmax: float, warmup: int, ramp: int
+    step: Tensor, rmax: float, dmax: float, warmup: int, r_ramp: int, d_ramp: int
 ) -> tuple[Tensor, Tensor]:
     """Clip limits (r_max, d_max) of Batch Renormalization at 0-based training step ``step``.
 
-    ``frac = clip((step - warmup) / ramp, 0, 1)`` (a step function at ``warmup`` when ramp=0);
-    ``r_max(t) = 1 + (rmax - 1) * frac`` and ``d_max(t) = dmax * frac``. During warmup the
-    limits are (1, 0), so r = 1 and d = 0: plain batch normalization. Tensor math keeps the
-    schedule free of graph breaks under ``torch.compile``.
+    The paper's schedule (Ioffe 2017, Sec. 4.1), linear in between: plain batch norm
+    (r_max = 1, d_max = 0) for ``warmup`` steps; then r_max grows linearly from 1 to ``rmax``
+    over ``r_ramp`` steps and, separately, d_max from 0 to ``dmax`` over ``d_ramp`` steps
+    (a step function at ``warmup`` when a ramp is 0). Tensor math keeps the schedule free of
+    graph breaks under ``torch.compile``.
     """
     step = step.to(torch.float64)
-    if ramp > 0:
-        frac = ((step - warmup) / ramp).clamp(0.0, 1.0)
-    else:
-        frac = (step >= warmup).to(torch.float64)
-    return 1.0 + (rmax - 1.0) * frac, dmax * frac
+
+    def frac(ramp: int) -> Tensor:
+        if ramp > 0:
+            return ((step - warmup) / ramp).clamp(0.0, 1.0)
+        return (step >= warmup).to(torch.float64)
+
+    return 1.0 + (rmax - 1.0) * frac(r_ramp), dmax * frac(d_ramp)
 
 
 def renorm_correction(
@@ -134,6 +177,99 @@ def renorm_correction(
     return r, d
 
 
+SIGMA_UPDATES = ("paper", "variance_ema")
+
+
+def renorm_update_(
+    running_mean: Tensor,
+    running_var: Tensor,
+    mean_b: Tensor,
+    var_b: Tensor,
+    count: int,
+    momentum: float,
+    eps: float,
+    sigma_update: str = "paper",
+    ok: Tensor | None = None,
+) -> None:
+    """Batch Renormalization's update of the moving averages, in place (no gradient).
+
+    ``"paper"`` (Ioffe 2017, Algorithm 1; Keras' ``moving_stddev``): ``mu += a * (mu_B - mu)``
+    and ``sigma += a * (sigma_B - sigma)`` with ``sigma_B = sqrt(var_B + eps)`` (biased batch
+    variance), stored as ``running_var = max(sigma^2 - eps, 0)`` (as Keras does), so that
+    ``sqrt(running_var + eps) = sigma`` and ``nn.BatchNorm2d`` evaluates with (mu, sigma).
+    ``"variance_ema"`` (batch norm's update): ``running_var += a * (unbiased var_B -
+    running_var)``; sigma is then biased low at a few values per channel.
+    ``a = momentum``; ``count`` = values per channel of the batch. ``ok`` (a bool tensor):
+    when False, the buffers keep their values (no host sync).
+    """
+    with torch.no_grad():
+        new_mean = running_mean.lerp(mean_b.to(running_mean.dtype), momentum)
+        if sigma_update == "paper":
+            sigma = (running_var + eps).sqrt()
+            sigma_b = (var_b.to(running_var.dtype) + eps).sqrt()
+            new_var = (sigma.lerp(sigma_b, momentum).square() - eps).clamp_min(0.0)
+        elif sigma_update == "variance_ema":
+            unbiased = var_b * (count / (count - 1))
+            new_var = running_var.lerp(unbiased.to(running_var.dtype), momentum)
+        else:
+            raise ValueError(f"sigma_update={sigma_update!r}; choose one of {SIGMA_UPDATES}")
+        if ok is not None:
+            new_mean = torch.where(ok, new_mean, running_mean)
+            new_var = torch.where(ok, new_var, running_var)
+        running_mean.copy_(new_mean)
+        running_var.copy_(new_var)
+
+
+def _fold_renorm(weight: Tensor | None, bias: Tensor | None, r: Tensor, d: Tensor):
+    """Scale ``weight * r`` and shift ``weight * d + bias``, in the statistics' dtype."""
+    if weight is None:
+        return r, d if bias is None else d + bias.to(d.dtype)
+    weight = weight.to(r.dtype)
+    shift = weight * d if bias is None else torch.addcmul(bias.to(d.dtype), weight, d)
+    return weight * r, shift
+
+
+class _RenormAffine(torch.autograd.Function):
+    """``y = weight * ((x - mu_B) * invstd_B * r + d) + bias`` with r, d, mu_B, invstd_B
+    constant, as one eval-mode batch-norm kernel call (r and d folded into its scale and
+    shift); the backward is batch norm's training backward from the saved statistics, so the
+    gradient equals plain autograd through Algorithm 1 (stop_gradient on r and d)."""
+
+    @staticmethod
+    def forward(x, weight, bias, mean_b, var_b, invstd_b, r, d, eps):
+        scale, shift = _fold_renorm(weight, bias, r, d)
+        return torch.native_batch_norm(x, scale, shift, mean_b, var_b, False, 0.0, eps)[0]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, mean_b, _, invstd_b, r, d, eps = inputs
+        ctx.save_for_backward(x, weight, mean_b, invstd_b, r, d)
+        ctx.eps = eps
+        ctx.bias_dtype = None if bias is None else bias.dtype
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight, mean_b, invstd_b, r, d = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        scale = r if weight is None else weight.to(r.dtype) * r
+        gx, gw_hat, g_sum = torch.ops.aten.native_batch_norm_backward(
+            grad,
+            x,
+            scale,
+            None,
+            None,
+            mean_b,
+            invstd_b,
+            True,
+            ctx.eps,
+            [need_x, need_w, need_w or need_b],
+        )
+        gw = torch.addcmul(g_sum * d, gw_hat, r).to(weight.dtype) if need_w else None
+        gb = g_sum.to(ctx.bias_dtype) if need_b else None
+        return gx, gw, gb, None, None, None, None, None, None
+
+
 def batch_renorm(
     x: Tensor,
     running_mean: Tensor,
@@ -144,6 +280,8 @@ def batch_renorm(
     eps: float,
     rmax: Tensor | float,
     dmax: Tensor | float,
+    sigma_update: str = "paper",
+    check_finite: bool = True,
 ) -> Tensor:
     """Batch Renormalization in training (Ioffe 2017, Algorithm 1).
 
@@ -151,26 +289,40 @@ def batch_renorm(
     ``r = stop_grad(clip(sigma_B / sigma, 1/rmax, rmax))``,
     ``d = stop_grad(clip((mu_B - mu) / sigma, -dmax, dmax))``,
     ``sigma_B = sqrt(biased batch var + eps)``, ``sigma = sqrt(running_var + eps)``; r and d use
-    the running statistics from *before* this step's update. The running statistics are then
-    updated exactly like batch norm (EMA of the mean and of the unbiased variance).
+    the moving averages from *before* this step's update, which then follows
+    :func:`renorm_update_` (``sigma_update``, rate ``momentum``).
 
-    Implementation: the batch statistics for r and d come from torch's batch-norm statistics
-    kernel; r and d then fold into the affine transform, ``weight' = weight * r`` and
-    ``bias' = weight * d + bias``, so torch's fused batch-norm kernel computes the normalization,
-    its exact gradient (r, d held constant) and the running-stat update in one call.
+    Implementation, at batch norm's cost: one pass over ``x`` for the batch statistics; r and d
+    fold into the per-channel scale and shift of one eval-mode batch-norm kernel call; the
+    backward is batch norm's, from the saved statistics. ``check_finite`` as in
+    :func:`batch_norm` (here the check comes before the update).
     """
     _check_batch_stats(x, "batch renorm")
     with torch.no_grad():
-        mean_b, invstd_b = batch_stats(x, eps)
-        r, d = renorm_correction(mean_b, 1.0 / invstd_b, running_mean, running_var, eps, rmax, dmax)
-        param_dtype = weight.dtype if weight is not None else running_mean.dtype
-        r, d = r.to(param_dtype), d.to(param_dtype)
-    if weight is None:
-        scale, shift = r, d
-    else:
-        scale = weight * r
-        shift = weight * d if bias is None else torch.addcmul(bias, weight, d)
-    return F.batch_norm(x, running_mean, running_var, scale, shift, True, momentum, eps)
+        mean_b, var_b = channel_moments(x.detach())
+        invstd_b = (var_b + eps).rsqrt()
+        r, d = renorm_correction(
+            mean_b, invstd_b.reciprocal(), running_mean, running_var, eps, rmax, dmax
+        )
+        ok = None
+        if check_finite:
+            ok = torch.isfinite(mean_b).all() & torch.isfinite(var_b).all()
+            if not _must_mask(x):
+                if not ok:
+                    raise _nonfinite_error("batch renorm", x)
+                ok = None
+        renorm_update_(
+            running_mean,
+            running_var,
+            mean_b,
+            var_b,
+            values_per_channel(x),
+            momentum,
+            eps,
+            sigma_update,
+            ok,
+        )
+    return _RenormAffine.apply(x, weight, bias, mean_b, var_b, invstd_b, r, d, eps)
 
 
 def batch_stats(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -219,9 +371,12 @@ def channel_moments(x: Tensor, correction: int = 0) -> tuple[Tensor, Tensor]:
     if torch.is_grad_enabled() and x.requires_grad:
         var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], correction=correction)
         return mean, var
-    # with eps = 0 the kernel returns 1/sqrt(biased var), or 0 where the variance is 0
-    mean, invstd = batch_stats(x.detach(), 0.0)
-    var = torch.where(invstd > 0, invstd.reciprocal().square(), torch.zeros_like(invstd))
+    if x.device.type == "cpu":  # mean and biased variance in one pass, no output written
+        with torch.no_grad():
+            mean, var = torch.batch_norm_update_stats(x.detach(), None, None, 0.0)
+    else:  # with eps = 0 the kernel returns 1/sqrt(biased var), or 0 where the variance is 0
+        mean, invstd = batch_stats(x.detach(), 0.0)
+        var = torch.where(invstd > 0, invstd.reciprocal().square(), torch.zeros_like(invstd))
     if correction:
         count = values_per_channel(x)
         factor = count / (count - correction) if count > correction else math.nan  # as torch.var
@@ -313,6 +468,8 @@ def affine_normalize(
         shift = shift + bias
     shape = [1, -1] + [1] * (x.dim() - 2)
     return (x.to(scale.dtype) * scale.view(shape) + shift.view(shape)).to(x.dtype)
+
+
 def _spatial_dims(x: Tensor) -> list[int]:
     return list(range(2, x.dim()))
 

@@ -7,22 +7,20 @@ classes, a class whose lower-cased name it maps to *timm's* norm+act layers (whi
 silently drop the zoo layer), or a plain function that it treats as a norm+act factory without
 telling it the activation. We therefore hand out ``functools.partial(ZooNormFactory, norm=...)``
 and register :class:`ZooNormFactory` with timm's norm+act factory as a norm+act type that takes
-``act_layer``, so timm binds the model's activation and the built model holds zoo layers.
+``act_layer`` (:mod:`normzoo.timm_compat`, the one module that touches timm internals), so timm
+binds the model's activation and the built model holds zoo layers.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 
 from torch import nn
 
-from normzoo.layers import attach_act
-from normzoo.registry import canonical_name, check_options, create
+from normzoo.registry import canonical_name, check_options, create_norm_act
+from normzoo.timm_compat import register_norm_act_type
 
 __all__ = ["ZooNormFactory", "norm_layer"]
-
-log = logging.getLogger(__name__)
 
 
 def _make_act(act_layer, act_kwargs: dict | None, inplace: bool | None, apply_act: bool):
@@ -54,26 +52,8 @@ class ZooNormFactory:
         drop_layer=None,
         **opts,
     ) -> nn.Module:
-        layer = create(norm, num_features, **opts)
         act = _make_act(act_layer, act_kwargs, inplace, apply_act)
-        drop = drop_layer() if drop_layer is not None else None
-        return attach_act(layer, act, drop)
-
-
-@functools.cache
-def _register_with_timm() -> bool:
-    try:
-        from timm.layers import create_norm_act
-    except ImportError:
-        return False
-    types_ = getattr(create_norm_act, "_NORM_ACT_TYPES", None)
-    needs_act = getattr(create_norm_act, "_NORM_ACT_REQUIRES_ARG", None)
-    if not isinstance(types_, set) or not isinstance(needs_act, set):
-        log.warning("timm's norm+act registry changed; timm norm+act models may drop zoo layers")
-        return False
-    types_.add(ZooNormFactory)
-    needs_act.add(ZooNormFactory)
-    return True
+        return create_norm_act(norm, num_features, act_layer=act, drop_layer=drop_layer, **opts)
 
 
 def norm_layer(name: str, **opts) -> functools.partial:
@@ -85,5 +65,5 @@ def norm_layer(name: str, **opts) -> functools.partial:
     """
     name = canonical_name(name)
     check_options(name, {k: v for k, v in opts.items() if k not in ("device", "dtype")})
-    _register_with_timm()
+    register_norm_act_type(ZooNormFactory)  # see normzoo.timm_compat; raises if timm changed
     return functools.partial(ZooNormFactory, norm=name, **opts)

@@ -7,6 +7,7 @@ import inspect
 from dataclasses import dataclass
 
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from normzoo.layers import (
     BatchNorm,
@@ -20,6 +21,7 @@ from normzoo.layers import (
     LayerNorm,
     NoNorm,
     RMSNorm,
+    norm_act_class,
 )
 
 __all__ = [
@@ -27,13 +29,33 @@ __all__ = [
     "available",
     "canonical_name",
     "create",
+    "create_norm_act",
     "get_spec",
     "is_batch_dependent",
     "register",
+    "uses_batch_statistics",
 ]
 
 # Arguments every factory call may carry that are not user options.
 _COMMON_ARGS = ("num_features",)
+
+
+def uses_batch_statistics(cls: type) -> bool:
+    """Whether layers of class ``cls`` normalize a sample with statistics of its batch.
+
+    Derived from the class, never kept by hand: a class that declares ``batch_dependent``
+    (a bool class attribute) says so itself; otherwise it is batch-dependent exactly when it
+    follows torch's batch-norm protocol (a subclass of ``torch.nn.modules.batchnorm._BatchNorm``,
+    the class every batch-norm tool looks for).
+    """
+    declared = getattr(cls, "batch_dependent", None)
+    if declared is not None:
+        if not isinstance(declared, bool):
+            raise TypeError(
+                f"{cls.__name__}.batch_dependent must be a bool class attribute, got {declared!r}"
+            )
+        return declared
+    return issubclass(cls, _BatchNorm)
 
 
 @dataclass(frozen=True)
@@ -43,8 +65,12 @@ class NormSpec:
     name: str
     cls: type[nn.Module]
     aliases: tuple[str, ...]
-    batch_dependent: bool
     summary: str
+
+    @property
+    def batch_dependent(self) -> bool:
+        """Whether the layer uses batch statistics; see :func:`uses_batch_statistics`."""
+        return uses_batch_statistics(self.cls)
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -66,14 +92,23 @@ def register(
     cls: type[nn.Module],
     *,
     aliases: tuple[str, ...] = (),
-    batch_dependent: bool,
     summary: str = "",
+    batch_dependent: bool | None = None,
 ) -> NormSpec:
     """Register a layer class under ``name`` (and ``aliases``); returns its spec.
 
     The class must take ``num_features`` first and channels-first input ``(N, C, *)``.
+    Whether it is batch-dependent comes from the class (:func:`uses_batch_statistics`);
+    ``batch_dependent``, if given, is only checked against that and never overrides it.
     """
-    spec = NormSpec(name, cls, tuple(aliases), batch_dependent, summary)
+    if batch_dependent is not None and batch_dependent != uses_batch_statistics(cls):
+        raise ValueError(
+            f"register({name!r}): batch_dependent={batch_dependent} contradicts the class "
+            f"{cls.__name__} (batch-dependent = {uses_batch_statistics(cls)}, derived from "
+            f"_BatchNorm or a `batch_dependent` class attribute); declare it on the class "
+            f"and drop the argument"
+        )
+    spec = NormSpec(name, cls, tuple(aliases), summary)
     for alias in (name, *aliases):
         key = _key(alias)
         if key in _LOOKUP and _LOOKUP[key] != name:
@@ -88,42 +123,36 @@ register(
     "batch",
     BatchNorm,
     aliases=("bn", "batchnorm", "batch_norm"),
-    batch_dependent=True,
     summary="batch norm (Ioffe & Szegedy 2015) = nn.BatchNorm1d/2d/3d",
 )
 register(
     "layer",
     LayerNorm,
     aliases=("ln", "layernorm", "layer_norm"),
-    batch_dependent=False,
     summary="layer norm over (C, *) = nn.GroupNorm(1, C)",
 )
 register(
     "instance",
     InstanceNorm,
     aliases=("in", "instancenorm", "instance_norm"),
-    batch_dependent=False,
     summary="instance norm over (*) = nn.GroupNorm(C, C)",
 )
 register(
     "group",
     GroupNorm,
     aliases=("gn", "groupnorm", "group_norm"),
-    batch_dependent=False,
     summary="group norm (Wu & He 2018) = nn.GroupNorm(groups, C)",
 )
 register(
     "batch_renorm",
     BatchRenorm,
     aliases=("brn", "batchrenorm", "renorm"),
-    batch_dependent=True,
     summary="batch renormalization (Ioffe 2017, Algorithm 1)",
 )
 register(
     "none",
     NoNorm,
     aliases=("identity", "no_norm"),
-    batch_dependent=False,
     summary="identity baseline (no normalization)",
 )
 
@@ -131,35 +160,30 @@ register(
     "ghost_batch",
     GhostBatchNorm,
     aliases=("gbn", "ghost", "ghost_batch_norm", "ghostbatchnorm"),
-    batch_dependent=True,
     summary="ghost batch norm (Hoffer et al. 2017): batch norm over chunks of virtual_batch_size",
 )
 register(
     "filter_response",
     FilterResponseNorm,
     aliases=("frn", "filter_response_norm", "frn_tlu"),
-    batch_dependent=False,
     summary="filter response norm + TLU (Singh & Krishnan 2020) = timm FilterResponseNormTlu2d",
 )
 register(
     "evonorm_b0",
     EvoNormB0,
     aliases=("evob0", "evonormb0"),
-    batch_dependent=True,
     summary="EvoNorm-B0 (Liu et al. 2020), running variance = timm EvoNorm2dB0",
 )
 register(
     "evonorm_s0",
     EvoNormS0,
     aliases=("evos0", "evonorms0"),
-    batch_dependent=False,
     summary="EvoNorm-S0 (Liu et al. 2020), group std = timm EvoNorm2dS0",
 )
 register(
     "rms",
     RMSNorm,
     aliases=("rms_norm", "rmsnorm"),
-    batch_dependent=False,
     summary="RMS norm over (C, *) (Zhang & Sennrich 2019), per-channel gain",
 )
 
@@ -213,6 +237,26 @@ def create(name: str, num_features: int, **opts) -> nn.Module:
     Example: ``create("group", 64, groups=8)``; ``create("bn", 64, momentum=None)``.
     """
     spec = check_options(name, opts)
+    _check_num_features(num_features)
+    return spec.cls(num_features, **opts)
+
+
+def _check_num_features(num_features) -> None:
     if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
         raise ValueError(f"num_features must be a positive int (channels), got {num_features!r}")
-    return spec.cls(num_features, **opts)
+
+
+def create_norm_act(
+    name: str, num_features: int, *, act_layer=None, drop_layer=None, **opts
+) -> nn.Module:
+    """The zoo layer ``name`` followed by ``drop_layer`` and ``act_layer``, built as its
+    norm+act class (like timm's ``BatchNormAct2d``); the plain layer when both are None or
+    ``nn.Identity``. ``act_layer``/``drop_layer``: a module, a module class or a factory.
+    """
+    spec = check_options(name, opts)
+    if all(m is None or isinstance(m, nn.Identity) for m in (act_layer, drop_layer)):
+        return create(name, num_features, **opts)
+    _check_num_features(num_features)
+    return norm_act_class(spec.cls)(
+        num_features, act_layer=act_layer, drop_layer=drop_layer, **opts
+    )

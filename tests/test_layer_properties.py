@@ -29,9 +29,12 @@ def layer_and_input(draw):
         # a group holding a single value normalizes to 0 and is rejected (tested elsewhere)
         assume((channels // groups) * math.prod(spatial) > 1)
     if normzoo.is_batch_dependent(name):
-        opts["momentum"] = draw(st.sampled_from([None, 0.01, 0.1, 1.0]))
+        # batch renorm's paper update has its own rate (momentum is batch norm's update's)
+        rate = "renorm_momentum" if name == "batch_renorm" else "momentum"
+        opts[rate] = draw(st.sampled_from([None, 0.01, 0.1, 1.0]))
     if name == "batch_renorm":
         opts.update(rmax=draw(st.floats(1.0, 5.0)), dmax=draw(st.floats(0.0, 5.0)))
+        opts.update(warmup=0, r_ramp=draw(st.integers(0, 3)), d_ramp=draw(st.integers(0, 3)))
     scale = draw(st.sampled_from([1e-3, 1.0, 100.0]))
     offset = draw(st.sampled_from([0.0, -5.0, 1e3]))
     return name, channels, opts, (batch, channels, *spatial), scale, offset

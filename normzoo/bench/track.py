@@ -30,11 +30,9 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from normzoo.bench.schema import WANDB_MODES, WANDB_RUN_MODES
-
 log = logging.getLogger(__name__)
 
-MODES = WANDB_RUN_MODES
+MODES = ("offline", "online", "disabled")
 DEFAULT_PROJECT = "normzoo"
 # Summaries W&B keeps for a metric beyond its last value (define_metric).
 METRIC_SUMMARIES = {"val/acc": "max,last", "train/loss": "min,last", "train/epoch_loss": "min,last"}
@@ -62,7 +60,7 @@ def resolve_mode(requested: str) -> str:
     ``WANDB_MODE=offline``/``dryrun`` keeps an ``online`` request offline; ``auto`` is
     ``WANDB_MODE`` when set, else ``online`` when logged in, else ``offline``.
     """
-    allowed = WANDB_MODES
+    allowed = ("auto", *MODES)
     if requested not in allowed:
         raise ValueError(f"unknown W&B mode '{requested}'; allowed: {', '.join(allowed)}")
     env = os.environ.get("WANDB_MODE", "").strip().lower()

@@ -1,6 +1,6 @@
 """The zoo's layer classes, one module per family."""
 
-from normzoo.layers.act import attach_act
+from normzoo.layers.act import norm_act_class
 from normzoo.layers.batch import BatchNorm
 from normzoo.layers.evonorm import EvoNormB0, EvoNormS0
 from normzoo.layers.frn import FilterResponseNorm
@@ -24,5 +24,5 @@ __all__ = [
     "NoNorm",
     "RMSNorm",
     "WSConv2d",
-    "attach_act",
+    "norm_act_class",
 ]

@@ -7,6 +7,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from normzoo import functional as nzf
+from normzoo.layers.checks import check_eps, check_momentum
 
 
 class BatchNorm(_BatchNorm):
@@ -18,7 +19,13 @@ class BatchNorm(_BatchNorm):
     Parameter and buffer names are torch's, so state dicts load both ways with
     ``nn.BatchNorm{1,2,3}d``, and ``isinstance(layer, _BatchNorm)`` holds for every tool that
     looks for batch norm layers.
+
+    A training batch with NaN/inf raises instead of poisoning the running statistics (on CPU;
+    on other devices the update is skipped without a host sync; see
+    :func:`normzoo.functional.batch_norm`); opt out per layer with ``layer.check_finite = False``.
     """
+
+    check_finite = True  # raise on a non-finite training batch; set False on a layer to opt out
 
     def __init__(
         self,
@@ -30,7 +37,19 @@ class BatchNorm(_BatchNorm):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
+        name = type(self).__name__
+        check_eps(name, eps)
+        check_momentum(name, momentum)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+
+    def init_options(self) -> dict:
+        """Constructor keyword options that rebuild this layer (with ``num_features``)."""
+        return {
+            "eps": self.eps,
+            "momentum": self.momentum,
+            "affine": self.affine,
+            "track_running_stats": self.track_running_stats,
+        }
 
     def _check_input_dim(self, x: Tensor) -> None:
         nzf.check_input(x, self.num_features, type(self).__name__)
@@ -54,5 +73,13 @@ class BatchNorm(_BatchNorm):
         use_batch_stats, factor = self._step()
         running_mean, running_var = self._buffers_for_forward()
         return nzf.batch_norm(
-            x, running_mean, running_var, self.weight, self.bias, use_batch_stats, factor, self.eps
+            x,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            use_batch_stats,
+            factor,
+            self.eps,
+            self.check_finite,
         )

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from normzoo import functional as nzf
+from normzoo.layers.checks import check_eps, check_momentum
 from normzoo.layers.group import resolve_groups
 
 
@@ -39,6 +40,8 @@ class EvoNormB0(_BatchNorm):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
+        check_eps(type(self).__name__, eps)
+        check_momentum(type(self).__name__, momentum)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         self.v = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
         if track_running_stats:
@@ -87,6 +90,7 @@ class EvoNormS0(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
+        check_eps(type(self).__name__, eps)
         super().__init__()
         self.groups = resolve_groups(num_features, groups, group_size)
         factory = {"device": device, "dtype": dtype}

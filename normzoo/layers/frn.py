@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from normzoo import functional as nzf
+from normzoo.layers.checks import check_eps
 
 
 class FilterResponseNorm(nn.Module):
@@ -34,6 +35,7 @@ class FilterResponseNorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
+        check_eps(type(self).__name__, eps)
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.num_features, self.eps, self.affine = num_features, eps, affine

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from normzoo import functional as nzf
+from normzoo.layers.checks import check_eps
 
 
 def _divisors(n: int) -> list[int]:
@@ -58,6 +59,7 @@ class GroupNorm(nn.GroupNorm):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
+        check_eps(type(self).__name__, eps)
         num_groups = resolve_groups(num_features, groups, group_size)
         super().__init__(num_groups, num_features, eps, affine, device, dtype)
 

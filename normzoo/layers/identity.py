@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from normzoo import functional as nzf
+from normzoo.layers.checks import check_eps
 
 
 class NoNorm(nn.Module):
@@ -23,6 +24,7 @@ class NoNorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
+        check_eps("NoNorm", eps)
         super().__init__()
         self.num_features = num_features
 

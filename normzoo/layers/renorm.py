@@ -8,21 +8,39 @@ from torch import Tensor
 
 from normzoo import functional as nzf
 from normzoo.layers.batch import BatchNorm
+from normzoo.layers.checks import check_momentum, check_steps
 
 
 class BatchRenorm(BatchNorm):
-    """Batch norm whose training output is corrected towards the running statistics.
+    """Batch norm whose training output is corrected towards the moving averages (mu, sigma).
 
-    Training: ``y = weight * ((x - mu_B) / sigma_B * r + d) + bias`` with stop-gradient
-    ``r = clip(sigma_B / sigma, 1/r_max, r_max)`` and
-    ``d = clip((mu_B - mu) / sigma, -d_max, d_max)``
-    (``sigma = sqrt(running_var + eps)``, ``sigma_B = sqrt(biased batch var + eps)``).
-    Schedule, counted in training steps by ``num_batches_tracked``: for the first ``warmup``
-    steps r = 1, d = 0 (plain batch norm); over the next ``ramp`` steps the limits grow
-    linearly from (1, 0) to (``rmax``, ``dmax``). Running statistics update exactly like
-    :class:`BatchNorm`, and eval is batch norm eval, so a trained layer exports to
-    ``nn.BatchNorm2d`` with ``load_state_dict``. Without running statistics
-    (``track_running_stats=False``) r = 1, d = 0 always: plain batch norm.
+    Training (Algorithm 1): ``y = weight * ((x - mu_B) / sigma_B * r + d) + bias`` with
+    stop-gradient ``r = clip(sigma_B / sigma, 1/r_max, r_max)`` and
+    ``d = clip((mu_B - mu) / sigma, -d_max, d_max)``, ``sigma_B = sqrt(biased batch var + eps)``;
+    r and d use (mu, sigma) from before the step's update.
+
+    Moving averages, ``sigma_update="paper"`` (default): ``mu += a * (mu_B - mu)`` and
+    ``sigma += a * (sigma_B - sigma)``, the paper's update (also Keras'), so r is unbiased at any
+    batch size (E[r] = 1 on stationary data, even at 4 values per channel). ``a =
+    renorm_momentum``, default 0.01: Keras' default ``renorm_momentum=0.99`` (Keras counts the
+    weight of the old value; torch and normzoo the weight of the new one); the paper leaves
+    alpha to the user. ``renorm_momentum=None`` is a cumulative average. They are stored in
+    torch's buffers as ``running_mean = mu`` and ``running_var = sigma^2 - eps`` (as Keras
+    stores its ``moving_variance``), so eval normalizes with (mu, sigma) and a trained layer
+    loads into ``nn.BatchNorm2d`` with identical eval output. ``sigma_update="variance_ema"``
+    keeps batch norm's update instead (EMA of the unbiased variance at rate ``momentum``, sigma
+    = ``sqrt(running_var + eps)``): r is then biased low at small batches (E[r] ~ 0.81 at 4
+    values per channel); ``momentum`` applies only to this option, ``renorm_momentum`` only to
+    the paper's.
+
+    Schedule (the paper's shape, Sec. 4.1), counted in training steps by
+    ``num_batches_tracked`` (which test-time tools must leave alone): plain batch norm (r = 1,
+    d = 0) for ``warmup`` steps, then r_max grows linearly from 1 to ``rmax`` over ``r_ramp``
+    steps and d_max from 0 to ``dmax`` over ``d_ramp`` steps. Defaults are the paper's
+    ImageNet values: 5,000 warmup steps, r_max 1 -> 3 by step 40,000 (``r_ramp=35000``),
+    d_max 0 -> 5 by step 25,000 (``d_ramp=20000``); scale them to your run length (shorter runs
+    never leave warmup with these defaults, and then train exactly like batch norm). Without
+    running statistics (``track_running_stats=False``) r = 1, d = 0 always: plain batch norm.
     """
 
     def __init__(
@@ -34,46 +52,86 @@ class BatchRenorm(BatchNorm):
         track_running_stats: bool = True,
         rmax: float = 3.0,
         dmax: float = 5.0,
-        warmup: int = 0,
-        ramp: int = 0,
+        warmup: int = 5000,
+        r_ramp: int = 35000,
+        d_ramp: int = 20000,
+        renorm_momentum: float | None = 0.01,
+        sigma_update: str = "paper",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        if not rmax >= 1.0:
-            raise ValueError(
-                f"batch_renorm: rmax={rmax} must be >= 1 (1 disables the r correction)"
-            )
-        if not dmax >= 0.0:
-            raise ValueError(
-                f"batch_renorm: dmax={dmax} must be >= 0 (0 disables the d correction)"
-            )
-        for name, value in (("warmup", warmup), ("ramp", ramp)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        for name, value, low, meaning in (
+            ("rmax", rmax, 1.0, "1 disables the r correction"),
+            ("dmax", dmax, 0.0, "0 disables the d correction"),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
                 raise ValueError(
-                    f"batch_renorm: {name}={value!r} must be a non-negative int (steps)"
+                    f"batch_renorm: {name}={value!r} must be a number >= {low} ({meaning})"
                 )
+        for name, value in (("warmup", warmup), ("r_ramp", r_ramp), ("d_ramp", d_ramp)):
+            check_steps("batch_renorm", name, value)
+        check_momentum("batch_renorm", renorm_momentum, "renorm_momentum")
+        if sigma_update not in nzf.SIGMA_UPDATES:
+            raise ValueError(
+                f"batch_renorm: sigma_update={sigma_update!r}; choose 'paper' (moving average of "
+                f"sigma_B, Algorithm 1) or 'variance_ema' (batch norm's EMA of the variance)"
+            )
+        if sigma_update == "paper" and momentum != 0.1:
+            raise ValueError(
+                f"batch_renorm: momentum={momentum!r} applies only to "
+                f"sigma_update='variance_ema'; the paper's moving averages move at "
+                f"renorm_momentum (default 0.01): pass renorm_momentum={momentum!r} instead"
+            )
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        self.rmax, self.dmax, self.warmup, self.ramp = float(rmax), float(dmax), warmup, ramp
+        self.rmax, self.dmax = float(rmax), float(dmax)
+        self.warmup, self.r_ramp, self.d_ramp = warmup, r_ramp, d_ramp
+        self.renorm_momentum, self.sigma_update = renorm_momentum, sigma_update
+
+    def init_options(self) -> dict:
+        return {
+            **super().init_options(),
+            "rmax": self.rmax,
+            "dmax": self.dmax,
+            "warmup": self.warmup,
+            "r_ramp": self.r_ramp,
+            "d_ramp": self.d_ramp,
+            "renorm_momentum": self.renorm_momentum,
+            "sigma_update": self.sigma_update,
+        }
 
     def extra_repr(self) -> str:
         return (
-            f"{super().extra_repr()}, rmax={self.rmax}, dmax={self.dmax}, "
-            f"warmup={self.warmup}, ramp={self.ramp}"
+            f"{super().extra_repr()}, rmax={self.rmax}, dmax={self.dmax}, warmup={self.warmup}, "
+            f"r_ramp={self.r_ramp}, d_ramp={self.d_ramp}, renorm_momentum={self.renorm_momentum}, "
+            f"sigma_update={self.sigma_update!r}"
         )
+
+    def _step(self) -> tuple[bool, float]:
+        """Advance the step counter; return (use batch stats, this step's averaging rate)."""
+        if self.sigma_update == "variance_ema":
+            return super()._step()
+        rate = self.renorm_momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+        if rate is None:  # cumulative average over the steps so far
+            counted = self.training and self.num_batches_tracked is not None
+            rate = 1.0 / float(self.num_batches_tracked) if counted else 0.0
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        return use_batch_stats, rate
 
     def _limits(self) -> tuple[Tensor, Tensor]:
         """Clip limits (r_max, d_max) of the current step; call after :meth:`_step`."""
         if self.num_batches_tracked is not None:
             step = self.num_batches_tracked - 1  # steps completed before this one
         else:
-            step = torch.tensor(self.warmup + self.ramp)
-        return nzf.renorm_limits(step, self.rmax, self.dmax, self.warmup, self.ramp)
+            step = torch.tensor(self.warmup + max(self.r_ramp, self.d_ramp))
+        return nzf.renorm_limits(step, self.rmax, self.dmax, self.warmup, self.r_ramp, self.d_ramp)
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and self.running_mean is not None and self.running_var is not None):
             return super().forward(x)  # eval, or no running statistics to renormalize towards
         self._check_input_dim(x)
-        _, factor = self._step()
+        _, rate = self._step()
         rmax, dmax = self._limits()
         return nzf.batch_renorm(
             x,
@@ -81,8 +139,10 @@ class BatchRenorm(BatchNorm):
             self.running_var,
             self.weight,
             self.bias,
-            factor,
+            rate,
             self.eps,
             rmax.to(x.device),
             dmax.to(x.device),
+            self.sigma_update,
+            self.check_finite,
         )
