@@ -492,6 +492,26 @@ def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     return y
 
 
+def _mean_square(x: Tensor, dims: list[int]) -> Tensor:
+    """Mean of x^2 over ``dims`` (keepdim) in float32/64, from one read of x (no x^2 temporary)."""
+    if not dims:
+        return _stat_dtype(x).square()
+    count = math.prod(x.shape[d] for d in dims)
+    dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
+    norm = torch.linalg.vector_norm(x, 2, dim=dims, keepdim=True, dtype=dtype)
+    return norm.square() / count
+
+
+def _scaled(x: Tensor, inv: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """``x * inv * weight + bias`` with ``inv * weight`` folded into one small scale tensor, so
+    the full-size tensor is read and written once."""
+    scale = inv if weight is None else inv * _per_channel(weight, inv)
+    scale = scale.to(x.dtype)
+    if bias is None:
+        return x * scale
+    return torch.addcmul(_per_channel(bias, x), x, scale)
+
+
 def filter_response_norm(
     x: Tensor,
     weight: Tensor | None,
@@ -504,14 +524,12 @@ def filter_response_norm(
     Per sample and channel, ``nu2 = mean over (*) of x^2``, ``x_hat = x / sqrt(nu2 + eps)``,
     ``y = weight * x_hat + bias`` and the thresholded linear unit ``z = max(y, tau)`` (skipped
     when ``tau`` is None). No mean is subtracted. With one position per channel (input (N, C))
-    ``nu2 = x^2``, the case for which the paper learns ``eps``. Same operations, in the same
-    order and precision, as timm's ``FilterResponseNormTlu2d``.
+    ``nu2 = x^2``, the case for which the paper learns ``eps``. Computes what timm's
+    ``FilterResponseNormTlu2d`` does, with ``weight / sqrt(nu2 + eps)`` folded into one
+    per-(sample, channel) scale (fewer passes over x; equal up to float rounding).
     """
-    dims = _spatial_dims(x)
-    xs = _stat_dtype(x).square()
-    nu2 = xs.mean(dim=dims, keepdim=True) if dims else xs
-    y = x * nu2.add(eps).rsqrt().to(x.dtype)
-    y = _affine(y, weight, bias)
+    inv = _mean_square(x, _spatial_dims(x)).add(eps).rsqrt()
+    y = _scaled(x, inv, weight, bias)
     return torch.maximum(y, _per_channel(tau, y)) if tau is not None else y
 
 
@@ -571,23 +589,25 @@ def evonorm_s0(
 ) -> Tensor:
     """EvoNorm-S0 (Liu et al. 2020, Table 1): ``y = x * sigmoid(v * x) / group_std(x) * weight
     + bias``, ``group_std = sqrt(biased variance over each group of C/groups channels and (*)
-    + eps)`` per sample, as in group norm. Same operations as timm's ``EvoNorm2dS0``."""
+    + eps)`` per sample, as in group norm. Computes what timm's ``EvoNorm2dS0`` does, with
+    ``weight / group_std`` folded into one per-(sample, channel) scale."""
     n, c = x.shape[:2]
     grouped = _stat_dtype(x).reshape(n, groups, -1)
-    std = grouped.var(dim=2, unbiased=False, keepdim=True).add(eps).sqrt().to(x.dtype)
-    std = std.expand(n, groups, grouped.shape[2]).reshape(x.shape)
-    return _affine(x * (x * _per_channel(v, x)).sigmoid() / std, weight, bias)
+    inv = grouped.var(dim=2, unbiased=False, keepdim=True).add(eps).rsqrt()
+    inv = inv.expand(n, groups, c // groups).reshape(n, c, *([1] * (x.dim() - 2)))
+    return _scaled(x * (x * _per_channel(v, x)).sigmoid(), inv, weight, bias)
 
 
 def rms_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     """RMS norm (Zhang & Sennrich 2019, Eq. 4) over channels-first maps.
 
     Per sample, ``y = x / sqrt(mean over (C, *) of x^2 + eps) * weight + bias`` with a
-    per-channel ``weight`` (and optional ``bias``); no mean is subtracted. The normalization is
-    ``F.rms_norm`` over all non-batch dimensions.
+    per-channel ``weight`` (and optional ``bias``); no mean is subtracted. Equals ``F.rms_norm``
+    over all non-batch dimensions followed by the per-channel affine, computed with the gain
+    folded into one per-(sample, channel) scale.
     """
-    y = F.rms_norm(x, x.shape[1:], None, eps)
-    return _affine(y, weight, bias)
+    inv = _mean_square(x, list(range(1, x.dim()))).add(eps).rsqrt()
+    return _scaled(x, inv, weight, bias)
 
 
 def ghost_batch_norm(
