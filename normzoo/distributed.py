@@ -21,8 +21,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from normzoo import functional as nzf
 from normzoo.convert import convert
-from normzoo.layers import BatchNorm, BatchRenorm, GhostBatchNorm
-from normzoo.layers.act import BatchNormAct, BatchRenormAct, NormActMixin
+from normzoo.layers import BatchNorm, BatchRenorm, EvoNormB0, GhostBatchNorm
+from normzoo.layers.act import (
+    BatchNormAct,
+    BatchRenormAct,
+    EvoNormB0Act,
+    GhostBatchNormAct,
+    NormActMixin,
+)
 
 __all__ = [
     "SyncBatchNorm",
@@ -159,11 +165,14 @@ def _rebuild(module: nn.Module, cls: type, **extra) -> nn.Module:
     return new
 
 
+_LOCAL = (GhostBatchNorm, GhostBatchNormAct, EvoNormB0, EvoNormB0Act)
+
+
 def _unsupported(module: nn.Module, action: str) -> TypeError:
     return TypeError(
         f"{action}: no sync layer for {type(module).__qualname__}, a batch-dependent layer that "
-        f"is not plain batch norm or batch renorm (a subclass with code of its own, or another "
-        f"norm such as evonorm_b0); replacing it would silently change what it computes. "
+        f"is not plain batch norm or batch renorm (a subclass with code of its own); replacing "
+        f"it would silently change what it computes. "
         f"Supported: torch's and timm's batch-norm layers and normzoo's "
         f"{sorted(c.__name__ for c in _SYNC_OF)}. Sync it yourself (e.g. subclass "
         f"normzoo.distributed.SyncBatchNorm), or train without syncing that layer"
@@ -197,10 +206,10 @@ def sync_batch_stats(model: nn.Module, process_group=None) -> nn.Module:
     torch's BatchNorm*/SyncBatchNorm layers (and timm's BatchNormAct2d) first become zoo
     ``batch`` layers, parameters and buffers kept; every zoo batch and batch_renorm layer is
     then rebuilt as its sync class, sharing the parameters, buffers and act/drop modules.
-    Ghost batch norm keeps its per-chunk (local) statistics, by design. Other batch-dependent
-    layers (subclasses with code of their own, evonorm_b0) raise a TypeError rather than being
-    replaced. Outside an
-    initialized multi-process group the sync layers compute exactly what the plain ones do.
+    The zoo's other batch-dependent layers (``ghost_batch``, whose chunks are local by design,
+    and ``evonorm_b0``) keep their local statistics; other subclasses of batch norm (with code of
+    their own) raise a TypeError rather than being replaced. Outside an initialized
+    multi-process group the sync layers compute exactly what the plain ones do.
     Returns ``model`` (or the new layer when ``model`` itself is a batch layer).
     """
 
@@ -208,8 +217,8 @@ def sync_batch_stats(model: nn.Module, process_group=None) -> nn.Module:
         if isinstance(module, _SyncMixin):  # synced already (maybe a user's sync subclass)
             module.process_group = process_group
             return None
-        if not isinstance(module, _BatchNorm) or isinstance(module, GhostBatchNorm):
-            return None  # ghost batch norm's per-chunk statistics are local by design
+        if not isinstance(module, _BatchNorm) or type(module) in _LOCAL:
+            return None  # statistics local by design (see the docstring)
         if _convertible_to_zoo(module):
             module = convert(module, "batch")
         target = _SYNC_OF.get(type(module))

@@ -242,3 +242,12 @@ def test_batch_independent_new_layers_have_no_batch_statistics():
     x = torch.randn(2, C, 3, 3)
     with normzoo.stats_mode(model, "batch"):  # a no-op for batch-independent norms
         torch.testing.assert_close(model(x), model.eval()(x))
+
+
+def test_sync_batch_stats_keeps_evonorm_b0_and_ghost_batch():
+    from normzoo.distributed import sync_batch_stats
+    from normzoo.layers import EvoNormB0, GhostBatchNorm
+
+    model = torch.nn.Sequential(normzoo.create("evonorm_b0", C), normzoo.create("ghost_batch", C))
+    sync_batch_stats(model)
+    assert type(model[0]) is EvoNormB0 and type(model[1]) is GhostBatchNorm

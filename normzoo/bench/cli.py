@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 DEFAULT_CONFIG = "quick"  # a shipped preset (configs/quick.yaml), see normzoo.bench.presets
@@ -24,6 +25,8 @@ log = logging.getLogger("normzoo.compare")
 
 
 def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
+    from normzoo.bench.schema import WANDB_MODES
+
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Train every (norm, train batch size, composition, seed) of an experiment"
@@ -60,7 +63,7 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     )
     parser.add_argument(
         "--wandb",
-        choices=("auto", "offline", "online", "disabled"),
+        choices=WANDB_MODES,
         default=None,
         help="W&B mode (default: execution.wandb = auto: online when logged in,"
         " else offline files under <out>/wandb)",
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         config = _load(args)
     except (ValueError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/] {error}")
+        console.print(f"[red]error:[/] {escape(str(error))}")
         return 2
     from normzoo.bench.grid import expand_runs
     from normzoo.bench.run import default_workers, run_grid
@@ -255,6 +258,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     _print_grid(config, out_dir, workers, args.dry_run)
     if args.dry_run:
         return 0
+    from normzoo.bench.validate import check_files
+
+    missing = check_files(config)  # before any training: every run would fail without them
+    if missing:
+        console.print(f"[red]error:[/] {escape(chr(10).join(missing))}")
+        return 2
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         tracker = Tracker.from_config(config, out_dir)

@@ -1,29 +1,23 @@
 """Benchmark configuration: frozen dataclasses, loaded from YAML and validated as a whole.
 
-Every key and value is checked before any training; all problems are reported in one ValueError.
+Every key and value is checked before any training (the rules are data, in
+``normzoo.bench.validate``); all problems are reported in one ValueError, one line each.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
-LR_SCALINGS = ("none", "linear")
-COMPOSITIONS = ("iid", "label_skew", "outliers", "mixed_corruption")
-TRAIN_COMPOSITIONS = ("iid", "label_skew")
-EVAL_STATS_MODES = ("running", "batch", "mix", "online", "adabn", "tent")
-WANDB_MODES = ("auto", "offline", "online", "disabled")
-EXECUTORS = ("local", "submitit")
-SHIFT_SOURCES = ("generated", "cifar10c")
+from normzoo.bench import schema
+from normzoo.bench.validate import Rule, check_combinations, check_field, suggest, unknown
 
 
 @dataclass(frozen=True)
@@ -44,7 +38,8 @@ class NormSpec:
 
 @dataclass(frozen=True)
 class Composition:
-    """How samples are grouped into batches: i.i.d., label-skewed (Dirichlet alpha), k outliers."""
+    """How samples are grouped into batches: i.i.d., label-skewed (Dirichlet alpha), k classes
+    with equal counts per batch (``classes``), k outliers per batch, mixed corruptions."""
 
     name: str = "iid"
     alpha: float | None = None
@@ -55,8 +50,8 @@ class Composition:
         """The string stored in the results, e.g. ``iid``, ``label_skew(alpha=0.1)``."""
         if self.name == "label_skew":
             return f"label_skew(alpha={self.alpha:g})"
-        if self.name == "outliers":
-            return f"outliers(k={self.k})"
+        if self.name in ("outliers", "classes"):
+            return f"{self.name}(k={self.k})"
         return self.name
 
 
@@ -168,67 +163,118 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def _suggest(word: str, choices: Any) -> str:
-    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 safe loading, with numbers read as people write them (and YAML 1.2 reads them).
+
+    YAML 1.1 reads ``1e-3`` and ``3e4`` as strings (it wants a dot and a signed exponent); here
+    any decimal with an exponent is a float.
+    """
 
 
-def _unknown(kind: str, value: Any, allowed: Any) -> str:
-    allowed = list(allowed)
-    listing = ", ".join(map(str, allowed))
-    return f"unknown {kind} '{value}'{_suggest(value, allowed)}; allowed: {listing}"
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """Parse YAML ``text``; a syntax error becomes one ValueError with ``source``:line:column."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"{where}: invalid YAML: {problem}") from None
 
 
 def _parse_composition(raw: Any, where: str, allowed: tuple[str, ...], problems: list[str]):
-    """Accept ``iid``, ``{name: label_skew, alpha: 0.1}``, ``{name: outliers, k: 2}``."""
+    """Accept ``iid``, ``{name: label_skew, alpha: 0.1}``, ``{name: outliers|classes, k: 2}``."""
     if isinstance(raw, str):
         raw = {"name": raw}
     if not isinstance(raw, dict) or "name" not in raw:
         problems.append(f"{where}: expected a name or {{name: ..., alpha/k: ...}}, got {raw!r}")
         return None
-    unknown_keys = set(raw) - {"name", "alpha", "k"}
-    for key in sorted(unknown_keys):
-        problems.append(f"{where}: unknown key '{key}'{_suggest(key, ['name', 'alpha', 'k'])}")
-    name = str(raw["name"])
+    for key in sorted(set(raw) - {"name", "alpha", "k"}, key=str):
+        problems.append(f"{where}: unknown key '{key}'{suggest(key, ['name', 'alpha', 'k'])}")
+    name = raw["name"]
     if name not in allowed:
-        problems.append(f"{where}: {_unknown('composition', name, allowed)}")
+        problems.append(f"{where}: {unknown('composition', name, allowed)}")
         return None
     alpha, k = raw.get("alpha"), raw.get("k")
     if name == "label_skew":
-        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha < 0:
-            problems.append(f"{where}: label_skew needs alpha >= 0 (0 = one class per batch)")
+        alpha, problem = check_field_value(f"{where}.alpha", alpha, "number", low=0)
+        if problem:
+            problems.append(f"{problem} (Dirichlet concentration; 0 = one class per batch)")
             return None
         return Composition("label_skew", alpha=float(alpha))
-    if name == "outliers":
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            problems.append(f"{where}: outliers needs an integer k >= 1 (outliers per batch)")
+    if name in ("outliers", "classes"):
+        k, problem = check_field_value(f"{where}.k", k, "int", low=1)
+        if problem:
+            what = "outliers per batch" if name == "outliers" else "classes per batch"
+            problems.append(f"{problem} ({what})")
             return None
-        return Composition("outliers", k=k)
+        return Composition(name, k=k)
     return Composition(name)  # iid or mixed_corruption: no parameters
 
 
-def _parse_norm(raw: Any, where: str, problems: list[str]) -> NormSpec | None:
-    if isinstance(raw, str):
-        return NormSpec(raw)
-    if isinstance(raw, dict) and "name" in raw:
-        for key in sorted(set(raw) - {"name", "options"}):
-            problems.append(f"{where}: unknown key '{key}'{_suggest(key, ['name', 'options'])}")
-        options = raw.get("options") or {}
-        if not isinstance(options, dict):
-            problems.append(f"{where}.options: expected a mapping, got {options!r}")
-            options = {}
-        return NormSpec(str(raw["name"]), dict(options))
-    problems.append(
-        f"{where}: expected a norm name or {{name: ..., options: {{...}}}}, got {raw!r}"
-    )
-    return None
+def check_field_value(where: str, value: Any, kind: str, **bounds: Any) -> tuple[Any, str | None]:
+    """Check a value that has no entry in the rule table (a composition's parameter)."""
+    return Rule(kind, **bounds).check(where, value)
 
 
-def _as_tuple(value: Any) -> tuple:
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+def _parse_norms(raw: Any, problems: list[str]) -> tuple[NormSpec, ...]:
+    """Norms with canonical names; an alias of a norm listed before is a problem, not a merge."""
+    from normzoo.registry import available, canonical_name
+
+    norms: list[NormSpec] = []
+    written: dict[str, tuple[int, str]] = {}  # label -> (index, name as written)
+    items = raw if isinstance(raw, (list, tuple)) else [raw]
+    if not items:
+        problems.append("norms is empty; list at least one norm (e.g. batch, group)")
+    for i, item in enumerate(items):
+        where = f"norms[{i}]"
+        if isinstance(item, dict) and "name" in item:
+            for key in sorted(set(item) - {"name", "options"}, key=str):
+                problems.append(f"{where}: unknown key '{key}'{suggest(key, ['name', 'options'])}")
+            name, options = item["name"], item.get("options") or {}
+            if not isinstance(options, dict):
+                problems.append(f"{where}.options: expected a mapping, got {options!r}")
+                continue
+        elif isinstance(item, str):
+            name, options = item, {}
+        else:
+            problems.append(
+                f"{where}: expected a norm name or {{name: ..., options: {{...}}}}, got {item!r}"
+            )
+            continue
+        try:
+            spec = NormSpec(canonical_name(name), dict(options))
+        except (ValueError, TypeError):
+            problems.append(f"{where}: {unknown('norm', name, available())}")
+            continue
+        if spec.label in written:
+            first, first_name = written[spec.label]
+            problems.append(
+                f"{where} '{name}' names the same layer as norms[{first}] '{first_name}' (both "
+                f"are '{spec.label}'); list each norm once"
+            )
+            continue
+        written[spec.label] = (i, name)
+        norms.append(spec)
+    return tuple(norms)
 
 
 def _parse_section(name: str, raw: Any, problems: list[str]):
+    """A section's dataclass from its mapping; invalid fields keep their defaults (reported)."""
     cls = SECTIONS[name]
     if raw is None:
         raw = {}
@@ -239,45 +285,51 @@ def _parse_section(name: str, raw: Any, problems: list[str]):
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in names:
-            problems.append(f"unknown key '{name}.{key}'{_suggest(key, names)}")
+            problems.append(f"unknown key '{name}.{key}'{suggest(key, names)}")
             continue
         where = f"{name}.{key}"
         if key == "compositions":
-            allowed = TRAIN_COMPOSITIONS if name == "train" else COMPOSITIONS
-            parsed = [_parse_composition(c, where, allowed, problems) for c in _as_tuple(value)]
-            kwargs[key] = tuple(c for c in parsed if c is not None)
-        elif key == "seeds":
-            if isinstance(value, int) and not isinstance(value, bool):
-                kwargs[key] = tuple(range(value))
-            else:
-                kwargs[key] = _as_tuple(value)
-        elif key in ("options", "submitit"):
-            if not isinstance(value or {}, dict):
-                problems.append(f"{where}: expected a mapping, got {value!r}")
+            allowed = schema.TRAIN_COMPOSITIONS if name == "train" else schema.TEST_COMPOSITIONS
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if not items:
+                problems.append(f"{where} is empty; use [iid]")
                 continue
-            kwargs[key] = dict(value or {})
-        elif isinstance(getattr(cls(), key), tuple):
-            kwargs[key] = _as_tuple(value)
+            parsed = [
+                _parse_composition(c, f"{where}[{i}]", allowed, problems)
+                for i, c in enumerate(items)
+            ]
+            if all(c is not None for c in parsed):
+                kwargs[key] = tuple(parsed)
+            continue
+        if key == "seeds" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            count, problem = check_field_value(where, value, "int", low=1)
+            if problem:
+                problems.append(f"{problem} (a count n means seeds 0..n-1)")
+                continue
+            value = list(range(count))
+        stored, problem = check_field(where, value)
+        if problem:
+            problems.append(problem)
         else:
-            kwargs[key] = value
+            kwargs[key] = dict(stored) if isinstance(stored, dict) else stored
     return cls(**kwargs)
 
 
-def parse_config(raw: dict) -> Config:
+def parse_config(raw: Any) -> Config:
     """Build a Config from a nested dict and validate it; one ValueError lists all problems."""
     problems: list[str] = []
     if not isinstance(raw, dict):
-        raise ValueError(f"config must be a mapping of sections, got {type(raw).__name__}")
+        raise ValueError(
+            f"config must be a mapping of sections ({', '.join(TOP_LEVEL_KEYS)}), "
+            f"got {type(raw).__name__}"
+        )
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
-            problems.append(f"unknown key '{key}'{_suggest(key, TOP_LEVEL_KEYS)}")
+            problems.append(f"unknown key '{key}'{suggest(key, TOP_LEVEL_KEYS)}")
     sections = {name: _parse_section(name, raw.get(name), problems) for name in SECTIONS}
-    norms_raw = raw.get("norms", ["batch"])
-    norms = [_parse_norm(n, f"norms[{i}]", problems) for i, n in enumerate(_as_tuple(norms_raw))]
-    config = Config(norms=tuple(n for n in norms if n is not None), **sections)
-    from normzoo.bench.validate import validate
-
-    problems.extend(validate(config))
+    norms = _parse_norms(raw.get("norms", ["batch"]), problems)
+    config = Config(norms=norms, **sections)
+    problems.extend(check_combinations(config))
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         raise ValueError(f"invalid benchmark config ({len(problems)} problem(s)):\n{listing}")
@@ -290,17 +342,17 @@ def apply_override(raw: dict, assignment: str) -> None:
         raise ValueError(f"--set expects key=value (e.g. train.epochs=2), got '{assignment}'")
     dotted, text = assignment.split("=", 1)
     keys = dotted.strip().split(".")
-    value = yaml.safe_load(text)
+    value = read_yaml(text, f"--set {dotted.strip()}")
     if keys[0] not in TOP_LEVEL_KEYS:
         raise ValueError(
-            f"--set: unknown key '{keys[0]}'{_suggest(keys[0], TOP_LEVEL_KEYS)}; "
+            f"--set: unknown key '{keys[0]}'{suggest(keys[0], TOP_LEVEL_KEYS)}; "
             f"sections: {', '.join(TOP_LEVEL_KEYS)}"
         )
     if keys[0] in SECTIONS and len(keys) > 1:
         names = [f.name for f in fields(SECTIONS[keys[0]])]
         if keys[1] not in names:
             raise ValueError(
-                f"--set: unknown key '{keys[0]}.{keys[1]}'{_suggest(keys[1], names)}; "
+                f"--set: unknown key '{keys[0]}.{keys[1]}'{suggest(keys[1], names)}; "
                 f"keys of '{keys[0]}': {', '.join(names)}"
             )
     node = raw
@@ -318,7 +370,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise FileNotFoundError(
             f"config file '{path}' not found; pass a YAML file such as configs/quick.yaml"
         )
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"config file '{path}' cannot be read: {error}") from None
+    raw = read_yaml(text, str(path))
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a config is a mapping of sections, got {type(raw).__name__}")
     for assignment in overrides:
         apply_override(raw, assignment)
     return parse_config(raw)

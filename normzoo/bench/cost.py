@@ -9,19 +9,12 @@ import torch.nn.functional as F
 
 from normzoo.bench.config import Config
 from normzoo.bench.grid import computed_condition, expand_conditions, expand_runs
-from normzoo.bench.validate import dataset_sizes
+from normzoo.data import dataset_info
 
-IMAGE_SHAPES = {"cifar10": (3, 32), "mnist": (1, 28)}
 # Calibrated on configs/quick.yaml (2 CPU cores): data setup, Lightning start-up and W&B per run,
 # and the statistics hooks, loaders and corruptions around each evaluation forward pass.
 RUN_OVERHEAD_SECONDS = 3.0
 EVAL_FACTOR = 1.5
-
-
-def _image_shape(config: Config) -> tuple[int, int]:
-    if config.data.dataset in IMAGE_SHAPES:
-        return IMAGE_SHAPES[config.data.dataset]
-    return 3, int(config.data.options.get("image_size", 32))
 
 
 def _seconds(fn, repeats: int = 2) -> float:
@@ -45,10 +38,10 @@ def estimate_seconds(config: Config, workers: int) -> dict:
     from normzoo.registry import is_batch_dependent
 
     torch.set_num_threads(1)
-    channels, size = _image_shape(config)
-    sizes = dataset_sizes(config.data.dataset, config.data.options) or (50_000, 10_000)
-    n_fit = int(sizes[0] * (1 - config.data.val_fraction))
-    n_test = sizes[1]
+    info = dataset_info(config.data.dataset, config.data.options)
+    channels, size = info.channels, info.image_size
+    n_fit = int(info.train_size * (1 - config.data.val_fraction))
+    n_test = info.test_size
     conditions = expand_conditions(config)
     largest = max(config.eval.test_batch_sizes)
     # One backbone (first norm) is timed; the norms differ far less in cost than the grid cells.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Iterable
@@ -12,9 +13,10 @@ from torch import nn
 
 from normzoo.bench.config import EvalSection
 from normzoo.bench.grid import TestCondition, computed_condition
+from normzoo.bench.schema import CLEAN
 from normzoo.data import IGNORE_INDEX
 from normzoo.models import has_batch_layers
-from normzoo.testtime import adapt, stats_mode
+from normzoo.testtime import Tent, adapt, stats_mode
 
 log = logging.getLogger(__name__)
 
@@ -47,50 +49,22 @@ def predict(model: nn.Module, batches: Iterable, device: torch.device) -> tuple[
 
 
 def test_loader(datamodule, condition: TestCondition, ev: EvalSection | None = None):
-    """Test batches of one condition: from the datamodule, or CIFAR-10-C files when configured."""
+    """Test batches of one condition from the datamodule: corrupted on the fly, or read from the
+    CIFAR-10-C files when ``ev.shift_source`` is ``cifar10c`` (same batching either way)."""
     composition = condition.composition
-    if ev is not None and ev.shift_source == "cifar10c" and condition.shift != "clean":
-        return cifar10c_batches(datamodule, condition, ev.shift_root)
+    source = {}
+    if ev is not None and ev.shift_source == "cifar10c":
+        source = {"source": "cifar10c", "source_root": ev.shift_root}
     return datamodule.test_loader(
         batch_size=condition.test_batch_size,
-        corruption="none" if condition.shift == "clean" else condition.shift,  # or "mixed"
+        corruption="none" if condition.shift == CLEAN else condition.shift,  # or "mixed"
         severity=condition.severity,
         composition=composition.name,
         alpha=composition.alpha,
         outliers=composition.k or 0,
         seed=EVAL_SEED,
+        **source,
     )
-
-
-def cifar10c_batches(datamodule, condition: TestCondition, root: str | None) -> list:
-    """CIFAR-10-C test batches (Hendrycks & Dietterich 2019) of one corruption and severity, read
-    from ``<root>/CIFAR-10-C/<corruption>.npy``, normalized with the train statistics and batched
-    like ``NormzooDataModule.test_loader`` (sequential, label-skewed or with outliers)."""
-    from normzoo.data import LabelSkewedBatchSampler, inject_outliers, load_cifar10c
-    from normzoo.data.shifts import outlier_positions
-
-    images, labels = load_cifar10c(root, condition.shift, condition.severity)
-    splits = datamodule.splits
-    shape = (1, len(splits.mean), 1, 1)
-    mean = torch.tensor(splits.mean).reshape(shape)
-    std = torch.tensor(splits.std).reshape(shape)
-    composition, size, n = condition.composition, condition.test_batch_size, len(labels)
-    if composition.name == "label_skew":
-        index = list(LabelSkewedBatchSampler(labels, size, composition.alpha, EVAL_SEED))
-    else:
-        index = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
-    batches = []
-    for b, rows in enumerate(index):
-        rows = torch.as_tensor(rows)
-        x = (images[rows].float() / 255 - mean) / std
-        y = labels[rows].clone()
-        k = min(composition.k or 0, len(y) - 1)
-        if k > 0:
-            batch_seed = EVAL_SEED * 1_000_003 + b
-            x = inject_outliers(x, y, k, batch_seed)
-            y[outlier_positions(len(y), k, batch_seed)] = IGNORE_INDEX
-        batches.append((x, y))
-    return batches
 
 
 def evaluate_condition(
@@ -100,12 +74,16 @@ def evaluate_condition(
     loader = test_loader(datamodule, condition, ev)
     mode = condition.stats_mode
     model.eval()
-    if mode in ("adabn", "tent"):
+    if mode == "adabn":
         # adapt() works on a copy: AdaBN re-estimates running statistics on this condition's test
-        # data; TENT (one pass, `tent_steps` updates per batch) then predicts with batch statistics.
-        options = {"lr": ev.tent_lr, "steps": ev.tent_steps} if mode == "tent" else {}
-        adapted = adapt(model, _inputs_on(loader, device), method=mode, **options)
+        # data, then predicts with them.
+        adapted = adapt(model, _inputs_on(loader, device), method="adabn")
         return predict(adapted.eval(), loader, device)
+    if mode == "tent":
+        # TENT online, as the official code: a copy adapts on each batch (`tent_steps` updates)
+        # and the batch is scored by the outputs of the forward pass that adapts on it.
+        tent = Tent(copy.deepcopy(model), lr=ev.tent_lr, steps=ev.tent_steps)
+        return predict(tent, loader, device)
     prior = ev.mix_prior if mode == "mix" else None
     with stats_mode(model, mode, prior=prior):
         return predict(model, loader, device)

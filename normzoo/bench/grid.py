@@ -13,14 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from normzoo.bench.config import Composition, Config, NormSpec, stable_hash
-
-# Stats modes whose predictions are per-sample functions of the input (the model's statistics do
-# not depend on how the test set is batched); see `computed_condition`.
-PER_SAMPLE_MODES = ("running",)
-# Stats modes whose predictions depend on the current test batch only (no state across batches).
-BATCHWISE_MODES = ("batch", "mix")
-# Stats modes whose predictions depend on the current test batch only (no state across batches).
-BATCHWISE_MODES = ("batch", "mix")
+from normzoo.bench.schema import BATCHWISE_MODES, PER_SAMPLE_MODES
 
 
 @dataclass(frozen=True)

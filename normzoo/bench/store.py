@@ -16,43 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-STORE_NAME = "results.sqlite"
+from normzoo.bench.schema import CURVE_COLUMNS, EVAL_COLUMNS, RUN_COLUMNS, SCHEMA_RUN_COLUMNS
 
-RUN_COLUMNS = (
-    "run_key",
-    "experiment",
-    "dataset",
-    "backbone",
-    "norm",
-    "norm_options",
-    "train_batch_size",
-    "train_composition",
-    "seed",
-    "status",
-    "error",
-    "val_accuracy",
-    "train_seconds",
-    "eval_seconds",
-    "config_hash",
-    "config_json",
-    "started_at",
-    "finished_at",
-)
-EVAL_COLUMNS = (
-    "run_key",
-    "test_batch_size",
-    "stats_mode",
-    "shift",
-    "severity",
-    "test_composition",
-    "accuracy",
-    "loss",
-    "n_test",
-    "computed_as",
-)
-CURVE_COLUMNS = ("run_key", "step", "epoch", "metric", "value")
-# Columns of the exported runs frame (the Results schema), in order; the rest are extra.
-SCHEMA_RUN_COLUMNS = RUN_COLUMNS[:13]
+STORE_NAME = "results.sqlite"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -30,9 +30,11 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
+from normzoo.bench.schema import WANDB_MODES, WANDB_RUN_MODES
+
 log = logging.getLogger(__name__)
 
-MODES = ("offline", "online", "disabled")
+MODES = WANDB_RUN_MODES
 DEFAULT_PROJECT = "normzoo"
 # Summaries W&B keeps for a metric beyond its last value (define_metric).
 METRIC_SUMMARIES = {"val/acc": "max,last", "train/loss": "min,last", "train/epoch_loss": "min,last"}
@@ -60,7 +62,7 @@ def resolve_mode(requested: str) -> str:
     ``WANDB_MODE=offline``/``dryrun`` keeps an ``online`` request offline; ``auto`` is
     ``WANDB_MODE`` when set, else ``online`` when logged in, else ``offline``.
     """
-    allowed = ("auto", *MODES)
+    allowed = WANDB_MODES
     if requested not in allowed:
         raise ValueError(f"unknown W&B mode '{requested}'; allowed: {', '.join(allowed)}")
     env = os.environ.get("WANDB_MODE", "").strip().lower()

@@ -1,229 +1,356 @@
-"""Semantic checks of a parsed Config: known names, values in range, possible combinations."""
+"""Validation rules of a benchmark config, as data, and the checks that combine fields.
+
+``FIELD_RULES`` maps every scalar or list field (``section.key``) to a :class:`Rule`; one loop
+(:func:`check_field`) applies them while the config is parsed, so a value is checked once, the
+same way everywhere, and every problem is reported with its field. :func:`check_combinations`
+then checks what depends on several fields (norms against the backbone, batch sizes against the
+dataset, shifts against their source, dataset files on disk). This module knows the config only
+through attribute names; it never imports ``normzoo.bench.config`` (which imports it).
+"""
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
-import inspect
-import logging
+import math
+from dataclasses import dataclass
+from typing import Any
 
-from normzoo.bench.config import (
-    EVAL_STATS_MODES,
-    EXECUTORS,
-    LR_SCALINGS,
-    OPTIMIZERS,
-    SCHEDULES,
-    SHIFT_SOURCES,
-    WANDB_MODES,
-    Config,
-    _unknown,
-)
+from normzoo.bench import schema
+from normzoo.data.datasets import DATASETS
 
-log = logging.getLogger(__name__)
-
-# Split sizes of the real datasets (train includes the validation fraction).
-KNOWN_SIZES = {"cifar10": (50_000, 10_000), "mnist": (60_000, 10_000)}
+MAX_NAME_LENGTH = 100  # experiment names become directory, W&B group and file names
 
 
-def dataset_sizes(dataset: str, options: dict) -> tuple[int, int] | None:
-    """(train, test) set sizes without loading the data, or None when they cannot be known."""
-    if dataset in KNOWN_SIZES:
-        return KNOWN_SIZES[dataset]
-    if dataset == "synthetic":
-        try:
-            from normzoo.data.synthetic import load_synthetic
-        except ImportError:
-            return None
-        defaults = {
-            name: p.default
-            for name, p in inspect.signature(load_synthetic).parameters.items()
-            if p.default is not inspect.Parameter.empty
-        }
-        train = options.get("train_size", defaults.get("train_size"))
-        test = options.get("test_size", defaults.get("test_size"))
-        if isinstance(train, int) and isinstance(test, int):
-            return train, test
-    return None
+def suggest(word: Any, choices: Any) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
+    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def _is_int(value, low: int = 1) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+def unknown(kind: str, value: Any, allowed: Any) -> str:
+    """``unknown <kind> 'value' (did you mean ...); allowed: ...``."""
+    listing = ", ".join(map(str, allowed))
+    return f"unknown {kind} '{value}'{suggest(value, allowed)}; allowed: {listing}"
 
 
-def _is_number(value) -> bool:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_names(config: Config, problems: list[str]) -> None:
+@dataclass(frozen=True)
+class Rule:
+    """What one config field accepts.
+
+    ``kind``: ``int`` (an integral float such as ``3e4`` is taken as the int), ``number``,
+    ``choice`` (one of ``choices``; ``noun`` names it in errors), ``name`` (an experiment name),
+    ``text``, ``bool``, ``mapping``. Bounds: ``low``/``high``, exclusive when ``open_low`` /
+    ``open_high``; NaN is never accepted, infinity only with ``infinite``. ``optional``: null
+    allowed. ``many``: a non-empty list of such values (a single value is taken as a list of one),
+    ``distinct``: without repeats. ``hint``: appended to the error (what to use instead).
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    infinite: bool = False
+    choices: tuple = ()
+    noun: str = ""
+    optional: bool = False
+    many: bool = False
+    distinct: bool = False
+    hint: str = ""
+
+    def describe(self) -> str:
+        """The accepted values in words, e.g. ``an integer >= 1``."""
+        if self.kind in ("int", "number"):
+            what = "an integer" if self.kind == "int" else "a number"
+            low = "" if self.low is None else f"{'>' if self.open_low else '>='} {self.low:g}"
+            high = "" if self.high is None else f"{'<' if self.open_high else '<='} {self.high:g}"
+            if low and high:
+                left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+                what += f" in {left}{self.low:g}, {self.high:g}{right}"
+            elif low or high:
+                what += f" {low or high}"
+            if self.infinite:
+                what += " (or .inf)"
+        elif self.kind == "name":
+            what = f"a name of 1..{MAX_NAME_LENGTH} printable characters without '/'"
+        elif self.kind == "mapping":
+            what = "a mapping {key: value}"
+        elif self.kind == "bool":
+            what = "true or false"
+        else:
+            what = "text"
+        if self.many:
+            what = f"a non-empty list of {'distinct ' if self.distinct else ''}values, each {what}"
+        if self.optional:
+            what += " or null"
+        return what
+
+    def check_one(self, value: Any) -> tuple[Any, bool]:
+        """(value as stored, accepted?) for a single value."""
+        if self.kind == "choice":
+            return value, isinstance(value, str) and value in self.choices
+        if self.kind == "text":
+            return value, isinstance(value, str)
+        if self.kind == "mapping":
+            return value, isinstance(value, dict)
+        if self.kind == "bool":
+            return value, isinstance(value, bool)
+        if self.kind == "name":
+            ok = (
+                isinstance(value, str)
+                and 0 < len(value) <= MAX_NAME_LENGTH
+                and value.isprintable()
+                and "/" not in value
+                and "\\" not in value
+                and not value.startswith(".")
+                and value.strip() == value
+            )
+            return value, ok
+        if not _is_number(value) or math.isnan(value):
+            return value, False
+        if math.isinf(value):
+            return value, self.infinite and self.kind == "number" and value > 0
+        if self.kind == "int":
+            if not float(value).is_integer():
+                return value, False
+            value = int(value)
+        ok = (self.low is None or (value > self.low if self.open_low else value >= self.low)) and (
+            self.high is None or (value < self.high if self.open_high else value <= self.high)
+        )
+        return value, ok
+
+    def check(self, where: str, value: Any) -> tuple[Any, str | None]:
+        """(value as stored, problem or None) for the field ``where``."""
+        if value is None and self.optional:
+            return None, None
+        if self.many:
+            values = list(value) if isinstance(value, (list, tuple)) else [value]
+            checked = [self.check_one(v) for v in values]
+            stored = tuple(v for v, _ in checked)
+            ok = bool(values) and all(ok for _, ok in checked)
+            if ok and self.distinct and len(set(stored)) != len(stored):
+                ok = False
+            if not ok and self.kind == "choice" and values:
+                bad = [v for v, good in checked if not good]
+                if bad:
+                    return stored, f"{where}: {unknown(self.noun, bad[0], self.choices)}"
+            shown = list(value) if isinstance(value, (list, tuple)) else value
+            return stored, None if ok else f"{where}={shown!r} must be {self.describe()}{self.hint}"
+        stored, ok = self.check_one(value)
+        if ok:
+            return stored, None
+        if self.kind == "choice":
+            return stored, f"{where}: {unknown(self.noun, value, self.choices)}"
+        return stored, f"{where}={value!r} must be {self.describe()}{self.hint}"
+
+
+def _int(low: int = 1, **kw: Any) -> Rule:
+    return Rule("int", low=low, **kw)
+
+
+def _choice(choices: tuple, noun: str, **kw: Any) -> Rule:
+    return Rule("choice", choices=choices, noun=noun, **kw)
+
+
+# Every field of the config and what it accepts (compositions and norms are parsed separately,
+# shifts depend on eval.shift_source and are checked in `check_combinations`).
+FIELD_RULES: dict[str, Rule] = {
+    "experiment.name": Rule("name"),
+    "experiment.description": Rule("text"),
+    "data.dataset": _choice(DATASETS, "dataset"),
+    "data.root": Rule("text", optional=True),
+    "data.options": Rule("mapping"),
+    "data.val_fraction": Rule("number", low=0, high=1, open_low=True, open_high=True),
+    "model.backbone": Rule("text"),
+    "model.options": Rule("mapping"),
+    "train.batch_sizes": _int(many=True),
+    "train.epochs": _int(),
+    "train.max_steps": _int(optional=True, hint=" (null: epochs decide)"),
+    "train.optimizer": _choice(schema.OPTIMIZERS, "optimizer"),
+    "train.lr": Rule("number", low=0, open_low=True),
+    "train.momentum": Rule("number", low=0, high=1, open_high=True),
+    "train.weight_decay": Rule("number", low=0),
+    "train.schedule": _choice(schema.SCHEDULES, "schedule"),
+    "train.lr_scaling": _choice(schema.LR_SCALINGS, "lr scaling"),
+    "train.lr_reference_batch_size": _int(),
+    "train.seeds": _int(0, many=True, distinct=True, hint=" (or a count n: seeds 0..n-1)"),
+    "eval.test_batch_sizes": _int(many=True),
+    "eval.stats_modes": _choice(schema.EVAL_STATS_MODES, "stats mode", many=True),
+    "eval.mix_prior": Rule(
+        "number", low=0, infinite=True, hint=" (pseudo-samples: 0 = batch, .inf = running)"
+    ),
+    "eval.shifts": Rule("text", many=True, hint="; use [clean]"),
+    "eval.severities": _int(1, high=5, many=True),
+    "eval.tent_lr": Rule("number", low=0, open_low=True),
+    "eval.tent_steps": _int(),
+    "eval.shift_source": _choice(schema.SHIFT_SOURCES, "shift source"),
+    "eval.shift_root": Rule("text", optional=True),
+    "execution.workers": _int(optional=True, hint=" (null: all cores)"),
+    "execution.wandb": _choice(schema.WANDB_MODES, "W&B mode"),
+    "execution.wandb_project": Rule("text", optional=True, hint=" (null: $WANDB_PROJECT)"),
+    "execution.wandb_entity": Rule("text", optional=True, hint=" (null: $WANDB_ENTITY)"),
+    "execution.wandb_weights": Rule("bool"),
+    "execution.executor": _choice(schema.EXECUTORS, "executor"),
+    "execution.submitit": Rule("mapping"),
+}
+
+
+def check_field(where: str, value: Any) -> tuple[Any, str | None]:
+    """(value as stored, problem or None) of field ``where`` (``section.key``) by its rule."""
+    return FIELD_RULES[where].check(where, value)
+
+
+def check_norm(name: str, options: dict, channels: int = 32) -> str | None:
+    """Problem of one norm's options by the layer's own validation, or None.
+
+    Builds the layer with ``normzoo.create`` and runs two training steps and one eval step on a
+    small random batch, so options the constructor accepts but that break the layer (a negative
+    ``eps``, a ``momentum`` that makes running statistics invalid) are caught here, before any
+    training, rather than as NaN results or a traceback later.
+    """
+    import torch
+
     import normzoo
+
+    try:
+        layer = normzoo.create(name, channels, **options)
+        x = torch.randn(4, channels, 4, 4, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            outputs = [layer.train()(x), layer.train()(x), layer.eval()(x)]
+    except (ValueError, TypeError, RuntimeError) as error:
+        return str(error)
+    if not all(torch.isfinite(out).all() for out in outputs):
+        return (
+            f"options {options} make the layer output NaN/inf on a small random batch "
+            "(eps must be > 0, momentum in [0, 1])"
+        )
+    return None
+
+
+def check_combinations(config: Any) -> list[str]:
+    """Problems that involve several fields of a parsed config (all fields already valid)."""
     import normzoo.data
-    from normzoo.models import check_backbone
-
-    if config.data.dataset not in normzoo.data.DATASETS:
-        problems.append(
-            f"data.dataset: {_unknown('dataset', config.data.dataset, normzoo.data.DATASETS)}"
-        )
-    try:
-        check_backbone(config.model.backbone)
-    except ValueError as error:
-        problems.append(f"model.backbone: {error}")
-    available = normzoo.available()
-    for i, norm in enumerate(config.norms):
-        if not _is_alias(norm.name):
-            problems.append(f"norms[{i}]: {_unknown('norm', norm.name, available)}")
-    corruptions = normzoo.data.CORRUPTIONS
-    if config.eval.shift_source == "cifar10c":
-        from normzoo.data.files import CIFAR10C_CORRUPTIONS as corruptions
-    allowed_shifts = ("clean", *corruptions)
-    for shift in config.eval.shifts:
-        if shift not in allowed_shifts:
-            problems.append(f"eval.shifts: {_unknown('corruption', shift, allowed_shifts)}")
-    for mode in config.eval.stats_modes:
-        if mode not in EVAL_STATS_MODES:
-            problems.append(f"eval.stats_modes: {_unknown('stats mode', mode, EVAL_STATS_MODES)}")
-
-
-def _is_alias(name: str) -> bool:
-    from normzoo.registry import is_batch_dependent
-
-    try:
-        is_batch_dependent(name)
-    except (ValueError, KeyError):
-        return False
-    return True
-
-
-def _check_values(config: Config, problems: list[str]) -> None:
-    name = config.experiment.name
-    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        problems.append(f"experiment.name: {name!r} must be a non-empty name without '/'")
-    if not _is_number(config.data.val_fraction) or not 0 < config.data.val_fraction < 1:
-        problems.append(f"data.val_fraction={config.data.val_fraction!r} must be in (0, 1)")
-    train, ev, ex = config.train, config.eval, config.execution
-    if not train.batch_sizes or not all(_is_int(b) for b in train.batch_sizes):
-        problems.append(f"train.batch_sizes={list(train.batch_sizes)} must be integers >= 1")
-    if not train.compositions:
-        problems.append("train.compositions is empty; use [iid]")
-    if not _is_int(train.epochs):
-        problems.append(f"train.epochs={train.epochs!r} must be an integer >= 1")
-    if train.max_steps is not None and not _is_int(train.max_steps):
-        problems.append(f"train.max_steps={train.max_steps!r} must be null or an integer >= 1")
-    if train.optimizer not in OPTIMIZERS:
-        problems.append(f"train.optimizer: {_unknown('optimizer', train.optimizer, OPTIMIZERS)}")
-    if train.schedule not in SCHEDULES:
-        problems.append(f"train.schedule: {_unknown('schedule', train.schedule, SCHEDULES)}")
-    if train.lr_scaling not in LR_SCALINGS:
-        problems.append(
-            f"train.lr_scaling: {_unknown('lr scaling', train.lr_scaling, LR_SCALINGS)}"
-        )
-    if not _is_number(train.lr) or train.lr <= 0:
-        problems.append(f"train.lr={train.lr!r} must be a number > 0")
-    if not _is_number(train.momentum) or not 0 <= train.momentum < 1:
-        problems.append(f"train.momentum={train.momentum!r} must be in [0, 1)")
-    if not _is_number(train.weight_decay) or train.weight_decay < 0:
-        problems.append(f"train.weight_decay={train.weight_decay!r} must be >= 0")
-    if not _is_int(train.lr_reference_batch_size):
-        problems.append("train.lr_reference_batch_size must be an integer >= 1")
-    seeds = train.seeds
-    if not seeds or not all(_is_int(s, 0) for s in seeds) or len(set(seeds)) != len(seeds):
-        problems.append(f"train.seeds={list(seeds)} must be a count or distinct integers >= 0")
-    if not ev.test_batch_sizes or not all(_is_int(b) for b in ev.test_batch_sizes):
-        problems.append(f"eval.test_batch_sizes={list(ev.test_batch_sizes)} must be integers >= 1")
-    if not ev.stats_modes:
-        problems.append("eval.stats_modes is empty; use [running]")
-    if not ev.shifts:
-        problems.append("eval.shifts is empty; use [clean]")
-    if not ev.compositions:
-        problems.append("eval.compositions is empty; use [iid]")
-    mixed = any(c.name == "mixed_corruption" for c in ev.compositions)
-    if (mixed or any(s != "clean" for s in ev.shifts)) and (
-        not ev.severities or not all(_is_int(s) and s <= 5 for s in ev.severities)
-    ):
-        problems.append(f"eval.severities={list(ev.severities)} must be integers in 1..5")
-    if not _is_number(ev.mix_prior) or ev.mix_prior <= 0:
-        problems.append(f"eval.mix_prior={ev.mix_prior!r} must be > 0 (pseudo-samples)")
-    if not _is_number(ev.tent_lr) or ev.tent_lr <= 0:
-        problems.append(f"eval.tent_lr={ev.tent_lr!r} must be > 0")
-    if not _is_int(ev.tent_steps):
-        problems.append(f"eval.tent_steps={ev.tent_steps!r} must be an integer >= 1")
-    if ev.shift_source not in SHIFT_SOURCES:
-        problems.append(
-            f"eval.shift_source: {_unknown('shift source', ev.shift_source, SHIFT_SOURCES)}"
-        )
-    elif ev.shift_source == "cifar10c" and any(
-        c.name == "mixed_corruption" for c in ev.compositions
-    ):
-        problems.append("eval.compositions mixed_corruption needs eval.shift_source=generated")
-    elif ev.shift_source == "cifar10c" and config.data.dataset != "cifar10":
-        problems.append(
-            f"eval.shift_source=cifar10c needs data.dataset=cifar10 (got '{config.data.dataset}')"
-        )
-    if ex.workers is not None and not _is_int(ex.workers):
-        problems.append(f"execution.workers={ex.workers!r} must be null (all cores) or >= 1")
-    if ex.wandb not in WANDB_MODES:
-        problems.append(f"execution.wandb: {_unknown('W&B mode', ex.wandb, WANDB_MODES)}")
-    if ex.executor not in EXECUTORS:
-        problems.append(f"execution.executor: {_unknown('executor', ex.executor, EXECUTORS)}")
-    elif ex.executor == "submitit" and importlib.util.find_spec("submitit") is None:
-        problems.append(
-            "execution.executor=submitit needs the optional dependency:"
-            " pip install 'normzoo[cluster]'"
-        )
-
-
-def _check_combinations(config: Config, problems: list[str]) -> None:
     from normzoo.models import build_model, check_backbone, has_spatial_dims
     from normzoo.registry import is_batch_dependent
 
-    ev = config.eval
+    problems: list[str] = []
+    data, train, ev = config.data, config.train, config.eval
+    info = None
+    option_problems = normzoo.data.check_options(data.dataset, data.options)
+    problems += [f"data.options: {p}" for p in option_problems]
+    if not option_problems:
+        info = normzoo.data.dataset_info(data.dataset, data.options)
+    corruptions = normzoo.data.CORRUPTIONS
+    if ev.shift_source == "cifar10c":
+        corruptions = normzoo.data.CIFAR10C_CORRUPTIONS
+        if any(c.name == "mixed_corruption" for c in ev.compositions):
+            problems.append("eval.compositions mixed_corruption needs eval.shift_source=generated")
+        if data.dataset != "cifar10":
+            problems.append(
+                f"eval.shift_source=cifar10c needs data.dataset=cifar10 (got '{data.dataset}')"
+            )
+    allowed_shifts = (schema.CLEAN, *corruptions)
+    for shift in ev.shifts:
+        if shift not in allowed_shifts:
+            problems.append(f"eval.shifts: {unknown('corruption', shift, allowed_shifts)}")
+    for i, composition in enumerate(train.compositions):
+        if composition.name == "classes":
+            bad = [b for b in train.batch_sizes if b % composition.k]
+            if bad:
+                problems.append(
+                    f"train.compositions[{i}] classes(k={composition.k}) needs train batch sizes"
+                    f" divisible by k (k classes, batch/k samples each); {bad} are not"
+                )
+            if info is not None and composition.k > info.num_classes:
+                problems.append(
+                    f"train.compositions[{i}] classes(k={composition.k}) needs k <= "
+                    f"{info.num_classes} (the classes of {data.dataset})"
+                )
     backbone = config.model.backbone
     try:
         check_backbone(backbone)
-    except ValueError:
-        return  # already reported
-    batch_sizes_ok = all(_is_int(b) for b in config.train.batch_sizes)
+    except ValueError as error:
+        problems.append(f"model.backbone: {error}")
+        backbone = None
+    channels = info.channels if info is not None else 3
     for i, norm in enumerate(config.norms):
-        if not _is_alias(norm.name):
-            continue  # already reported as unknown
-        canonical = norm.name.lower().replace("-", "_")
-        if canonical in ("instance", "in") and not has_spatial_dims(backbone):
+        where = f"norms[{i}] '{norm.label}'"
+        if norm.name == "instance" and backbone and not has_spatial_dims(backbone):
             problems.append(
                 f"norms[{i}]: instance norm needs spatial dims but backbone '{backbone}' normalizes"
                 " (N, C) features; use a convolutional backbone or drop instance"
             )
             continue
-        if batch_sizes_ok and is_batch_dependent(norm.name) and 1 in config.train.batch_sizes:
+        if is_batch_dependent(norm.name) and 1 in train.batch_sizes:
             problems.append(
                 f"norms[{i}]: train batch size 1 cannot train batch-dependent norm '{norm.label}'"
                 " (batch statistics of a single sample); drop batch size 1 or this norm"
             )
-        try:  # building the model checks the norm options against the backbone's channel widths
-            build_model(backbone, norm.name, 10, 3, norm.options, **config.model.options)
-        except (ValueError, TypeError) as error:
-            problems.append(f"norms[{i}] '{norm.label}' with backbone '{backbone}': {error}")
-    sizes = dataset_sizes(config.data.dataset, config.data.options)
-    if sizes is not None:
-        n_train, n_test = sizes
-        n_fit = int(n_train * (1 - config.data.val_fraction))
-        for b in config.train.batch_sizes:
-            if _is_int(b) and b > n_fit:
+        width = 32  # channels for the layer check when no backbone could be built
+        if backbone:  # the options against every channel width of the backbone
+            try:
+                model = build_model(
+                    backbone, norm.name, 10, channels, norm.options, **config.model.options
+                )
+            except (ValueError, TypeError) as error:
+                problems.append(f"{where} with backbone '{backbone}': {error}")
+                continue
+            width = next(
+                (m.num_features for m in model.modules() if hasattr(m, "num_features")), width
+            )
+        problem = check_norm(norm.name, norm.options, width)
+        if problem is not None:
+            problems.append(f"{where}: {problem}")
+    if info is not None:
+        n_fit = int(info.train_size * (1 - data.val_fraction))
+        for b in train.batch_sizes:
+            if b > n_fit:
                 problems.append(f"train batch size {b} is larger than the training split ({n_fit})")
         for b in ev.test_batch_sizes:
-            if _is_int(b) and b > n_test:
-                problems.append(f"test batch size {b} is larger than the test set ({n_test})")
-    outlier_ks = [c.k for c in ev.compositions if c.name == "outliers"]
-    if outlier_ks and ev.test_batch_sizes and all(_is_int(b) for b in ev.test_batch_sizes):
-        for k in outlier_ks:
-            if max(ev.test_batch_sizes) <= k:
+            if b > info.test_size:
                 problems.append(
-                    f"eval.compositions outliers(k={k}) needs a test batch size > {k};"
-                    f" largest is {max(ev.test_batch_sizes)}"
+                    f"test batch size {b} is larger than the test set ({info.test_size})"
                 )
+    for composition in ev.compositions:
+        if composition.name == "outliers" and max(ev.test_batch_sizes) <= composition.k:
+            problems.append(
+                f"eval.compositions outliers(k={composition.k}) needs a test batch size >"
+                f" {composition.k}; largest is {max(ev.test_batch_sizes)}"
+            )
+    ex = config.execution
+    if ex.executor == "submitit" and importlib.util.find_spec("submitit") is None:
+        problems.append(
+            "execution.executor=submitit needs the optional dependency:"
+            " pip install 'normzoo[cluster]'"
+        )
+    return problems
 
 
-def validate(config: Config) -> list[str]:
-    """All problems of a structurally parsed config (empty list when it is valid)."""
-    problems: list[str] = []
-    _check_values(config, problems)
-    _check_names(config, problems)
-    _check_combinations(config, problems)
+def check_files(config: Any) -> list[str]:
+    """Problems with the dataset files a config reads (missing, unreadable); none for synthetic."""
+    import normzoo.data
+
+    cifar10c = ()
+    if config.eval.shift_source == "cifar10c":
+        cifar10c = tuple(s for s in config.eval.shifts if s != schema.CLEAN)
+    problems = []
+    try:
+        normzoo.data.check_files(config.data.dataset, config.data.root)
+    except OSError as error:
+        problems.append(f"data: {error}")
+    if cifar10c:
+        root = config.eval.shift_root if config.eval.shift_root is not None else config.data.root
+        try:
+            normzoo.data.check_files("cifar10c", root, cifar10c)
+        except OSError as error:
+            problems.append(f"eval.shift_root: {error}")
     return problems

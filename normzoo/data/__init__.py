@@ -1,11 +1,34 @@
-"""Datasets (embedded synthetic + real on-disk loaders), corruptions, batch-composition shifts."""
+"""Datasets (embedded synthetic + real on-disk loaders), corruptions, batch-composition shifts.
+
+Everything here is plain torch/numpy. ``NormzooDataModule`` (the Lightning face of these loaders,
+in ``normzoo.data.module``) is imported on first use, so ``import normzoo.data`` does not import
+Lightning.
+"""
 
 from normzoo.data.corruptions import CORRUPTIONS, corrupt
-from normzoo.data.datasets import DATASETS, ImageSplits, channel_stats, load
-from normzoo.data.files import data_root, load_cifar10, load_cifar10c, load_mnist
-from normzoo.data.module import TEST_COMPOSITIONS, TRAIN_COMPOSITIONS, NormzooDataModule
+from normzoo.data.datasets import (
+    DATASET_OPTIONS,
+    DATASETS,
+    DatasetInfo,
+    ImageSplits,
+    channel_stats,
+    check_options,
+    dataset_info,
+    load,
+)
+from normzoo.data.files import (
+    CIFAR10C_CORRUPTIONS,
+    check_files,
+    data_root,
+    load_cifar10,
+    load_cifar10c,
+    load_mnist,
+)
 from normzoo.data.shifts import (
     IGNORE_INDEX,
+    TEST_COMPOSITIONS,
+    TRAIN_COMPOSITIONS,
+    ClassGroupedBatchSampler,
     LabelSkewedBatchSampler,
     corrupt_mixed,
     inject_outliers,
@@ -16,20 +39,27 @@ from normzoo.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
 from normzoo.data.synthetic import cache_dir
 
 __all__ = [
+    "CIFAR10C_CORRUPTIONS",
     "CORRUPTIONS",
     "DATASETS",
+    "DATASET_OPTIONS",
     "IGNORE_INDEX",
     "SYNTHETIC_CLASS_NAMES",
     "TEST_COMPOSITIONS",
     "TRAIN_COMPOSITIONS",
+    "ClassGroupedBatchSampler",
+    "DatasetInfo",
     "ImageSplits",
     "LabelSkewedBatchSampler",
     "NormzooDataModule",
     "cache_dir",
     "channel_stats",
+    "check_files",
+    "check_options",
     "corrupt",
     "corrupt_mixed",
     "data_root",
+    "dataset_info",
     "inject_outliers",
     "load",
     "load_cifar10",
@@ -38,3 +68,11 @@ __all__ = [
     "mixed_corruption_ids",
     "outlier_positions",
 ]
+
+
+def __getattr__(name: str):
+    if name == "NormzooDataModule":  # the only name that needs Lightning
+        from normzoo.data.module import NormzooDataModule
+
+        return NormzooDataModule
+    raise AttributeError(f"module 'normzoo.data' has no attribute {name!r}")

@@ -16,17 +16,20 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 from normzoo.data.corruptions import CORRUPTIONS, corrupt
-from normzoo.data.datasets import DATASETS, ImageSplits, load
+from normzoo.data.datasets import ImageSplits, dataset_key, load
+from normzoo.data.files import CIFAR10C_CORRUPTIONS, load_cifar10c
 from normzoo.data.shifts import (
     IGNORE_INDEX,
+    TEST_COMPOSITIONS,
+    TRAIN_COMPOSITIONS,
+    ClassGroupedBatchSampler,
     LabelSkewedBatchSampler,
     corrupt_mixed,
     inject_outliers,
     outlier_positions,
 )
 
-TRAIN_COMPOSITIONS = ("iid", "label_skew")
-TEST_COMPOSITIONS = ("iid", "label_skew", "outliers", "mixed_corruption")
+CORRUPTION_SOURCES = ("generated", "cifar10c")
 
 
 class _Batches(Dataset):
@@ -73,8 +76,10 @@ class NormzooDataModule(pl.LightningDataModule):
     Args:
         dataset: one of ``DATASETS``; ``root`` is where real datasets live on disk.
         train_batch_size: training batch size (the last partial train batch is dropped).
-        train_composition: ``"iid"`` (shuffled) or ``"label_skew"`` (``LabelSkewedBatchSampler``
-            with ``train_alpha``; Dirichlet class mix per batch, 0 = one class per batch).
+        train_composition: ``"iid"`` (shuffled), ``"label_skew"`` (``LabelSkewedBatchSampler``
+            with ``train_alpha``; Dirichlet class mix per batch, 0 = one class per batch) or
+            ``"classes"`` (``ClassGroupedBatchSampler``: ``train_classes`` classes per batch,
+            ``train_batch_size // train_classes`` samples of each).
         val_fraction: share of the train images held out for validation (split by ``seed``).
         seed: fixes the split, the train order and nothing else.
         dataset_options: passed to ``normzoo.data.load`` (e.g. synthetic ``train_size``).
@@ -87,6 +92,7 @@ class NormzooDataModule(pl.LightningDataModule):
         train_batch_size: int = 32,
         train_composition: str = "iid",
         train_alpha: float = 1.0,
+        train_classes: int | None = None,
         val_fraction: float = 0.1,
         seed: int = 0,
         num_workers: int = 0,
@@ -94,8 +100,7 @@ class NormzooDataModule(pl.LightningDataModule):
         val_batch_size: int = 256,
     ) -> None:
         super().__init__()
-        if dataset.lower().replace("-", "").replace("_", "") not in DATASETS:
-            raise ValueError(f"unknown dataset {dataset!r}; known datasets are {DATASETS}")
+        dataset_key(dataset)  # raises for an unknown name
         if train_composition not in TRAIN_COMPOSITIONS:
             raise ValueError(
                 f"train_composition={train_composition!r} not allowed; use {TRAIN_COMPOSITIONS}"
@@ -106,9 +111,17 @@ class NormzooDataModule(pl.LightningDataModule):
             raise ValueError(f"val_fraction={val_fraction!r} not allowed; use 0 <= f < 1")
         if train_composition == "label_skew" and not train_alpha >= 0:
             raise ValueError(f"train_alpha={train_alpha!r} not allowed; use alpha >= 0")
+        if train_composition == "classes" and (
+            not isinstance(train_classes, int) or train_batch_size % max(train_classes, 1)
+        ):
+            raise ValueError(
+                f"train_composition='classes' needs train_classes (k) dividing train_batch_size="
+                f"{train_batch_size}, got {train_classes!r}"
+            )
         self.dataset, self.root = dataset, root
         self.train_batch_size, self.val_batch_size = train_batch_size, val_batch_size
         self.train_composition, self.train_alpha = train_composition, train_alpha
+        self.train_classes = train_classes
         self.val_fraction, self.seed, self.num_workers = val_fraction, seed, num_workers
         self.dataset_options = dict(dataset_options or {})
         self.splits: ImageSplits | None = None
@@ -165,6 +178,10 @@ class NormzooDataModule(pl.LightningDataModule):
             sampler = LabelSkewedBatchSampler(
                 data.labels, self.train_batch_size, self.train_alpha, self.seed, drop_last=True
             )
+        elif self.train_composition == "classes":
+            sampler = ClassGroupedBatchSampler(
+                data.labels, self.train_batch_size, self.train_classes, self.seed
+            )
         else:
             generator = torch.Generator().manual_seed(self.seed)
             sampler = BatchSampler(
@@ -195,34 +212,52 @@ class NormzooDataModule(pl.LightningDataModule):
         alpha: float | None = None,
         outliers: int = 0,
         seed: int = 0,
+        source: str = "generated",
+        source_root: str | os.PathLike | None = None,
     ) -> DataLoader:
         """Test batches under a corruption and a batch composition; every test image once.
 
-        The corruption is applied to the whole test set once per call (by ``seed``), then images
-        are normalized with the train statistics. Compositions: ``"iid"`` sequential batches
-        (the last, partial one kept); ``"label_skew"`` Dirichlet(``alpha``) class mix per batch;
-        ``"outliers"`` sequential batches with ``outliers`` samples per batch replaced by far-OOD
-        noise and labelled ``IGNORE_INDEX`` (-100); ``"mixed_corruption"`` every sample of a
-        batch under a different corruption at ``severity`` (``corruption`` "none" or "mixed").
+        ``source="generated"`` corrupts the test set on the fly (once per call, by ``seed``);
+        ``source="cifar10c"`` reads the corruption's images and labels of ``severity`` from the
+        CIFAR-10-C files under ``source_root`` (default: the dataset's ``root``; Hendrycks &
+        Dietterich 2019). Either way images are normalized with the train statistics and batched
+        the same way. Compositions: ``"iid"`` sequential batches (the last, partial one kept);
+        ``"label_skew"`` Dirichlet(``alpha``) class mix per batch; ``"outliers"`` sequential
+        batches with ``outliers`` samples per batch replaced by far-OOD noise and labelled
+        ``IGNORE_INDEX`` (-100); ``"mixed_corruption"`` every sample of a batch under a different
+        corruption at ``severity`` (``corruption`` "none" or "mixed"; generated only).
         """
-        self._check_test_args(batch_size, corruption, severity, composition, alpha, outliers)
+        self._check_test_args(
+            batch_size, corruption, severity, composition, alpha, outliers, source
+        )
         s = self._splits()
-        if self._clean_test is None:
-            self._clean_test = s.test_images.float() / 255
-        if composition == "mixed_corruption":
-            images = corrupt_mixed(self._clean_test, severity, seed)
+        if source == "cifar10c" and corruption != "none":
+            root = self.root if source_root is None else source_root
+            images, labels = load_cifar10c(root, corruption, severity)
         else:
-            images = corrupt(self._clean_test, corruption, severity, seed)
-        data = _Batches(images, s.test_labels, s.mean, s.std)
-        n = len(s.test_labels)
+            if self._clean_test is None:
+                self._clean_test = s.test_images.float() / 255
+            labels = s.test_labels
+            if composition == "mixed_corruption":
+                images = corrupt_mixed(self._clean_test, severity, seed)
+            else:
+                images = corrupt(self._clean_test, corruption, severity, seed)
+        data = _Batches(images, labels, s.mean, s.std)
+        n = len(labels)
         if composition == "label_skew":
-            batches = list(LabelSkewedBatchSampler(s.test_labels, batch_size, alpha, seed))
+            batches = list(LabelSkewedBatchSampler(labels, batch_size, alpha, seed))
         else:
             batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
         return self._loader(_FixedBatches(data, batches, outliers, seed), None)
 
     @staticmethod
-    def _check_test_args(batch_size, corruption, severity, composition, alpha, outliers) -> None:
+    def _check_test_args(
+        batch_size, corruption, severity, composition, alpha, outliers, source
+    ) -> None:
+        if source not in CORRUPTION_SOURCES:
+            raise ValueError(f"source={source!r} unknown; use one of {CORRUPTION_SOURCES}")
+        if source == "cifar10c" and composition == "mixed_corruption":
+            raise ValueError("composition='mixed_corruption' needs source='generated'")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} not allowed; pass a positive int")
         if composition not in TEST_COMPOSITIONS:
@@ -233,6 +268,11 @@ class NormzooDataModule(pl.LightningDataModule):
                     "composition='mixed_corruption' picks the corruptions itself: pass "
                     f"corruption='mixed' (got {corruption!r}) and severity 1..5 (got {severity!r})"
                 )
+        elif source == "cifar10c" and corruption not in ("none", *CIFAR10C_CORRUPTIONS):
+            raise ValueError(
+                f"corruption {corruption!r} is not a CIFAR-10-C file; use 'none' or one of "
+                f"{CIFAR10C_CORRUPTIONS}"
+            )
         elif corruption != "none" and corruption not in CORRUPTIONS:
             raise ValueError(
                 f"unknown corruption {corruption!r}; use 'none' or one of {CORRUPTIONS}"

@@ -3,8 +3,9 @@
 Batch-dependent normalization (batch norm and its relatives) computes statistics over the batch,
 so *which* samples share a batch changes each sample's output. These shifts change the batch
 composition without changing the data: label skew (a Dirichlet class mix per batch, down to one
-class per batch; for training this is the non-i.i.d. setting of Ioffe 2017, Batch Renormalization,
-Sec. 4.2), outliers (k far out-of-distribution inputs per batch) and mixed corruptions (each sample
+class per batch), class-grouped batches (k classes with m samples each: the non-i.i.d. training
+batches of Ioffe 2017, Batch Renormalization, Sec. 4.3, k = 16, m = 2), outliers (k far
+out-of-distribution inputs per batch) and mixed corruptions (each sample
 of a batch under a different corruption).
 """
 
@@ -19,6 +20,12 @@ from torch.utils.data import Sampler
 from normzoo.data.corruptions import CORRUPTIONS, corrupt
 
 IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default ignore_index
+
+# The batch compositions this module implements, by name (the benchmark's vocabulary re-exports
+# them): ``iid``, ``label_skew`` (Dirichlet class mix), ``classes`` (k classes, equal counts),
+# ``outliers`` (k far-OOD inputs per batch), ``mixed_corruption`` (a corruption per sample).
+TRAIN_COMPOSITIONS = ("iid", "label_skew", "classes")
+TEST_COMPOSITIONS = ("iid", "label_skew", "outliers", "mixed_corruption")
 
 
 class LabelSkewedBatchSampler(Sampler[list[int]]):
@@ -111,6 +118,80 @@ class LabelSkewedBatchSampler(Sampler[list[int]]):
             remaining -= take
             batches.append([batch[i] for i in rng.permutation(len(batch))])
         return batches
+
+
+class ClassGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of ``k`` distinct classes with exactly ``batch_size // k`` samples of each.
+
+    Ioffe 2017 (Batch Renormalization, Sec. 4.3) trains on such non-i.i.d. minibatches: 32
+    examples from 16 labels, 2 per label. Each batch picks its ``k`` classes without replacement,
+    with probability proportional to the samples a class has left, among the classes that still
+    have ``m = batch_size // k``; the epoch ends when fewer than ``k`` classes can fill a batch
+    (those leftovers are not used). No index repeats within an epoch; the order depends only on
+    ``seed`` and the epoch, as in ``LabelSkewedBatchSampler``.
+    """
+
+    def __init__(
+        self, labels: torch.Tensor | Sequence[int], batch_size: int, k: int, seed: int
+    ) -> None:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k={k!r} classes per batch not allowed; pass an integer >= 1")
+        if not isinstance(batch_size, int) or batch_size < k or batch_size % k:
+            raise ValueError(
+                f"batch_size={batch_size!r} must be a multiple of k={k} (k classes with "
+                f"batch_size // k samples each); use e.g. batch_size={2 * k}"
+            )
+        self.labels = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)
+        if self.labels.ndim != 1 or self.labels.size == 0:
+            raise ValueError(f"labels must be a non-empty 1-D sequence, got {self.labels.shape}")
+        self.classes, self.counts = np.unique(self.labels, return_counts=True)
+        self.per_class = batch_size // k
+        if (self.counts >= self.per_class).sum() < k:
+            raise ValueError(
+                f"k={k} classes with {self.per_class} samples each: only "
+                f"{int((self.counts >= self.per_class).sum())} classes have that many samples; "
+                f"use k <= {len(self.classes)}"
+            )
+        self.batch_size, self.k, self.seed = batch_size, k, seed
+        self.epoch = 0
+        self._epoch_set = False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the epoch whose order the next iteration yields."""
+        self.epoch = epoch
+        self._epoch_set = True
+
+    def _plan(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """The classes (indices into ``self.classes``) of each batch of one epoch."""
+        remaining = self.counts.copy()
+        plan = []
+        while True:
+            eligible = np.flatnonzero(remaining >= self.per_class)
+            if len(eligible) < self.k:
+                return plan
+            weights = remaining[eligible] / remaining[eligible].sum()
+            chosen = rng.choice(eligible, size=self.k, replace=False, p=weights)
+            remaining[chosen] -= self.per_class
+            plan.append(chosen)
+
+    def __len__(self) -> int:
+        """Batches of the epoch the next iteration yields (it varies slightly by epoch)."""
+        return len(self._plan(np.random.default_rng([self.seed, self.epoch, 1])))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch = self.epoch
+        if not self._epoch_set:
+            self.epoch += 1
+        self._epoch_set = False
+        rng = np.random.default_rng([self.seed, epoch])
+        pools = [rng.permutation(np.flatnonzero(self.labels == c)) for c in self.classes]
+        taken = np.zeros(len(pools), dtype=np.int64)
+        for chosen in self._plan(np.random.default_rng([self.seed, epoch, 1])):
+            batch = []
+            for c in chosen:
+                batch.extend(pools[c][taken[c] : taken[c] + self.per_class].tolist())
+                taken[c] += self.per_class
+            yield [batch[i] for i in rng.permutation(len(batch))]
 
 
 def outlier_positions(batch_size: int, k: int, seed: int) -> torch.Tensor:

@@ -12,20 +12,16 @@ import numpy as np
 import pandas as pd
 
 from normzoo import stats
-
-TRAIN_KEYS = ("experiment", "dataset", "backbone", "train_batch_size", "train_composition")
-TEST_KEYS = ("test_batch_size", "stats_mode", "shift", "severity", "test_composition")
-RUN_COLUMNS = ("run_key", "norm", "norm_options", "seed", "status", "error", *TRAIN_KEYS)
-EVALUATION_COLUMNS = (
-    "run_key",
-    "norm",
-    "norm_options",
-    "seed",
-    "accuracy",
-    *TRAIN_KEYS,
-    *TEST_KEYS,
+from normzoo.bench.schema import (
+    REPORT_EVALUATION_COLUMNS,
+    REPORT_RUN_COLUMNS,
+    SETTING_KEYS,
+    TEST_KEYS,
+    TRAIN_KEYS,
 )
-SETTING_KEYS = ("experiment", "dataset", "backbone", "train_composition")
+
+RUN_COLUMNS = REPORT_RUN_COLUMNS
+EVALUATION_COLUMNS = REPORT_EVALUATION_COLUMNS
 
 
 def check_columns(frame: pd.DataFrame, required: tuple[str, ...], name: str) -> None:

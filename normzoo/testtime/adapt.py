@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import logging
 from typing import Any
 
 import torch
@@ -13,13 +12,22 @@ from normzoo.testtime.inputs import batch_inputs
 from normzoo.testtime.modes import batch_layers
 from normzoo.testtime.recompute import RECOMPUTE_METHODS, recompute_stats
 
-log = logging.getLogger(__name__)
-
 ADAPT_METHODS = ("adabn", "tent")
 TENT_OPTIMIZERS = ("adam", "sgd")
+# DequanWang/tent, conf.py: OPTIM.METHOD Adam, LR 1e-3, BETA 0.9, MOMENTUM 0.9, DAMPENING 0,
+# NESTEROV True, WD 0, STEPS 1; MODEL.EPISODIC False
+TENT_DEFAULTS = {
+    "lr": 1e-3,
+    "steps": 1,
+    "optimizer": "adam",
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 0.0,
+    "episodic": False,
+}
 _OPTIONS = {
     "adabn": {"num_batches": None, "stats_method": "precise"},
-    "tent": {"lr": 1e-3, "steps": 1, "optimizer": "adam", "num_batches": None},
+    "tent": {**TENT_DEFAULTS, "num_batches": None},
 }
 
 
@@ -32,14 +40,17 @@ def adapt(
       Adaptation"): running statistics := exact target statistics via `recompute_stats`.
       Options: ``num_batches=None``, ``stats_method="precise"`` (or ``"sequential"``).
     - ``"tent"`` (Wang et al. 2021, "Tent: Fully Test-Time Adaptation by Entropy Minimization"):
-      minimize the mean softmax entropy ``-sum_k p_k log p_k`` of the outputs over the affine
-      parameters (weight, bias) of batch layers only, with batch statistics; ``steps`` updates per
-      batch. As in the paper, the adapted model normalizes with test-batch statistics: its batch
-      layers get ``track_running_stats=False`` and running buffers ``None`` (what the reference
-      ``configure_model`` does). Options: ``lr=1e-3``, ``steps=1``, ``optimizer="adam"`` (Adam,
-      betas (0.9, 0.999)) or ``"sgd"`` (momentum 0.9), ``num_batches=None``.
+      one pass of :class:`Tent` over ``batches``, online as the official code (each batch: a
+      forward pass in train mode, the mean softmax entropy of its outputs, one optimizer step on
+      the batch layers' affine parameters; ``steps`` times). Options: :data:`TENT_DEFAULTS`
+      (``lr``, ``steps``, ``optimizer``, ``momentum``, ``nesterov``, ``weight_decay``,
+      ``episodic``; see :class:`Tent`) and ``num_batches=None``. The returned model is the one
+      after the last batch: to score TENT as the paper does, score each batch by the outputs of
+      the pass that adapts on it (use :class:`Tent` directly); predicting again with the
+      returned model on the same batches is a different, transductive protocol (two passes,
+      usually optimistic; report it under its own name, e.g. ``tent_offline``).
 
-    ``batches`` is anything `recompute_stats` accepts (labels, if present, are ignored). The
+    ``batches`` is anything `batch_inputs` accepts (labels, if present, are ignored). The
     original model is untouched unless ``inplace=True`` (otherwise a deepcopy is adapted). The
     returned model is in eval mode with its ``requires_grad`` flags as before.
     """
@@ -63,7 +74,22 @@ def adapt(
         return recompute_stats(
             target, batches, num_batches=options["num_batches"], method=options["stats_method"]
         )
-    return _tent(target, batches, **options)
+    num_batches = options.pop("num_batches")
+    requires_grad = {p: p.requires_grad for p in target.parameters()}
+    try:
+        tent = Tent(target, **options)
+        device = tent.params[0].device
+        seen = 0
+        for x in batch_inputs(batches, num_batches):
+            tent(x.to(device))
+            seen += 1
+        if seen == 0:
+            raise ValueError(f"tent got no batches from {type(batches).__name__}")
+    finally:
+        for p, flag in requires_grad.items():
+            p.requires_grad_(flag)
+            p.grad = None
+    return target.eval()
 
 
 def entropy(logits: Tensor) -> Tensor:
@@ -72,63 +98,111 @@ def entropy(logits: Tensor) -> Tensor:
 
 
 def configure_tent(model: nn.Module) -> list[nn.Parameter]:
-    """Make every batch layer normalize with batch statistics (buffers None) in train and eval
-    mode, as TENT's ``configure_model``; returns the affine parameters TENT optimizes."""
+    """Prepare ``model`` in place as the official ``configure_model`` and ``collect_params`` do:
+    train mode, gradients off except the affine parameters of the batch layers, which normalize
+    with batch statistics in train and eval mode (running buffers None); returns those
+    parameters. Batch layers are all ``_BatchNorm`` (torch 1d/2d/3d, sync, zoo, timm)."""
+    model.train()
+    model.requires_grad_(False)
     params = []
     for _, layer in batch_layers(model):
         layer.track_running_stats = False
         layer.running_mean = None
         layer.running_var = None
-        params += [p for p in (layer.weight, layer.bias) if p is not None]
+        for p in (layer.weight, layer.bias):
+            if p is not None:
+                p.requires_grad_(True)
+                params.append(p)
     return params
 
 
-def _tent(
-    model: nn.Module, batches: Any, lr: float, steps: int, optimizer: str, num_batches: int | None
-) -> nn.Module:
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"tent: lr must be > 0, got {lr!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"tent: steps must be an int >= 1, got {steps!r}")
-    if optimizer not in TENT_OPTIMIZERS:
-        raise ValueError(f"tent: optimizer must be one of {TENT_OPTIMIZERS}, got {optimizer!r}")
-    requires_grad = {p: p.requires_grad for p in model.parameters()}
-    params = configure_tent(model)
-    if not params:
-        raise ValueError("tent: no batch layer has affine parameters (affine=False everywhere)")
-    device = params[0].device
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
-    else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
-    # eval: dropout off; batch layers still use batch statistics because their buffers are None
-    model.eval()
-    seen = 0
-    try:
-        with torch.enable_grad():
-            for index, x in enumerate(batch_inputs(batches, num_batches)):
-                x = x.to(device)
-                for _ in range(steps):
-                    logits = model(x)
-                    if not isinstance(logits, Tensor) or logits.dim() != 2:
-                        raise TypeError(
-                            "tent needs a model that returns (N, K) logits, got "
-                            f"{type(logits).__name__} {getattr(logits, 'shape', '')}"
-                        )
-                    loss = entropy(logits).mean()
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                seen += 1
-                log.debug("tent batch %d: entropy %.4f", index, loss.item())
-        if seen == 0:
-            raise ValueError(f"tent got no batches from {type(batches).__name__}")
-    finally:
-        for p, flag in requires_grad.items():
-            p.requires_grad_(flag)
-            p.grad = None
-    return model
+class Tent(nn.Module):
+    """TENT (Wang et al. 2021) as the official code (DequanWang/tent) runs it: every forward call
+    adapts the model on the batch and returns the outputs of the forward pass that adapted, so
+    each batch is scored before the model has seen the batches after it (online).
+
+    ``model`` is configured in place by :func:`configure_tent` (train mode: dropout and drop-path
+    stay on, as in the official code; call ``.eval()`` to turn them off). Each forward call:
+    ``steps`` times {outputs = model(x); loss = mean softmax entropy; backward; optimizer step},
+    the last outputs returned (detached). ``episodic=True`` resets model and optimizer to their
+    initial state before every batch (:meth:`reset`). Optimizer as the official
+    ``setup_optimizer``: ``"adam"`` (betas (0.9, 0.999)) or ``"sgd"`` (``momentum``,
+    ``nesterov``), both with ``weight_decay``; defaults :data:`TENT_DEFAULTS` are the official
+    config's (Adam, lr 1e-3, 1 step; SGD with Nesterov momentum 0.9).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = TENT_DEFAULTS["lr"],
+        steps: int = TENT_DEFAULTS["steps"],
+        optimizer: str = TENT_DEFAULTS["optimizer"],
+        momentum: float = TENT_DEFAULTS["momentum"],
+        nesterov: bool = TENT_DEFAULTS["nesterov"],
+        weight_decay: float = TENT_DEFAULTS["weight_decay"],
+        episodic: bool = TENT_DEFAULTS["episodic"],
+    ) -> None:
+        if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and lr > 0):
+            raise ValueError(f"tent: lr must be > 0, got {lr!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"tent: steps must be an int >= 1, got {steps!r}")
+        if optimizer not in TENT_OPTIMIZERS:
+            raise ValueError(f"tent: optimizer must be one of {TENT_OPTIMIZERS}, got {optimizer!r}")
+        if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
+            raise ValueError(f"tent: momentum must be in [0, 1), got {momentum!r}")
+        if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+            raise ValueError(f"tent: weight_decay must be >= 0, got {weight_decay!r}")
+        if nesterov and optimizer == "sgd" and momentum == 0:
+            raise ValueError("tent: nesterov=True needs momentum > 0 (or pass nesterov=False)")
+        super().__init__()
+        if not batch_layers(model):
+            raise ValueError(f"tent: {type(model).__name__} has no batch layers to adapt")
+        self.model = model
+        self.params = configure_tent(model)
+        if not self.params:
+            raise ValueError("tent: no batch layer has affine parameters (affine=False everywhere)")
+        if optimizer == "adam":
+            self.optimizer = torch.optim.Adam(
+                self.params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.SGD(
+                self.params,
+                lr=lr,
+                momentum=momentum,
+                dampening=0.0,
+                weight_decay=weight_decay,
+                nesterov=bool(nesterov),
+            )
+        self.steps, self.episodic = steps, bool(episodic)
+        self._initial = (
+            copy.deepcopy(model.state_dict()),
+            copy.deepcopy(self.optimizer.state_dict()),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.episodic:
+            self.reset()
+        for _ in range(self.steps):
+            outputs = self._forward_and_adapt(x)
+        return outputs
+
+    def reset(self) -> None:
+        """Model and optimizer back to their state when this Tent was built."""
+        model_state, optimizer_state = self._initial
+        self.model.load_state_dict(model_state, strict=True)
+        self.optimizer.load_state_dict(optimizer_state)
+
+    @torch.enable_grad()  # adapts inside the caller's no_grad too, as the official code
+    def _forward_and_adapt(self, x: Tensor) -> Tensor:
+        outputs = self.model(x)
+        if not isinstance(outputs, Tensor) or outputs.dim() != 2:
+            raise TypeError(
+                "tent needs a model that returns (N, K) logits, got "
+                f"{type(outputs).__name__} {getattr(outputs, 'shape', '')}"
+            )
+        loss = entropy(outputs).mean(0)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return outputs.detach()

@@ -121,3 +121,161 @@ def test_missing_file_and_cli_exit_code(compare, tmp_path, capsys):
         == 2
     )
     assert "train.lr=0" in capsys.readouterr().out
+
+
+def _problems(raw) -> str:
+    with pytest.raises(ValueError) as info:
+        parse_config(raw)
+    return str(info.value)
+
+
+def test_norm_names_are_canonical_and_aliases_are_not_trained_twice(tiny_config_path):
+    config = load_config(tiny_config_path, ["norms=[BN, Group-Norm, LN]"])
+    assert [n.name for n in config.norms] == ["batch", "group", "layer"]
+    with pytest.raises(ValueError) as info:
+        load_config(tiny_config_path, ["norms=[bn, batch]"])
+    message = str(info.value)
+    assert "norms[1] 'batch' names the same layer as norms[0] 'bn' (both are 'batch')" in message
+    # the same layer with different options is two methods, not a duplicate
+    twice = load_config(
+        tiny_config_path,
+        ["norms=[{name: gn, options: {groups: 4}}, {name: group, options: {groups: 8}}]"],
+    )
+    assert [n.label for n in twice.norms] == ["group(groups=4)", "group(groups=8)"]
+
+
+def test_instance_norm_aliases_are_recognised(tiny_raw):
+    tiny_raw["model"]["backbone"] = "mlp"
+    for alias in ("instancenorm", "Instance-Norm", "in"):
+        tiny_raw["norms"] = [alias]
+        assert "instance norm needs spatial dims" in _problems(tiny_raw)
+
+
+def test_data_options_are_checked_against_the_dataset_table(tiny_config_path):
+    for override, expected in (
+        ("data.options.trainsize=100", "unknown synthetic options ['trainsize']"),
+        ("data.options.trainsize=100", "accepted: train_size, test_size, image_size"),
+        ("data.options.image_size=7", "image_size=7 not allowed; use an integer >= 8"),
+        ("data.options.difficulty=medium", "difficulty='medium' not allowed"),
+    ):
+        with pytest.raises(ValueError) as info:
+            load_config(tiny_config_path, [override])
+        assert expected in str(info.value), (override, str(info.value))
+
+
+def test_numbers_as_people_write_them(tiny_config_path, tmp_path):
+    config = load_config(tiny_config_path, ["train.lr=1e-3", "train.max_steps=3e4"])
+    assert config.train.lr == 0.001 and config.train.max_steps == 30000
+    assert isinstance(config.train.max_steps, int)
+    path = tmp_path / "numbers.yaml"
+    path.write_text(tiny_config_path.read_text() + "\n")
+    path.write_text(path.read_text().replace("lr: 0.002", "lr: 2e-3"))
+    assert load_config(path).train.lr == 0.002
+    assert load_config(tiny_config_path, ["eval.mix_prior=.inf"]).eval.mix_prior == float("inf")
+    assert load_config(tiny_config_path, ["eval.mix_prior=0"]).eval.mix_prior == 0
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.lr=.nan", "train.lr=nan must be a number > 0"),
+        ("train.lr=.inf", "train.lr=inf must be a number > 0"),
+        ("eval.mix_prior=.nan", "eval.mix_prior=nan"),
+        ("eval.tent_lr=-.inf", "eval.tent_lr=-inf"),
+        ("train.max_steps=2.5", "train.max_steps=2.5 must be an integer >= 1"),
+        ("train.lr=abc", "train.lr='abc' must be a number > 0"),
+        ("norms=[]", "norms is empty"),
+        ("train.batch_sizes=[]", "train.batch_sizes=[] must be a non-empty list"),
+        ("eval.stats_modes=[]", "eval.stats_modes=[] must be a non-empty list"),
+        ("eval.shifts=[]", "eval.shifts=[] must be a non-empty list"),
+        ("eval.compositions=[]", "eval.compositions is empty"),
+        ("train.seeds=0", "train.seeds=0 must be an integer >= 1"),
+        ("norms=[{name: group, options: {groups: 8, eps: -1}}]", "norms[0] 'group(eps=-1"),
+        ("norms=[{name: batch, options: {momentum: 5}}]", "norms[0] 'batch(momentum=5)'"),
+        ("norms=[{name: batch, options: {mom: 0.1}}]", "unknown option(s) ['mom']"),
+        ("experiment.name=" + "x" * 300, "must be a name of 1..100 printable characters"),
+        ("train.compositions=[{name: classes, k: 3}]", "classes(k=3) needs train batch sizes"),
+    ],
+)
+def test_bad_values_are_one_line_each(tiny_config_path, override, expected):
+    with pytest.raises(ValueError) as info:
+        load_config(tiny_config_path, [override])
+    assert expected in str(info.value), str(info.value)
+
+
+def test_experiment_name_with_nul_is_rejected(tiny_raw):
+    tiny_raw["experiment"]["name"] = "a\0b"
+    assert "experiment.name='a\\x00b' must be a name" in _problems(tiny_raw)
+
+
+def test_yaml_syntax_errors_name_file_line_and_column(tiny_config_path, tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("experiment:\n  name: x\ntrain:\n  lr: [1, 2\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml:\d+:\d+: invalid YAML"):
+        load_config(path)
+    with pytest.raises(ValueError, match=r"--set norms:1:\d+: invalid YAML"):
+        load_config(tiny_config_path, ["norms=[batch, {name: group"])
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ValueError, match="mapping of sections"):
+        load_config(path)
+
+
+def test_prior_and_composition_values(tiny_config_path):
+    config = load_config(
+        tiny_config_path, ["train.compositions=[iid, {name: classes, k: 4}]", "eval.mix_prior=64"]
+    )
+    assert [c.label for c in config.train.compositions] == ["iid", "classes(k=4)"]
+    with pytest.raises(ValueError, match="classes per batch"):
+        load_config(tiny_config_path, ["train.compositions=[{name: classes}]"])
+
+
+def test_bad_configs_fail_in_the_cli_without_a_traceback(compare, tiny_config_path, capsys):
+    for override in ("norms=[]", "norms=[{name: group, options: {groups: 8, eps: -1}}]"):
+        code = compare.main([str(tiny_config_path), "--set", override, "--dry-run"])
+        out = capsys.readouterr()
+        assert code == 2 and "Traceback" not in out.out + out.err
+
+
+def test_validation_and_config_do_not_import_each_other():
+    """The rules know the config only by attribute names: no import cycle."""
+    import ast
+
+    import normzoo.bench.validate as validate
+
+    tree = ast.parse(Path(validate.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert "normzoo.bench.config" not in imported
+
+
+def test_every_field_has_a_rule():
+    """Each scalar/list field is checked by the table (compositions are parsed as values)."""
+    from dataclasses import fields
+
+    from normzoo.bench.config import SECTIONS
+    from normzoo.bench.validate import FIELD_RULES
+
+    names = {f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)}
+    assert names - set(FIELD_RULES) == {"train.compositions", "eval.compositions"}
+    assert set(FIELD_RULES) <= names
+
+
+def test_missing_dataset_files_stop_the_cli_before_training(compare, tiny_config_path, tmp_path):
+    out = tmp_path / "out"
+    code = compare.main(
+        [
+            str(tiny_config_path),
+            "--set",
+            "data={dataset: cifar10, root: " + str(tmp_path / "nothing") + "}",
+            "--set",
+            "norms=[batch]",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 2
+    assert not (out / "results.sqlite").exists()

@@ -104,8 +104,8 @@ def test_project_entity_and_dir_come_from_config_then_environment(env, tiny_conf
     )
     tracker = Tracker.from_config(explicit, tmp_path / "out")
     assert (tracker.project, tracker.entity) == ("mine", "me")
-    with pytest.raises(ValueError, match="wandb_weights must be true or false"):
-        Tracker.from_config(load_config(tiny_config_path, ["execution.wandb_weights=3"]), tmp_path)
+    with pytest.raises(ValueError, match="wandb_weights=3 must be true or false"):
+        load_config(tiny_config_path, ["execution.wandb_weights=3"])  # rejected by validation
 
 
 def _train_runs(logged):

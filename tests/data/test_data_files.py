@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from normzoo.data import load, load_cifar10, load_cifar10c, load_mnist
+from normzoo.data import check_files, load, load_cifar10, load_cifar10c, load_mnist
 
 
 def _write_cifar10(folder, rng):
@@ -127,3 +127,108 @@ def test_default_root_from_environment(tmp_path, monkeypatch):
     assert load_cifar10()[0].shape == (15, 3, 32, 32)
     with pytest.raises(ValueError, match="takes no options"):
         load("cifar10", tmp_path, train_size=3)
+
+
+def _pickle_with(tmp_path, payload) -> None:
+    """A CIFAR-10 folder whose data_batch_1 is ``payload`` pickled (the rest are valid)."""
+    _write_cifar10(tmp_path / "cifar-10-batches-py", np.random.default_rng(4))
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "wb") as handle:
+        pickle.dump(payload, handle)
+
+
+class _RunsShell:
+    """What a crafted CIFAR batch looks like: unpickling calls os.system."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar10_refuses_a_pickle_that_runs_code(tmp_path):
+    marker = tmp_path / "pwned"
+    _pickle_with(tmp_path, {b"data": _RunsShell(marker), b"labels": [0]})
+    with pytest.raises(ValueError) as error:
+        load_cifar10(tmp_path)
+    assert not marker.exists()  # the command never ran
+    message = str(error.value)
+    assert "data_batch_1" in message and "refusing to load posix.system" in message
+
+
+@pytest.mark.parametrize(
+    "payload, expected",
+    [
+        ({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1]}, "labels for 3 images"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 99]}, "labels must be"),
+        ({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, "uint8 (N, 3072)"),
+        ({b"images": np.zeros((2, 3072), np.uint8)}, "expected keys"),
+        ([1, 2, 3], "expected keys"),
+    ],
+)
+def test_cifar10_checks_counts_labels_and_shape_naming_the_file(tmp_path, payload, expected):
+    _pickle_with(tmp_path, payload)
+    with pytest.raises(ValueError) as error:
+        load_cifar10(tmp_path)
+    assert "data_batch_1" in str(error.value) and expected in str(error.value)
+
+
+def test_cifar10_truncated_batch_names_the_file(tmp_path):
+    _write_cifar10(tmp_path / "cifar-10-batches-py", np.random.default_rng(5))
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(ValueError, match="test_batch"):
+        load_cifar10(tmp_path)
+
+
+def test_cifar10_batches_as_shipped_load(tmp_path):
+    """The real files are Python 2 pickles (protocol 2, numpy arrays under numpy.core)."""
+    batches = _write_cifar10(tmp_path / "cifar-10-batches-py", np.random.default_rng(6))
+    data, labels = batches["data_batch_3"]
+    for protocol in (2, 5):
+        with open(tmp_path / "cifar-10-batches-py" / "data_batch_3", "wb") as handle:
+            pickle.dump({b"data": data, b"labels": labels}, handle, protocol=protocol)
+        train_x, train_y, _, _ = load_cifar10(tmp_path)
+        assert np.array_equal(train_x[6:9].reshape(3, -1).numpy(), data)
+        assert train_y[6:9].tolist() == labels
+
+
+def test_mnist_label_count_must_match(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (6, 28, 28)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, (5,)),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (4, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, (4,)),
+    }
+    for name, array in arrays.items():
+        (raw / name).write_bytes(_idx(array))
+    with pytest.raises(ValueError, match="train-labels-idx1-ubyte"):
+        load_mnist(tmp_path)
+
+
+def test_cifar10c_refuses_object_arrays_and_bad_shapes(tmp_path):
+    folder = tmp_path / "CIFAR-10-C"
+    folder.mkdir()
+    np.save(folder / "fog.npy", np.array([object()] * 5, dtype=object), allow_pickle=True)
+    np.save(folder / "labels.npy", np.zeros(5, np.uint8))
+    with pytest.raises(ValueError, match="fog.npy"):
+        load_cifar10c(str(tmp_path), "fog", 1)
+    np.save(folder / "fog.npy", np.zeros((5, 32, 32, 3), np.uint8))
+    np.save(folder / "labels.npy", np.zeros(4, np.uint8))
+    with pytest.raises(ValueError, match="fog.npy"):
+        load_cifar10c(str(tmp_path), "fog", 1)
+
+
+def test_check_files_before_loading(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data_batch_1"):
+        check_files("cifar10", tmp_path)
+    _write_cifar10(tmp_path / "cifar-10-batches-py", np.random.default_rng(8))
+    check_files("cifar10", tmp_path)
+    check_files("synthetic", tmp_path)  # nothing on disk to check
+    with pytest.raises(FileNotFoundError, match="fog.npy"):
+        check_files("cifar10", tmp_path, cifar10c=("fog",))

@@ -1,4 +1,5 @@
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -55,6 +56,58 @@ def test_label_skewed_training_batches():
     module = _module(train_composition="label_skew", train_alpha=0.0, train_batch_size=16)
     for _, y in module.train_dataloader():
         assert len(y) == 16 and y.unique().numel() == 1
+
+
+def test_class_grouped_training_batches():
+    module = _module(train_composition="classes", train_classes=4, train_batch_size=8)
+    batches = list(module.train_dataloader())
+    assert len(batches) > 0
+    for _, y in batches:
+        classes, counts = y.unique(return_counts=True)
+        assert len(y) == 8 and len(classes) == 4 and counts.tolist() == [2, 2, 2, 2]
+    with pytest.raises(ValueError, match="train_classes"):
+        NormzooDataModule(train_composition="classes", train_classes=3, train_batch_size=8)
+
+
+def _write_cifar10c(root, n_per_severity, corruption="fog"):
+    folder = root / "CIFAR-10-C"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5 * n_per_severity, 32, 32, 3), dtype=np.uint8)
+    labels = np.tile(np.arange(n_per_severity) % 10, 5).astype(np.uint8)
+    np.save(folder / f"{corruption}.npy", images)
+    np.save(folder / "labels.npy", labels)
+    return images, labels
+
+
+@pytest.mark.parametrize("composition", ["iid", "label_skew", "outliers"])
+def test_cifar10c_is_a_source_of_the_test_loader(tmp_path, composition):
+    """CIFAR-10-C files go through the same batching, normalization and outlier code."""
+    images, labels = _write_cifar10c(tmp_path, 40)
+    module = _module(dataset_options={"train_size": 200, "test_size": 40, "image_size": 32})
+    options = {"alpha": 0.1} if composition == "label_skew" else {}
+    options |= {"outliers": 2} if composition == "outliers" else {}
+    batches = list(
+        module.test_loader(
+            16, "fog", 3, composition, source="cifar10c", source_root=tmp_path, **options
+        )
+    )
+    rows = slice(80, 120)  # severity 3 of 40 images per severity
+    expected = torch.from_numpy(images[rows]).permute(0, 3, 1, 2).float() / 255
+    expected, expected_y = _normalize(expected, module), torch.from_numpy(labels[rows]).long()
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    if composition == "label_skew":  # the same samples, in the order of the sampler
+        from normzoo.data import LabelSkewedBatchSampler
+
+        order = [i for b in LabelSkewedBatchSampler(expected_y, 16, 0.1, 0) for i in b]
+        expected, expected_y = expected[order], expected_y[order]
+    scored = y != IGNORE_INDEX
+    assert scored.sum() == (40 if composition != "outliers" else 40 - 3 * 2)
+    assert torch.allclose(x[scored], expected[scored])
+    assert torch.equal(y[scored], expected_y[scored])
+    with pytest.raises(ValueError, match="source='generated'"):
+        module.test_loader(16, "mixed", 3, "mixed_corruption", source="cifar10c")
 
 
 @pytest.mark.parametrize("batch_size", [1, 64, 203, 500])

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from normzoo.data import (
     CORRUPTIONS,
+    ClassGroupedBatchSampler,
     LabelSkewedBatchSampler,
     corrupt,
     corrupt_mixed,
@@ -120,3 +121,34 @@ def test_corrupt_mixed_uses_each_corruption_on_its_samples(natural_images):
         rows = (ids == i).nonzero().flatten()
         expected = corrupt(natural_images[rows], name, 3, seed=2 + 1 + i)
         torch.testing.assert_close(out[rows], expected)
+
+
+@pytest.mark.parametrize("k, batch_size", [(16, 32), (4, 8), (2, 2), (10, 10)])
+def test_class_grouped_batches_have_exact_counts(k, batch_size):
+    """Ioffe 2017's non-i.i.d. batches: k distinct classes, batch_size // k samples each."""
+    labels = _labels(n=500, classes=20 if k == 16 else 10, seed=3)
+    sampler = ClassGroupedBatchSampler(labels, batch_size, k, seed=2)
+    upcoming = len(sampler)  # the length of the epoch the next iteration yields
+    batches = list(sampler)
+    assert len(batches) == upcoming > 0
+    for batch in batches:
+        classes, counts = labels[batch].unique(return_counts=True)
+        assert len(batch) == batch_size and len(classes) == k
+        assert counts.tolist() == [batch_size // k] * k
+    flat = [i for batch in batches for i in batch]
+    assert len(flat) == len(set(flat))  # no sample twice in an epoch
+    # leftovers only where fewer than k classes could still fill a batch
+    per_class = torch.bincount(labels, minlength=int(labels.max()) + 1)
+    used = torch.bincount(labels[flat], minlength=len(per_class))
+    assert ((per_class - used) >= batch_size // k).sum() < k
+    again = ClassGroupedBatchSampler(labels, batch_size, k, seed=2)
+    assert list(again) == batches  # deterministic by seed and epoch
+    assert list(again) != batches  # the next epoch is another order
+
+
+def test_class_grouped_errors():
+    labels = _labels(n=100, classes=4)
+    with pytest.raises(ValueError, match="multiple of k=3"):
+        ClassGroupedBatchSampler(labels, 8, 3, seed=0)
+    with pytest.raises(ValueError, match="use k <= 4"):
+        ClassGroupedBatchSampler(labels, 10, 5, seed=0)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import normzoo
-from normzoo.testtime import adapt, stats_mode
+from normzoo.testtime import Tent, adapt, stats_mode
 
 
 def small_cnn(norm: str = "torch") -> nn.Module:
@@ -103,8 +103,8 @@ def test_tent_step_matches_hand_computed_sgd_step():
     p = logits.softmax(1)
     (-(p * p.log()).sum(1).mean()).backward()
     adapted = adapt(
-        model, [x], method="tent", optimizer="sgd", lr=lr
-    )  # first SGD step: no momentum
+        model, [x], method="tent", optimizer="sgd", lr=lr, nesterov=False
+    )  # first SGD step: no momentum (with Nesterov, the default, the step is (1 + momentum) * g)
     for name, p in adapted.named_parameters():
         if name in params:
             torch.testing.assert_close(
@@ -163,3 +163,205 @@ def test_adapt_errors():
         adapt(nn.Sequential(nn.Linear(2, 2)), [torch.randn(3, 2)], method="tent")
     with pytest.raises(ValueError, match="no batches"):
         adapt(copy.deepcopy(model), [], method="tent")
+
+
+# ------------------------------------------------------------------------------------------
+# The official TENT code (DequanWang/tent: tent.py, and cifar10c.py's setup_optimizer with
+# conf.py's defaults), transcribed literally except for shortened docstrings and
+# softmax_entropy's @torch.jit.script decorator (same math, eager).
+
+
+class OfficialTent(nn.Module):
+    """Tent adapts a model by entropy minimization during testing.
+
+    Once tented, a model adapts itself by updating on every forward.
+    """
+
+    def __init__(self, model, optimizer, steps=1, episodic=False):
+        super().__init__()
+        self.model = model
+        self.optimizer = optimizer
+        self.steps = steps
+        assert steps > 0, "tent requires >= 1 step(s) to forward and update"
+        self.episodic = episodic
+
+        self.model_state, self.optimizer_state = copy_model_and_optimizer(
+            self.model, self.optimizer
+        )
+
+    def forward(self, x):
+        if self.episodic:
+            self.reset()
+
+        for _ in range(self.steps):
+            outputs = forward_and_adapt(x, self.model, self.optimizer)
+
+        return outputs
+
+    def reset(self):
+        if self.model_state is None or self.optimizer_state is None:
+            raise Exception("cannot reset without saved model/optimizer state")
+        load_model_and_optimizer(self.model, self.optimizer, self.model_state, self.optimizer_state)
+
+
+def softmax_entropy(x: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax distribution from logits."""
+    return -(x.softmax(1) * x.log_softmax(1)).sum(1)
+
+
+@torch.enable_grad()  # ensure grads in possible no grad context for testing
+def forward_and_adapt(x, model, optimizer):
+    """Forward and adapt model on batch of data."""
+    # forward
+    outputs = model(x)
+    # adapt
+    loss = softmax_entropy(outputs).mean(0)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return outputs
+
+
+def collect_params(model):
+    """Collect the affine scale + shift parameters from batch norms."""
+    params = []
+    names = []
+    for nm, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            for np, p in m.named_parameters():
+                if np in ["weight", "bias"]:  # weight is scale, bias is shift
+                    params.append(p)
+                    names.append(f"{nm}.{np}")
+    return params, names
+
+
+def copy_model_and_optimizer(model, optimizer):
+    """Copy the model and optimizer states for resetting after adaptation."""
+    model_state = copy.deepcopy(model.state_dict())
+    optimizer_state = copy.deepcopy(optimizer.state_dict())
+    return model_state, optimizer_state
+
+
+def load_model_and_optimizer(model, optimizer, model_state, optimizer_state):
+    """Restore the model and optimizer states from copies."""
+    model.load_state_dict(model_state, strict=True)
+    optimizer.load_state_dict(optimizer_state)
+
+
+def configure_model(model):
+    """Configure model for use with tent."""
+    # train mode, because tent optimizes the model to minimize entropy
+    model.train()
+    # disable grad, to (re-)enable only what tent updates
+    model.requires_grad_(False)
+    # configure norm for tent updates: enable grad + force batch statisics
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.requires_grad_(True)
+            # force use of batch stats in train and eval modes
+            m.track_running_stats = False
+            m.running_mean = None
+            m.running_var = None
+    return model
+
+
+def setup_optimizer(params, method, lr):
+    """cifar10c.py's setup_optimizer with conf.py's defaults (BETA 0.9, MOMENTUM 0.9,
+    DAMPENING 0, NESTEROV True, WD 0)."""
+    if method == "Adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+    elif method == "SGD":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=True
+        )
+    raise NotImplementedError
+
+
+def dropout_cnn() -> nn.Module:
+    """small_cnn with a dropout layer: train mode (dropout on) is part of the protocol."""
+    model = small_cnn()
+    return nn.Sequential(*model[:7], nn.Dropout(0.3), *model[7:]).eval()
+
+
+def official_run(model, batches, method, lr, steps, episodic):
+    model = configure_model(copy.deepcopy(model))
+    params, _ = collect_params(model)
+    tented = OfficialTent(model, setup_optimizer(params, method, lr), steps, episodic)
+    torch.manual_seed(7)  # the same dropout masks for both runs
+    with torch.no_grad():  # as an evaluation loop calls it
+        outputs = [tented(x).detach() for x, _ in batches]
+    return outputs, model
+
+
+@pytest.mark.parametrize(
+    ("method", "lr", "steps", "episodic"),
+    [
+        ("Adam", 1e-3, 1, False),
+        ("Adam", 3e-2, 2, False),
+        ("SGD", 0.3, 1, False),
+        ("SGD", 0.3, 2, True),
+    ],
+)
+def test_tent_equals_the_official_code(method, lr, steps, episodic):
+    model = dropout_cnn()
+    batches = shifted_batches(4)
+    expect_outputs, expect_model = official_run(model, batches, method, lr, steps, episodic)
+
+    tent = Tent(
+        copy.deepcopy(model), lr=lr, steps=steps, optimizer=method.lower(), episodic=episodic
+    )
+    torch.manual_seed(7)
+    with torch.no_grad():
+        outputs = [tent(x) for x, _ in batches]
+    assert tent.model.training and tent.model[7].training  # dropout on, as the official code
+    for out, expect in zip(outputs, expect_outputs, strict=True):  # online predictions
+        torch.testing.assert_close(out, expect, rtol=1e-5, atol=1e-6)
+    expect_params = dict(expect_model.named_parameters())
+    for name, p in tent.model.named_parameters():
+        torch.testing.assert_close(p, expect_params[name], rtol=1e-5, atol=1e-6)
+        assert p.requires_grad == expect_params[name].requires_grad
+
+    # adapt() runs the same pass and returns the model after the last batch
+    torch.manual_seed(7)
+    adapted = adapt(
+        model,
+        batches,
+        method="tent",
+        lr=lr,
+        steps=steps,
+        optimizer=method.lower(),
+        episodic=episodic,
+    )
+    for name, p in adapted.named_parameters():
+        torch.testing.assert_close(p, expect_params[name], rtol=1e-5, atol=1e-6)
+
+
+def test_tent_online_scores_each_batch_before_adapting_on_it():
+    """Online: batch k's outputs come from the parameters adapted on batches 0..k-1 only; the
+    two-pass (offline) score of the final model differs."""
+    model = small_cnn()
+    batches = shifted_batches(3)
+    tent = Tent(copy.deepcopy(model), lr=5e-2)
+    with torch.no_grad():
+        online = [tent(x) for x, _ in batches]
+        first = configure_and_forward(model, batches[0][0])
+    torch.testing.assert_close(online[0], first)  # the unadapted model's batch-stats outputs
+    with torch.no_grad():
+        offline = tent.model.eval()(batches[0][0])
+    assert not torch.allclose(offline, online[0], atol=1e-4)
+
+
+def configure_and_forward(model, x):
+    """Outputs of the unadapted model with batch statistics (TENT's first forward pass)."""
+    with stats_mode(model, "batch"):
+        return model(x)
+
+
+def test_tent_options_errors():
+    model = small_cnn()
+    with pytest.raises(ValueError, match="nesterov=True needs momentum > 0"):
+        Tent(copy.deepcopy(model), optimizer="sgd", momentum=0)
+    with pytest.raises(ValueError, match="weight_decay"):
+        Tent(copy.deepcopy(model), weight_decay=-1)
+    with pytest.raises(ValueError, match="no batch layers"):
+        Tent(nn.Sequential(nn.Linear(2, 2)))

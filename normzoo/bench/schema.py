@@ -1,0 +1,97 @@
+"""The benchmark's vocabulary, in one place: the names a config may use and the result columns.
+
+Everything the config, the grid, the store, the report, W&B and the CSV export call by name is
+defined here (or, for names a lower layer implements, re-exported from that layer so that there
+is still exactly one definition): stats modes and adaptation methods from
+:mod:`normzoo.testtime`, batch compositions from :mod:`normzoo.data.shifts`. Norm names are not
+here: :mod:`normzoo.registry` owns them and their aliases, and a parsed config holds canonical
+names only.
+"""
+
+from __future__ import annotations
+
+from normzoo.data.shifts import TEST_COMPOSITIONS, TRAIN_COMPOSITIONS
+from normzoo.testtime import ADAPT_METHODS, STATS_MODES
+
+# --- test-time statistics -------------------------------------------------------------------
+# What an evaluation may normalize with: a `normzoo.stats_mode` or an `normzoo.adapt` method.
+EVAL_STATS_MODES = (*STATS_MODES, *ADAPT_METHODS)
+# Stats modes whose predictions are per-sample functions of the input (the model's statistics do
+# not depend on how the test set is batched); see `grid.computed_condition`.
+PER_SAMPLE_MODES = ("running",)
+# Stats modes whose predictions depend on the current test batch only (no state across batches).
+BATCHWISE_MODES = ("batch", "mix")
+
+# --- batch compositions ----------------------------------------------------------------------
+# TRAIN_COMPOSITIONS and TEST_COMPOSITIONS are imported above from normzoo.data.shifts, which
+# implements them; a composition's parameters (alpha, k) are parsed by bench.config.Composition.
+COMPOSITIONS = tuple(dict.fromkeys((*TRAIN_COMPOSITIONS, *TEST_COMPOSITIONS)))
+
+# --- training -------------------------------------------------------------------------------
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+LR_SCALINGS = ("none", "linear")
+
+# --- evaluation data ------------------------------------------------------------------------
+SHIFT_SOURCES = ("generated", "cifar10c")
+CLEAN = "clean"  # the shift name of uncorrupted test data (severity 0)
+MIXED = "mixed"  # the shift name of mixed-corruption batches
+
+# --- execution ------------------------------------------------------------------------------
+WANDB_RUN_MODES = ("offline", "online", "disabled")  # what wandb.init accepts
+WANDB_MODES = ("auto", *WANDB_RUN_MODES)  # auto: online when logged in, else offline
+EXECUTORS = ("local", "submitit")
+RUN_STATUSES = ("ok", "failed", "diverged")
+
+# --- result columns ---------------------------------------------------------------------------
+# A train condition and a test condition, as stored (compositions as their labels).
+TRAIN_KEYS = ("experiment", "dataset", "backbone", "train_batch_size", "train_composition")
+TEST_KEYS = ("test_batch_size", "stats_mode", "shift", "severity", "test_composition")
+# Columns that identify a setting whose seeds are paired (norm and train batch size vary inside).
+SETTING_KEYS = ("experiment", "dataset", "backbone", "train_composition")
+
+# The `runs` table of the results store, in order.
+RUN_COLUMNS = (
+    "run_key",
+    "experiment",
+    "dataset",
+    "backbone",
+    "norm",
+    "norm_options",
+    "train_batch_size",
+    "train_composition",
+    "seed",
+    "status",
+    "error",
+    "val_accuracy",
+    "train_seconds",
+    "eval_seconds",
+    "config_hash",
+    "config_json",
+    "started_at",
+    "finished_at",
+)
+# The `evaluations` table of the results store, in order.
+EVAL_COLUMNS = (
+    "run_key",
+    *TEST_KEYS,
+    "accuracy",
+    "loss",
+    "n_test",
+    "computed_as",
+)
+# The `curves` table of the results store (training curves, one row per logged value).
+CURVE_COLUMNS = ("run_key", "step", "epoch", "metric", "value")
+# Columns of the exported runs frame (the Results schema), in order; the rest are extra.
+SCHEMA_RUN_COLUMNS = RUN_COLUMNS[:13]
+# What the report needs of each exported frame.
+REPORT_RUN_COLUMNS = ("run_key", "norm", "norm_options", "seed", "status", "error", *TRAIN_KEYS)
+REPORT_EVALUATION_COLUMNS = (
+    "run_key",
+    "norm",
+    "norm_options",
+    "seed",
+    "accuracy",
+    *TRAIN_KEYS,
+    *TEST_KEYS,
+)
