@@ -120,3 +120,18 @@ def test_torch_compile(name):
     for _ in range(3):
         x = torch.randn(4, 16, 5, 5)
         torch.testing.assert_close(compiled(x), eager(x), atol=1e-5, rtol=1e-5)
+
+
+def test_configs_accept_the_new_layers():
+    from normzoo.bench.config import load_config
+
+    norms = (
+        "[{name: gbn, options: {virtual_batch_size: 4}}, evonorm_b0, frn,"
+        " {name: evonorm_s0, options: {group_size: 8}}, rms]"
+    )
+    config = load_config("configs/quick.yaml", overrides=[f"norms={norms}"])
+    assert [n.name for n in config.norms][:1] in (["gbn"], ["ghost_batch"])
+    assert len(config.norms) == 5
+    with pytest.raises(ValueError, match="virtual_batch_size=0"):
+        bad = "[{name: ghost_batch, options: {virtual_batch_size: 0}}]"
+        load_config("configs/quick.yaml", overrides=[f"norms={bad}"])
