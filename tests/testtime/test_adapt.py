@@ -365,3 +365,36 @@ def test_tent_options_errors():
         Tent(copy.deepcopy(model), weight_decay=-1)
     with pytest.raises(ValueError, match="no batch layers"):
         Tent(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_benchmark_tent_mode_scores_online():
+    """bench.evaluate's ``tent`` condition: accuracy and loss of the online outputs (each batch
+    scored by the pass that adapts on it), computed here from the transcribed official code."""
+    from normzoo.bench.config import Composition, EvalSection
+    from normzoo.bench.evaluate import evaluate_condition
+    from normzoo.bench.grid import TestCondition
+
+    model = small_cnn()
+    gen = torch.Generator().manual_seed(3)
+    batches = [
+        (torch.randn(16, 3, 6, 6, generator=gen) * 3 + 2, torch.randint(0, 4, (16,), generator=gen))
+        for _ in range(4)
+    ]
+
+    class DataModule:
+        def test_loader(self, **kwargs):
+            return batches
+
+    ev = EvalSection(tent_lr=0.05, tent_steps=1)
+    condition = TestCondition(16, "tent", "clean", 3, Composition())
+    accuracy, loss, n = evaluate_condition(model, DataModule(), condition, ev, torch.device("cpu"))
+    outputs, _ = official_run(model, batches, "Adam", 0.05, 1, False)
+    logits, labels = torch.cat(outputs), torch.cat([y for _, y in batches])
+    assert n == 64
+    assert accuracy == pytest.approx(float((logits.argmax(1) == labels).float().mean()))
+    assert loss == pytest.approx(float(nn.functional.cross_entropy(logits, labels)), rel=1e-5)
+    offline = adapt(model, batches, "tent", lr=0.05)
+    with torch.no_grad():
+        offline_logits = torch.cat([offline(x) for x, _ in batches])
+    offline_loss = float(nn.functional.cross_entropy(offline_logits, labels))
+    assert loss != pytest.approx(offline_loss, rel=1e-3)  # the two-pass score is another number
