@@ -22,10 +22,15 @@ from normzoo.bench.validate import Rule, check_combinations, check_field, sugges
 
 @dataclass(frozen=True)
 class NormSpec:
-    """A normalization layer name plus constructor options, as `normzoo.create` takes them."""
+    """A normalization layer name plus constructor options, as `normzoo.create` takes them.
+
+    ``train_batch_sizes`` (optional) restricts the norm to some of ``train.batch_sizes``, e.g. a
+    ghost-batch arm run only at the fixed optimization batch; None = every train batch size.
+    """
 
     name: str
     options: dict = field(default_factory=dict)
+    train_batch_sizes: tuple[int, ...] | None = None
 
     @property
     def label(self) -> str:
@@ -95,7 +100,7 @@ class TrainSection:
 class EvalSection:
     test_batch_sizes: tuple[int, ...] = (128,)
     stats_modes: tuple[str, ...] = ("running",)
-    mix_prior: float = 16.0
+    mix_prior: float | tuple[float, ...] = 16.0  # a list sweeps it: one stats mode per prior
     shifts: tuple[str, ...] = ("clean",)
     severities: tuple[int, ...] = (3,)
     compositions: tuple[Composition, ...] = (Composition(),)
@@ -103,6 +108,18 @@ class EvalSection:
     tent_steps: int = 1
     shift_source: str = "generated"
     shift_root: str | None = None
+
+    @property
+    def condition_modes(self) -> tuple[str, ...]:
+        """The stats modes of the test conditions: ``mix`` becomes one ``mix(prior=N)`` per prior
+        when ``mix_prior`` is a list (Schneider et al. 2020 sweep N from 0 = batch statistics to
+        inf = running statistics)."""
+        if not isinstance(self.mix_prior, tuple):
+            return self.stats_modes
+        modes: list[str] = []
+        for mode in self.stats_modes:
+            modes += [schema.mix_mode(p) for p in self.mix_prior] if mode == "mix" else [mode]
+        return tuple(modes)
 
 
 @dataclass(frozen=True)
@@ -242,13 +259,22 @@ def _parse_norms(raw: Any, problems: list[str]) -> tuple[NormSpec, ...]:
         problems.append("norms is empty; list at least one norm (e.g. batch, group)")
     for i, item in enumerate(items):
         where = f"norms[{i}]"
+        sizes = None
         if isinstance(item, dict) and "name" in item:
-            for key in sorted(set(item) - {"name", "options"}, key=str):
-                problems.append(f"{where}: unknown key '{key}'{suggest(key, ['name', 'options'])}")
+            keys = ["name", "options", "train_batch_sizes"]
+            for key in sorted(set(item) - set(keys), key=str):
+                problems.append(f"{where}: unknown key '{key}'{suggest(key, keys)}")
             name, options = item["name"], item.get("options") or {}
             if not isinstance(options, dict):
                 problems.append(f"{where}.options: expected a mapping, got {options!r}")
                 continue
+            if item.get("train_batch_sizes") is not None:
+                sizes, problem = check_field_value(
+                    f"{where}.train_batch_sizes", item["train_batch_sizes"], "int", low=1, many=True
+                )
+                if problem:
+                    problems.append(problem)
+                    continue
         elif isinstance(item, str):
             name, options = item, {}
         else:
@@ -257,7 +283,7 @@ def _parse_norms(raw: Any, problems: list[str]) -> tuple[NormSpec, ...]:
             )
             continue
         try:
-            spec = NormSpec(canonical_name(name), dict(options))
+            spec = NormSpec(canonical_name(name), dict(options), sizes)
         except (ValueError, TypeError):
             problems.append(f"{where}: {unknown('norm', name, available())}")
             continue

@@ -34,10 +34,18 @@ def _linear_fit(small: tuple[int, float], large: tuple[int, float]) -> tuple[flo
 
 def estimate_seconds(config: Config, workers: int) -> dict:
     """Estimated wall seconds of the grid on this machine with ``workers`` one-thread workers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker trains; restored below
+    try:
+        return _estimate(config, workers)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _estimate(config: Config, workers: int) -> dict:
     from normzoo.models import build_model
     from normzoo.registry import is_batch_dependent
 
-    torch.set_num_threads(1)
     info = dataset_info(config.data.dataset, config.data.options)
     channels, size = info.channels, info.image_size
     n_fit = int(info.train_size * (1 - config.data.val_fraction))

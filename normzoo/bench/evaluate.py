@@ -13,7 +13,7 @@ from torch import nn
 
 from normzoo.bench.config import EvalSection
 from normzoo.bench.grid import TestCondition, computed_condition
-from normzoo.bench.schema import CLEAN
+from normzoo.bench.schema import CLEAN, parse_stats_mode
 from normzoo.data import IGNORE_INDEX
 from normzoo.models import has_batch_layers
 from normzoo.testtime import Tent, adapt, stats_mode
@@ -84,7 +84,9 @@ def evaluate_condition(
         # and the batch is scored by the outputs of the forward pass that adapts on it.
         tent = Tent(copy.deepcopy(model), lr=ev.tent_lr, steps=ev.tent_steps)
         return predict(tent, loader, device)
-    prior = ev.mix_prior if mode == "mix" else None
+    mode, prior = parse_stats_mode(mode)  # mix(prior=N) of a prior sweep
+    if mode == "mix" and prior is None:
+        prior = ev.mix_prior
     with stats_mode(model, mode, prior=prior):
         return predict(model, loader, device)
 

@@ -100,7 +100,7 @@ def run_key(
         {
             "data": result["data"],
             "model": result["model"],
-            "norm": dataclasses.asdict(norm),
+            "norm": {"name": norm.name, "options": norm.options},  # not its batch restriction
             "train": train,
             "eval": result["eval"],
         }
@@ -114,6 +114,8 @@ def expand_runs(config: Config) -> list[Run]:
         for composition in config.train.compositions:
             for batch_size in config.train.batch_sizes:
                 for norm in config.norms:
+                    if norm.train_batch_sizes and batch_size not in norm.train_batch_sizes:
+                        continue
                     runs.append(
                         Run(
                             key=run_key(config, norm, batch_size, composition, seed),
@@ -149,7 +151,7 @@ def expand_conditions(config: Config) -> list[TestCondition]:
             if composition.name == "outliers" and batch_size <= composition.k:
                 continue
             for shift, severity in _shifts(ev, composition):
-                for mode in ev.stats_modes:
+                for mode in ev.condition_modes:  # mix once per prior of a sweep
                     conditions.append(TestCondition(batch_size, mode, shift, severity, composition))
     return conditions
 

@@ -16,6 +16,20 @@ from normzoo.testtime import ADAPT_METHODS, STATS_MODES
 # --- test-time statistics -------------------------------------------------------------------
 # What an evaluation may normalize with: a `normzoo.stats_mode` or an `normzoo.adapt` method.
 EVAL_STATS_MODES = (*STATS_MODES, *ADAPT_METHODS)
+
+
+def mix_mode(prior: float) -> str:
+    """The stats-mode name of ``mix`` at one prior of a sweep, e.g. ``mix(prior=16)``."""
+    return f"mix(prior={prior:g})"
+
+
+def parse_stats_mode(mode: str) -> tuple[str, float | None]:
+    """(stats mode, prior) of a condition's stats mode: ``mix(prior=4)`` -> ``("mix", 4.0)``."""
+    if mode.startswith("mix(prior=") and mode.endswith(")"):
+        return "mix", float(mode[len("mix(prior=") : -1])
+    return mode, None
+
+
 # Stats modes whose predictions are per-sample functions of the input (the model's statistics do
 # not depend on how the test set is batched); see `grid.computed_condition`.
 PER_SAMPLE_MODES = ("running",)

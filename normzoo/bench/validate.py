@@ -50,8 +50,9 @@ class Rule:
     ``choice`` (one of ``choices``; ``noun`` names it in errors), ``name`` (an experiment name),
     ``text``, ``bool``, ``mapping``. Bounds: ``low``/``high``, exclusive when ``open_low`` /
     ``open_high``; NaN is never accepted, infinity only with ``infinite``. ``optional``: null
-    allowed. ``many``: a non-empty list of such values (a single value is taken as a list of one),
-    ``distinct``: without repeats. ``hint``: appended to the error (what to use instead).
+    allowed. ``many``: a non-empty list of such values (a single value is taken as a list of one);
+    ``listable``: one value, or a non-empty list of them (stored as a tuple); ``distinct``: a list
+    without repeats. ``hint``: appended to the error (what to use instead).
     """
 
     kind: str
@@ -64,6 +65,7 @@ class Rule:
     noun: str = ""
     optional: bool = False
     many: bool = False
+    listable: bool = False
     distinct: bool = False
     hint: str = ""
 
@@ -88,6 +90,8 @@ class Rule:
             what = "true or false"
         else:
             what = "text"
+        if self.listable:
+            what += f" or a non-empty list of {'distinct ' if self.distinct else ''}such values"
         if self.many:
             what = f"a non-empty list of {'distinct ' if self.distinct else ''}values, each {what}"
         if self.optional:
@@ -132,7 +136,7 @@ class Rule:
         """(value as stored, problem or None) for the field ``where``."""
         if value is None and self.optional:
             return None, None
-        if self.many:
+        if self.many or (self.listable and isinstance(value, (list, tuple))):
             values = list(value) if isinstance(value, (list, tuple)) else [value]
             checked = [self.check_one(v) for v in values]
             stored = tuple(v for v, _ in checked)
@@ -186,7 +190,12 @@ FIELD_RULES: dict[str, Rule] = {
     "eval.test_batch_sizes": _int(many=True),
     "eval.stats_modes": _choice(schema.EVAL_STATS_MODES, "stats mode", many=True),
     "eval.mix_prior": Rule(
-        "number", low=0, infinite=True, hint=" (pseudo-samples: 0 = batch, .inf = running)"
+        "number",
+        low=0,
+        infinite=True,
+        listable=True,
+        distinct=True,
+        hint=" (pseudo-samples: 0 = batch, .inf = running; a list sweeps them)",
     ),
     "eval.shifts": Rule("text", many=True, hint="; use [clean]"),
     "eval.severities": _int(1, high=5, many=True),
@@ -284,13 +293,19 @@ def check_combinations(config: Any) -> list[str]:
     channels = info.channels if info is not None else 3
     for i, norm in enumerate(config.norms):
         where = f"norms[{i}] '{norm.label}'"
+        extra = sorted(set(norm.train_batch_sizes or ()) - set(train.batch_sizes))
+        if extra:
+            problems.append(
+                f"{where}: train_batch_sizes {extra} are not in train.batch_sizes "
+                f"{list(train.batch_sizes)}; a norm can only be restricted to some of them"
+            )
         if norm.name == "instance" and backbone and not has_spatial_dims(backbone):
             problems.append(
                 f"norms[{i}]: instance norm needs spatial dims but backbone '{backbone}' normalizes"
                 " (N, C) features; use a convolutional backbone or drop instance"
             )
             continue
-        if is_batch_dependent(norm.name) and 1 in train.batch_sizes:
+        if is_batch_dependent(norm.name) and 1 in (norm.train_batch_sizes or train.batch_sizes):
             problems.append(
                 f"norms[{i}]: train batch size 1 cannot train batch-dependent norm '{norm.label}'"
                 " (batch statistics of a single sample); drop batch size 1 or this norm"

@@ -279,3 +279,41 @@ def test_missing_dataset_files_stop_the_cli_before_training(compare, tiny_config
     )
     assert code == 2
     assert not (out / "results.sqlite").exists()
+
+
+def test_a_norm_can_be_restricted_to_some_train_batch_sizes(tiny_config_path):
+    """Wu & He's decoupled arm: ghost batches only at the fixed optimization batch."""
+    from normzoo.bench.grid import expand_runs
+
+    config = load_config(
+        tiny_config_path,
+        [
+            "train.batch_sizes=[8, 16]",
+            "norms=[batch, {name: ghost_batch, options: {virtual_batch_size: 4},"
+            " train_batch_sizes: [16]}]",
+        ],
+    )
+    runs = expand_runs(config)
+    cells = sorted((r.norm.name, r.train_batch_size, r.seed) for r in runs)
+    assert cells == sorted(
+        [("batch", b, s) for b in (8, 16) for s in (0, 1)]
+        + [("ghost_batch", 16, 0), ("ghost_batch", 16, 1)]
+    )
+    unrestricted = load_config(
+        tiny_config_path,
+        [
+            "train.batch_sizes=[8, 16]",
+            "norms=[batch, {name: ghost_batch, options: {virtual_batch_size: 4}}]",
+        ],
+    )
+    # the restriction selects runs; it is not part of a run's key
+    keys = {(r.norm.name, r.train_batch_size, r.seed): r.key for r in expand_runs(unrestricted)}
+    assert all(keys[(r.norm.name, r.train_batch_size, r.seed)] == r.key for r in runs)
+    with pytest.raises(ValueError, match=r"train_batch_sizes \[32\] are not in train.batch_sizes"):
+        load_config(
+            tiny_config_path,
+            [
+                "norms=[{name: ghost_batch, options: {virtual_batch_size: 4},"
+                " train_batch_sizes: [32]}]"
+            ],
+        )
