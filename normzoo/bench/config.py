@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from normzoo.bench import schema
+from normzoo.bench.stats_section import StatsSection, parse_stats
 from normzoo.bench.validate import Rule, check_combinations, check_field, suggest, unknown
 
 
@@ -144,6 +145,7 @@ class Config:
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
     execution: ExecutionSection = ExecutionSection()
+    stats: StatsSection = StatsSection()  # the declared primary family (never changes results)
 
     def to_dict(self) -> dict:
         """Plain nested dict (JSON/YAML-serializable)."""
@@ -154,6 +156,7 @@ class Config:
         d = self.to_dict()
         d.pop("experiment")
         d.pop("execution")
+        d.pop("stats")
         d["data"].pop("root")
         return d
 
@@ -171,7 +174,7 @@ SECTIONS = {
     "eval": EvalSection,
     "execution": ExecutionSection,
 }
-TOP_LEVEL_KEYS = (*SECTIONS, "norms")
+TOP_LEVEL_KEYS = (*SECTIONS, "norms", "stats")
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
@@ -341,6 +344,18 @@ def _parse_section(name: str, raw: Any, problems: list[str]):
     return cls(**kwargs)
 
 
+def _grid_values(train: TrainSection, ev: EvalSection) -> dict[str, list[str]]:
+    """The values each grid column takes, as text (what ``stats.primary`` conditions name)."""
+    severities = [str(v) for v in ev.severities]
+    return {
+        "train_batch_size": [str(v) for v in train.batch_sizes],
+        "test_batch_size": [str(v) for v in ev.test_batch_sizes],
+        "stats_mode": list(ev.stats_modes),
+        "shift": list(ev.shifts),
+        "severity": ["0", *severities] if "clean" in ev.shifts else severities,
+    }
+
+
 def parse_config(raw: Any) -> Config:
     """Build a Config from a nested dict and validate it; one ValueError lists all problems."""
     problems: list[str] = []
@@ -354,7 +369,14 @@ def parse_config(raw: Any) -> Config:
             problems.append(f"unknown key '{key}'{suggest(key, TOP_LEVEL_KEYS)}")
     sections = {name: _parse_section(name, raw.get(name), problems) for name in SECTIONS}
     norms = _parse_norms(raw.get("norms", ["batch"]), problems)
-    config = Config(norms=norms, **sections)
+    stats, stats_problems = parse_stats(
+        raw.get("stats"),
+        sorted({n.name for n in norms} | {n.label for n in norms}),
+        list(sections["eval"].stats_modes),
+        _grid_values(sections["train"], sections["eval"]),
+    )
+    problems.extend(stats_problems)
+    config = Config(norms=norms, stats=stats, **sections)
     problems.extend(check_combinations(config))
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)

@@ -4,7 +4,7 @@
 stats:
   primary:                       # the comparisons the experiment is about, declared before any run
     - group vs batch             # two norms: at every train condition, default test condition
-    - batch vs running where shift=fog, severity=5   # two stats modes, filtered conditions
+    - batch vs running where shift=fog and severity=5   # two stats modes, some conditions
   alpha: 0.05
   equivalence_margin: 0.01       # optional: TOST equivalence within +-0.01 accuracy
 ```
@@ -16,6 +16,7 @@ the report prints is exploratory. Without ``primary`` the family is every norm v
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +44,7 @@ class Comparison:
     def label(self) -> str:
         if not self.where:
             return f"{self.a} vs {self.b}"
-        parts = ", ".join(f"{k}={'|'.join(v)}" for k, v in self.where)
+        parts = " and ".join(f"{k}={'|'.join(v)}" for k, v in self.where)
         return f"{self.a} vs {self.b} where {parts}"
 
 
@@ -59,7 +60,10 @@ class StatsSection:
 
 
 def parse_comparison(text: str) -> Comparison:
-    """``"A vs B"`` or ``"A vs B where key=value, key=v1|v2"`` -> :class:`Comparison`."""
+    """``"A vs B"`` or ``"A vs B where key=value and key=v1|v2"`` -> :class:`Comparison`.
+
+    Conditions are joined by ``and`` (or commas, in YAML block lists); ``|`` separates values.
+    """
     if not isinstance(text, str):
         raise ValueError(f"stats.primary entry {text!r} must be a string like 'group vs batch'")
     head, _, condition = text.partition(" where ")
@@ -67,10 +71,10 @@ def parse_comparison(text: str) -> Comparison:
     if len(sides) != 2 or not all(sides):
         raise ValueError(
             f"stats.primary entry {text!r} must read 'A vs B' (two norms or two stats modes), "
-            "optionally followed by 'where key=value, ...'"
+            "optionally followed by 'where key=value and key=value'"
         )
     where = []
-    for item in filter(None, (c.strip() for c in condition.split(","))):
+    for item in filter(None, (c.strip() for c in re.split(r",| and ", condition))):
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq or key not in WHERE_KEYS:
@@ -82,8 +86,13 @@ def parse_comparison(text: str) -> Comparison:
     return Comparison(sides[0], sides[1], tuple(where))
 
 
-def parse_stats(raw: Any, norms: list[str], stats_modes: list[str]) -> tuple[StatsSection, list]:
-    """The ``stats:`` mapping -> (StatsSection, problems); names must be norms or stats modes."""
+def parse_stats(
+    raw: Any, norms: list[str], stats_modes: list[str], values: dict[str, list[str]] | None = None
+) -> tuple[StatsSection, list]:
+    """The ``stats:`` mapping -> (StatsSection, problems); names must be norms or stats modes.
+
+    ``values`` maps a ``where`` key to the values the config's grid has (checked when given).
+    """
     problems: list[str] = []
     if raw is None:
         return StatsSection(), problems
@@ -117,6 +126,14 @@ def parse_stats(raw: Any, norms: list[str], stats_modes: list[str]) -> tuple[Sta
         except ValueError as error:
             problems.append(str(error))
             continue
+        for key, wanted in comparison.where:
+            accepted = (values or {}).get(key)
+            unknown_values = [v for v in wanted if accepted is not None and v not in accepted]
+            if unknown_values:
+                problems.append(
+                    f"stats.primary entry {text!r}: {key}={'|'.join(unknown_values)} is not in "
+                    f"this config's grid; accepted: {accepted}"
+                )
         sides = {comparison.a, comparison.b}
         if not (sides <= set(norms) or sides <= set(stats_modes)):
             problems.append(

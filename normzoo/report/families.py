@@ -112,6 +112,13 @@ def expand(ev: pd.DataFrame, comparison: Comparison, stats_modes: set[str]) -> l
     return _members(rows, list(CONDITION_KEYS), "seed", "method", [(a, b)], comparison.label)
 
 
+def _changed_by_mode(members: list[Member]) -> list[Member]:
+    """Members of the norms whose numbers a stats mode changes (batch-independent norms give
+    identical numbers under every mode: not a comparison)."""
+    varies = {m.keys[-1][1] for m in members if not np.array_equal(m.values_a, m.values_b)}
+    return [m for m in members if m.keys[-1][1] in varies]
+
+
 def default_primary(methods: list[str], reference: str) -> tuple[Comparison, ...]:
     return tuple(Comparison(m, reference) for m in methods if m != reference)
 
@@ -175,7 +182,5 @@ def exploratory_members(ev: pd.DataFrame, reference: str | None) -> dict[str, li
             [(m, "running") for m in modes],
             "stats mode vs running",
         )
-        # modes cannot change a batch-independent norm: its numbers are identical, no test
-        varies = {m.keys[-1][1] for m in members if not np.array_equal(m.values_a, m.values_b)}
-        tables["stats_modes"] = [m for m in members if m.keys[-1][1] in varies]
+        tables["stats_modes"] = _changed_by_mode(members)
     return tables

@@ -270,3 +270,38 @@ def test_method_label_matches_config_labels():
     )
     with pytest.raises(ValueError, match="is not JSON"):
         report.method_label("group", "groups=8")
+
+
+def test_declared_family_across_conditions_with_stats_modes_and_tost(tmp_path):
+    from normzoo.bench.stats_section import StatsSection
+
+    runs, evaluations = synthetic_results(
+        {"batch": 0.0, "group": 0.03, "layer": 0.0}, seeds=6, test_batch_sizes=(1, 128)
+    )
+    spec = StatsSection(
+        ("group vs batch", "batch vs running where test_batch_size=1 and shift=clean"),
+        alpha=0.05,
+        equivalence_margin=0.01,
+    )
+    result = report.build_report(runs, evaluations, tmp_path, stats=spec)
+    primary = result.tables["significance_primary"]
+    # group vs batch at 2 train sizes; batch vs running for the batch-dependent norm only
+    # (group and layer have no batch statistics), 2 train sizes x 2 test compositions
+    assert sorted(primary["comparison"].value_counts().to_dict().items()) == [
+        ("batch vs running where test_batch_size=1 and shift=clean", 4),
+        ("group vs batch", 2),
+    ]
+    assert (primary["family_size"] == 6).all()
+    modes = primary[primary["a"] == "batch"]
+    assert set(modes["method"]) == {"batch"}
+    assert (modes["verdict"] == "significant").all() and (modes["mean_difference"] < 0).all()
+    # the findings say exactly what the verdicts say
+    text = result.path.read_text()
+    found = text.split("## What we found")[1].split("## Primary family")[0]
+    assert "6 of 6 comparisons in the primary family are significant" in found
+    assert found.count("is significantly") == 6
+    assert "not shown equivalent" not in found  # significant rows carry no TOST sentence
+    # the primary comparisons are never repeated in the exploratory stats-mode table
+    explored = result.tables["significance_stats_modes"]
+    repeated = explored[(explored["a"] == "batch") & (explored["test_batch_size"] == 1)]
+    assert repeated[repeated["shift"] == "clean"].empty
