@@ -68,24 +68,32 @@ def _members(
     wide = rows.pivot_table(
         index=[*group_keys, pair_by], columns=column, values="accuracy", aggfunc="mean"
     )
+    values, names = wide.to_numpy(dtype=float), [str(c) for c in wide.columns]
+    position = {name: j for j, name in enumerate(names)}
+    group_index = wide.index.droplevel(pair_by)
+    codes, _ = pd.factorize(group_index)
+    order = np.argsort(codes, kind="stable")
+    boundaries = np.flatnonzero(np.diff(codes[order])) + 1
     members = []
-    for key, block in wide.groupby(level=list(range(len(group_keys))), sort=True):
+    for block_rows in np.split(order, boundaries):
+        key = group_index[block_rows[0]]
         key = key if isinstance(key, tuple) else (key,)
+        block = values[block_rows]
         for a, b in pairs:
-            if a not in block.columns or b not in block.columns:
+            if a not in position or b not in position:
                 continue
-            values = block[[a, b]].to_numpy(dtype=float)
-            if np.isnan(values).all(axis=0).any():
+            pair = block[:, [position[a], position[b]]]
+            if np.isnan(pair).all(axis=0).any():
                 continue  # one side never evaluated here: not a member of this condition
-            keep = ~np.isnan(values).any(axis=1)
+            keep = ~np.isnan(pair).any(axis=1)
             members.append(
                 Member(
                     label,
                     tuple(zip(group_keys, key, strict=True)),
                     a,
                     b,
-                    values[keep, 0],
-                    values[keep, 1],
+                    pair[keep, 0],
+                    pair[keep, 1],
                 )
             )
     return members

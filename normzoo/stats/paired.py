@@ -326,6 +326,18 @@ def compare_pairs(
     w_adj = holm(np.array([r.w_p[j] for r, j in raws])) if m else p
     tost_adj = holm(np.array([r.tost[j] for r, j in raws])) if equivalence_margin else None
     delta = power_delta or equivalence_margin or DEFAULT_POWER_DELTA
+    level = alpha / m if m else alpha
+    # intervals and power, vectorized per group of equal n
+    adjusted_level = np.maximum(confidence_level, 1 - levels)
+    nominal_ci, adjusted_ci, power = np.full((m, 2), np.nan), np.full((m, 2), np.nan), np.zeros(m)
+    for n, members in groups.items():
+        raw = raws[members[0]][0]
+        rows = [raws[i][1] for i in members]
+        nominal_ci[members] = np.stack(t_interval_rows(raw.d[rows], confidence_level), axis=1)
+        adjusted_ci[members] = np.stack(
+            t_interval_rows(raw.d[rows], adjusted_level[members]), axis=1
+        )
+        power[members] = _power(delta, np.asarray(raw.sd)[rows], n, level)
     results = []
     for i, (raw, j) in enumerate(raws):
         n = raw.n
@@ -336,8 +348,6 @@ def compare_pairs(
             verdict = DEGENERATE
         else:
             verdict = SIGNIFICANT if p_adj[i] < alpha else NOT_SIGNIFICANT
-        nominal = t_interval_rows(raw.d[j][None], confidence_level)
-        adjusted = t_interval_rows(raw.d[j][None], max(confidence_level, 1 - levels[i]))
         k = int(raw.n_nonzero[j])
         if n < MIN_SEEDS:
             w_verdict = INSUFFICIENT
@@ -359,8 +369,6 @@ def compare_pairs(
             equivalence = Equivalence(
                 equivalence_margin, float(raw.tost[j]), float(tost_adj[i]), eq_verdict
             )
-        level = alpha / m
-        power = float(_power(delta, np.array([raw.sd[j]]), n, level)[0])
         better = None
         if verdict == SIGNIFICANT:
             better = names[i][0] if mean_d > 0 else names[i][1]
@@ -373,14 +381,14 @@ def compare_pairs(
                 mean_b=float(raw.mean_b[j]),
                 mean_difference=mean_d,
                 ci=Interval(
-                    float(adjusted[0][0]),
-                    float(adjusted[1][0]),
-                    float(max(confidence_level, 1 - levels[i])),
+                    float(adjusted_ci[i, 0]),
+                    float(adjusted_ci[i, 1]),
+                    float(adjusted_level[i]),
                     "paired t (df = n - 1), Holm-compatible level",
                 ),
                 ci_nominal=Interval(
-                    float(nominal[0][0]),
-                    float(nominal[1][0]),
+                    float(nominal_ci[i, 0]),
+                    float(nominal_ci[i, 1]),
                     confidence_level,
                     "paired t (df = n - 1)",
                 ),
@@ -399,7 +407,7 @@ def compare_pairs(
                 cohens_dz=float(
                     np.nan if raw.degenerate[j] or n < MIN_SEEDS else mean_d / raw.sd[j]
                 ),
-                power=Power(float(delta), float(level), power),
+                power=Power(float(delta), float(level), float(power[i])),
                 equivalence=equivalence,
                 alpha=alpha,
                 correction="Holm" if m > 1 else "none",
