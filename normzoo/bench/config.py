@@ -350,7 +350,7 @@ def _grid_values(train: TrainSection, ev: EvalSection) -> dict[str, list[str]]:
     return {
         "train_batch_size": [str(v) for v in train.batch_sizes],
         "test_batch_size": [str(v) for v in ev.test_batch_sizes],
-        "stats_mode": list(ev.stats_modes),
+        "stats_mode": list(ev.condition_modes),
         "shift": list(ev.shifts),
         "severity": ["0", *severities] if "clean" in ev.shifts else severities,
     }
@@ -372,7 +372,7 @@ def parse_config(raw: Any) -> Config:
     stats, stats_problems = parse_stats(
         raw.get("stats"),
         sorted({n.name for n in norms} | {n.label for n in norms}),
-        list(sections["eval"].stats_modes),
+        sorted({*sections["eval"].stats_modes, *sections["eval"].condition_modes}),
         _grid_values(sections["train"], sections["eval"]),
     )
     problems.extend(stats_problems)
