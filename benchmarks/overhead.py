@@ -1,0 +1,237 @@
+"""Our Lightning training step vs a plain torch loop doing the same steps, in one process.
+
+python benchmarks/overhead.py                          # quick config, batch sizes 2/8/32
+python benchmarks/overhead.py --steps 300 --repeats 7 --write reports/overhead.md
+
+Both sides train the same seeded model (the benchmark's backbone with the quick config's norm)
+with the same optimizer, schedule and data loader for the same number of optimizer steps on one
+torch thread (as a benchmark worker does). The Lightning side is `normzoo.bench.module`'s
+Classifier fitted by the benchmark's Trainer (validation off, the store's curve recorder as its
+logger); the plain side is forward, cross-entropy, backward, optimizer and scheduler steps. The
+two alternate within each repeat (order flipped every repeat); the ratio is of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = 1.10
+
+
+def _datamodule(run, config):
+    from normzoo.data import NormzooDataModule
+
+    return NormzooDataModule(
+        dataset=config.data.dataset,
+        root=config.data.root,
+        train_batch_size=run.train_batch_size,
+        train_composition=run.train_composition.name,
+        train_alpha=run.train_composition.alpha or 1.0,
+        val_fraction=config.data.val_fraction,
+        seed=run.seed,
+        num_workers=0,
+        dataset_options=dict(config.data.options),
+    )
+
+
+def _optimizers(module, steps: int):
+    """The module's own optimizer and per-step scheduler, built as Lightning would for ``steps``."""
+    module.trainer = SimpleNamespace(estimated_stepping_batches=steps)
+    try:
+        conf = module.configure_optimizers()
+    finally:
+        module.trainer = None
+    scheduler = conf["lr_scheduler"]
+    return conf["optimizer"], scheduler["scheduler"] if isinstance(scheduler, dict) else scheduler
+
+
+def plain_loop(run, config, steps: int, warmup: int) -> tuple[float, float]:
+    """Seconds for ``warmup + steps`` plain torch training steps of the run's model: (the last
+    ``steps`` steps, the whole loop)."""
+    from normzoo.bench.module import build_module
+
+    datamodule = _datamodule(run, config)
+    module = build_module(run, config, datamodule)
+    model = module.model.train()
+    optimizer, scheduler = _optimizers(module, warmup + steps)
+    loader = datamodule.train_dataloader()
+    start = time.process_time()
+    done = 0
+    while done < warmup + steps:
+        for x, y in loader:
+            if done == warmup:
+                steady = time.process_time()
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            done += 1
+            if done == warmup + steps:
+                break
+    end = time.process_time()
+    return end - steady, end - start
+
+
+class _StepClock(L.Callback):
+    """Wall time from the start of step ``warmup`` to the end of step ``warmup + steps``."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps = warmup, steps
+        self.start = self.end = None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup and self.start is None:
+            self.start = time.process_time()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup + self.steps:
+            self.end = time.process_time()
+
+
+def lightning_loop(run, config, steps: int, warmup: int) -> tuple[float, float]:
+    """Seconds of the benchmark's Classifier under the benchmark's Trainer for ``warmup + steps``
+    steps: (the last ``steps`` steps, the whole ``trainer.fit``)."""
+    from normzoo.bench.module import CurveRecorder, build_module, build_trainer, quiet_lightning
+
+    quiet_lightning()
+    datamodule = _datamodule(run, config)
+    module = build_module(run, config, datamodule)
+    clock = _StepClock(warmup, steps)
+    trainer = build_trainer(
+        config,
+        [CurveRecorder()],
+        max_steps=warmup + steps,
+        max_epochs=-1,
+        limit_val_batches=0,
+        accelerator="cpu",
+        callbacks=[clock],
+    )
+    start = time.process_time()
+    trainer.fit(module, datamodule=datamodule)
+    return clock.end - clock.start, time.process_time() - start
+
+
+def measure(config, norm: str, steps: int, warmup: int, repeats: int) -> list[dict]:
+    """Interleaved timings per train batch size of the config; one row per batch size."""
+    from normzoo.bench.grid import expand_runs
+
+    runs = [r for r in expand_runs(config) if r.seed == config.train.seeds[0]]
+    runs = [r for r in runs if r.norm.name == norm and r.train_composition.name == "iid"]
+    if not runs:
+        raise ValueError(f"norm '{norm}' is not in the config's norms; pick one of them")
+    sides = {"plain": plain_loop, "lightning": lightning_loop}
+    times = {(r.train_batch_size, side): [] for r in runs for side in sides}
+    for side in sides.values():  # warm up allocator, kernels and imports
+        side(runs[0], config, 2, 2)
+    for repeat in range(repeats):
+        for run in runs:
+            order = list(sides) if repeat % 2 == 0 else list(sides)[::-1]
+            for side in order:
+                times[run.train_batch_size, side].append(sides[side](run, config, steps, warmup))
+    rows = []
+    for run in runs:
+        plain, ours = times[run.train_batch_size, "plain"], times[run.train_batch_size, "lightning"]
+        step_ratios = [a[0] / b[0] for a, b in zip(ours, plain, strict=True)]
+        plain_step = statistics.median(t[0] for t in plain)
+        our_step = statistics.median(t[0] for t in ours)
+        rows.append(
+            {
+                "train_batch_size": run.train_batch_size,
+                "plain_ms_per_step": 1e3 * plain_step / steps,
+                "lightning_ms_per_step": 1e3 * our_step / steps,
+                "ratio": our_step / plain_step,
+                "ratio_min": min(step_ratios),
+                "ratio_max": max(step_ratios),
+                "whole_ratio": statistics.median(t[1] for t in ours)
+                / statistics.median(t[1] for t in plain),
+            }
+        )
+    return rows
+
+
+def markdown(rows: list[dict], args: argparse.Namespace, config) -> str:
+    import lightning
+
+    import normzoo
+
+    command = "python benchmarks/overhead.py " + " ".join(sys.argv[1:])
+    lines = [
+        "# Training-step overhead: our Lightning step vs a plain torch loop",
+        "",
+        f"Generated by `{command.strip()}` (config `{args.config}`, norm `{args.norm}`; "
+        f"{args.steps} timed optimizer steps after {args.warmup} untimed ones, "
+        f"{args.repeats} interleaved repeats, {torch.get_num_threads()} torch thread).",
+        "",
+        f"Versions: normzoo {normzoo.__version__}, torch {torch.__version__}, lightning "
+        f"{lightning.__version__}, Python {platform.python_version()}. Machine: "
+        f"{platform.machine()}, {platform.processor() or 'cpu'}, {_cores()} cores, "
+        "shared with other jobs while measured (timings are noisy; the ratio of medians of "
+        "interleaved runs is the robust figure).",
+        "",
+        "| train batch size | plain torch (ms/step) | our Lightning step (ms/step) | ratio "
+        "(median) | ratio range over repeats | whole run incl. start-up |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['train_batch_size']} | {row['plain_ms_per_step']:.2f} | "
+            f"{row['lightning_ms_per_step']:.2f} | {row['ratio']:.3f} | "
+            f"{row['ratio_min']:.2f}–{row['ratio_max']:.2f} | {row['whole_ratio']:.3f} |"
+        )
+    worst = max(row["ratio"] for row in rows)
+    verdict = "meets" if worst <= TARGET else "misses"
+    lines += [
+        "",
+        f"Target ≤ {TARGET:.2f}×: the worst median ratio is {worst:.3f}×, which {verdict} it.",
+        "Step timings cover the timed steps only (data loading included on both sides); the "
+        "last column is the whole loop, `trainer.fit`'s start-up included, over "
+        f"{args.warmup + args.steps} steps. The step does no host sync: loss and accuracy "
+        "accumulate on the device and reach the loggers every 10 steps.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "quick.yaml"))
+    parser.add_argument("--norm", default="batch", help="a norm of the config (default: batch)")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per timing")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed steps first")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (workers use 1)")
+    parser.add_argument("--write", default=None, help="also write the markdown table here")
+    args = parser.parse_args(argv)
+
+    from normzoo.bench.config import load_config
+
+    torch.set_num_threads(args.threads)
+    config = load_config(args.config)
+    rows = measure(config, args.norm, args.steps, args.warmup, args.repeats)
+    text = markdown(rows, args, config)
+    print(text)
+    if args.write:
+        Path(args.write).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
