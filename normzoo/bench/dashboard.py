@@ -53,7 +53,7 @@ def summary_filter(experiment: str) -> str:
 
 
 def build_dashboard(
-    config, project: str, entity: str, significance_table: str = "significance_vs_reference"
+    config, project: str, entity: str, significance_table: str = SIGNIFICANCE_TABLES[0]
 ):
     """The Report object (not saved) for ``config``'s experiment in ``entity/project``."""
     wr = _require()
@@ -167,10 +167,10 @@ def pick_significance_table(table_names) -> str:
         if preferred in names:
             return preferred
     others = [n for n in names if n.startswith("significance")]
-    return others[0] if others else SIGNIFICANCE_TABLES[-1]
+    return others[0] if others else SIGNIFICANCE_TABLES[0]
 
 
-def save_dashboard(config, tracker, significance_table: str = "significance_vs_reference") -> str:
+def save_dashboard(config, tracker, significance_table: str = SIGNIFICANCE_TABLES[0]) -> str:
     """Build and save the report (online only); returns its URL."""
     if tracker.mode != "online":
         raise ValueError(

@@ -249,9 +249,7 @@ def run_grid(
             if result.status != "ok":
                 summary.errors.append(f"{result.run.name}: {result.status}: {result.row['error']}")
             if tracker is not None and tracker.enabled and not result.wandb_logged:
-                tracker.log_stored_run(
-                    result.run, config, result.row, result.evaluations, result.curves
-                )
+                tracker.log_stored_run(result.run, result.row, result.evaluations, result.curves)
             elapsed = time.perf_counter() - start
             eta = elapsed / done * (len(tasks) - done)
             log.info(

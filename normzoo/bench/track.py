@@ -236,6 +236,7 @@ class Tracker:
     root: Path = Path(".")
     log_weights: bool = False
     code_versions: dict = field(default_factory=dict)
+    config: object = field(default=None, repr=False, compare=False)  # the experiment's Config
 
     @classmethod
     def from_config(cls, config, out_dir: str | Path, mode: str | None = None) -> Tracker:
@@ -258,6 +259,7 @@ class Tracker:
             root=Path(os.environ.get("WANDB_DIR") or out_dir),
             log_weights=weights,
             code_versions=versions() if resolved != "disabled" else {},
+            config=config,
         )
 
     @property
@@ -306,7 +308,7 @@ class Tracker:
 
     # --- a training run, in the process that trains it ---------------------------------------
 
-    def train_logger(self, run, config):
+    def train_logger(self, run, config=None):
         """A Lightning ``WandbLogger`` for ``run`` (None when disabled): pass it to the Trainer,
         then call `finish_run` with the results."""
         if not self.enabled:
@@ -315,10 +317,10 @@ class Tracker:
 
         return WandbLogger(experiment=self._start(run, config))
 
-    def _start(self, run, config):
+    def _start(self, run, config=None):
         import wandb
 
-        experiment = wandb.init(**self._train_kwargs(run, config))
+        experiment = wandb.init(**self._train_kwargs(run, config or self.config))
         # Lightning's own axis: every metric is plotted against the optimizer step
         experiment.define_metric("trainer/global_step")
         experiment.define_metric("*", step_metric="trainer/global_step", step_sync=True)
@@ -347,13 +349,14 @@ class Tracker:
     def log_stored_run(
         self,
         run,
-        config,
         row: dict,
         evaluations: list[dict],
         curves: list[dict] | pd.DataFrame = (),
         weights: Path | None = None,
+        config=None,
     ) -> bool:
-        """Log a finished run from the results store (curves, results) under its own id."""
+        """Log a finished run from the results store (curves as rows of the store's ``curves``
+        table, results) under its own id; resumes the W&B run when it exists."""
         if not self.enabled:
             return False
         experiment = self._start(run, config)
@@ -373,6 +376,14 @@ class Tracker:
             experiment.finish(exit_code=0 if row["status"] == "ok" else 1)
         return True
 
+    def log_run(self, result) -> bool:
+        """The parent's hook for a finished result (``run``, ``row``, ``evaluations``, and
+        ``curves`` or ``history`` rows, optional ``weights`` path): `log_stored_run`."""
+        curves = getattr(result, "curves", None) or getattr(result, "history", None) or ()
+        return self.log_stored_run(
+            result.run, result.row, result.evaluations, curves, getattr(result, "weights", None)
+        )
+
     # --- the experiment's summary run ---------------------------------------------------------
 
     def log_summary(
@@ -390,6 +401,7 @@ class Tracker:
             return None
         import wandb
 
+        config = config or self.config
         experiment_config = {
             "experiment": self.experiment,
             "config_hash": config.hash,

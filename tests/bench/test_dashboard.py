@@ -81,7 +81,7 @@ def test_significance_table_choice_and_bad_experiment_names(tiny_config_path):
         "significance_primary"
     )
     assert pick_significance_table(["significance_stats_modes"]) == "significance_stats_modes"
-    assert pick_significance_table([]) == "significance_vs_reference"
+    assert pick_significance_table([]) == "significance_primary"
     config = load_config(tiny_config_path, ["experiment.name=a=b"])
     with pytest.raises(ValueError, match="rename experiment.name"):
         build_dashboard(config, "proj", "team")
