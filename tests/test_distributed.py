@@ -118,3 +118,39 @@ def test_lightning_layer_sync_plugin():
     assert isinstance(model[1], SyncBatchNorm)
     plugin.revert(model)
     assert type(model[1]) is normzoo.layers.BatchNorm
+
+
+def test_sync_layers_share_parameters_and_buffers():
+    """Built as their class, like nn.SyncBatchNorm.convert_sync_batchnorm: an optimizer made
+    before syncing keeps training the same tensors."""
+    model = make_model("batch_renorm")
+    before = dict(model[1].named_parameters()), dict(model[1].named_buffers())
+    sync_batch_stats(model)
+    assert type(model[1]) is SyncBatchRenorm and model[1].rmax == 1.5
+    for name, p in model[1].named_parameters():
+        assert p is before[0][name]
+    for name, b in model[1].named_buffers():
+        assert b is before[1][name]
+
+
+def test_sync_rejects_batch_norm_subclasses_with_code_of_their_own():
+    class Doubled(normzoo.layers.BatchNorm):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    class TorchDoubled(nn.BatchNorm2d):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    for layer in (Doubled(4), TorchDoubled(4)):
+        with pytest.raises(TypeError, match=r"no sync layer for .*Doubled.*silently change"):
+            sync_batch_stats(nn.Sequential(layer))
+
+
+def test_sync_leaves_layers_with_local_statistics_alone():
+    model = nn.Sequential(
+        normzoo.create("ghost_batch", 4, virtual_batch_size=2), normzoo.create("evonorm_b0", 4)
+    )
+    kinds = [type(m) for m in model]
+    sync_batch_stats(model)
+    assert [type(m) for m in model] == kinds

@@ -109,3 +109,92 @@ def test_bfloat16_training_step(name):
     y.float().square().mean().backward()
     assert y.dtype == torch.bfloat16 and torch.isfinite(x.grad.float()).all()
     assert layer.weight.grad.dtype == torch.bfloat16
+
+
+# --- constructor options and non-finite batches (issue 13): every layer validates eps and
+# momentum; a NaN/inf training batch never reaches the running statistics silently
+
+BAD_NUMBERS = st.one_of(
+    st.floats(max_value=0.0),  # includes -inf, -0.0 and 0
+    st.sampled_from([math.nan, math.inf, "0.1", "abc", None, True, [1e-5]]),
+)
+
+
+@SETTINGS
+@given(name=st.sampled_from(normzoo.available()), eps=BAD_NUMBERS)
+def test_bad_eps_is_rejected_by_every_layer(name, eps):
+    with pytest.raises(ValueError, match=r"eps=.*must be a finite number > 0"):
+        normzoo.create(name, 32, eps=eps)
+
+
+@SETTINGS
+@given(
+    name=st.sampled_from([n for n in normzoo.available() if normzoo.is_batch_dependent(n)]),
+    momentum=st.one_of(
+        st.floats(max_value=-1e-300),
+        st.floats(min_value=1.0, exclude_min=True),
+        st.sampled_from([math.nan, math.inf, "0.1", True]),
+    ),
+)
+def test_bad_momentum_is_rejected(name, momentum):
+    rate = "renorm_momentum" if name == "batch_renorm" else "momentum"
+    with pytest.raises(ValueError, match=rf"{rate}=.*must be a number in \[0, 1\]"):
+        normzoo.create(name, 8, **{rate: momentum})
+    if name == "batch_renorm":  # batch norm's update keeps momentum as its rate
+        with pytest.raises(ValueError, match=r"momentum=.*must be a number in \[0, 1\]"):
+            normzoo.create(name, 8, momentum=momentum, sigma_update="variance_ema")
+
+
+@SETTINGS
+@given(
+    name=st.sampled_from(normzoo.available()),
+    eps=st.floats(min_value=1e-12, max_value=10.0),
+    momentum=st.one_of(st.none(), st.floats(0.0, 1.0)),
+)
+def test_valid_eps_and_momentum_are_accepted(name, eps, momentum):
+    opts = {}
+    if normzoo.is_batch_dependent(name):
+        opts["renorm_momentum" if name == "batch_renorm" else "momentum"] = momentum
+    layer = normzoo.create(name, 32, eps=eps, **opts)
+    assert name == "none" or layer.eps == eps
+
+
+def test_group_eps_example_from_the_issue():
+    with pytest.raises(ValueError, match=r"group_norm|GroupNorm: eps=-1"):
+        normzoo.create("group", 8, groups=4, eps=-1)
+
+
+FINITE_CHECKED = ["batch", "batch_renorm", "ghost_batch"]
+
+
+@SETTINGS
+@given(
+    name=st.sampled_from(FINITE_CHECKED),
+    bad=st.sampled_from([math.nan, math.inf, -math.inf]),
+    where=st.integers(0, 4 * 3 * 5 - 1),
+)
+def test_nonfinite_training_batch_raises_and_keeps_running_stats(name, bad, where):
+    opts = {"warmup": 0, "r_ramp": 0, "d_ramp": 0} if name == "batch_renorm" else {}
+    if name == "ghost_batch":
+        opts["virtual_batch_size"] = 2
+    layer = normzoo.create(name, 3, **opts)
+    layer(torch.randn(4, 3, 5) + 1)
+    before = layer.running_mean.clone(), layer.running_var.clone()
+    x = torch.randn(4, 3, 5)
+    x.view(-1)[where] = bad
+    with pytest.raises(ValueError, match="NaN or inf.*check_finite = False"):
+        layer(x)
+    assert torch.isfinite(layer.running_mean).all() and torch.isfinite(layer.running_var).all()
+    if name != "ghost_batch":  # ghost batches before the bad one have updated, as they would
+        assert torch.equal(layer.running_mean, before[0])
+        assert torch.equal(layer.running_var, before[1])
+
+
+@pytest.mark.parametrize("name", ["batch", "batch_renorm"])
+def test_nonfinite_check_opt_out(name):
+    layer = normzoo.create(name, 3)
+    layer.check_finite = False
+    x = torch.randn(4, 3)
+    x[0, 1] = math.nan
+    layer(x)  # torch's behaviour: the running statistics of that channel become NaN
+    assert torch.isnan(layer.running_mean[1]) and torch.isfinite(layer.running_mean[0])

@@ -1,4 +1,4 @@
-"""Zoo layers inside timm and torchvision models: norm_layer= and convert."""
+"""normzoo.convert: every norm layer of a model replaced by a zoo layer (normzoo/convert.py)."""
 
 import copy
 
@@ -6,105 +6,11 @@ import pytest
 import timm
 import torch
 import torchvision
+from norm_model_helpers import assert_all_zoo, norm_modules, opts_for, trained_bn
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 import normzoo
-from normzoo.layers import BatchNorm, BatchRenorm, GroupNorm, InstanceNorm, LayerNorm
-
-ZOO = (BatchNorm, BatchRenorm, GroupNorm, LayerNorm, InstanceNorm)
-EXPECTED = {
-    "batch": BatchNorm,
-    "batch_renorm": BatchRenorm,
-    "group": GroupNorm,
-    "layer": LayerNorm,
-    "instance": InstanceNorm,
-}
-TORCH_NORMS = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.GroupNorm,
-    nn.InstanceNorm2d,
-    nn.SyncBatchNorm,
-)
-
-
-def norm_modules(model):
-    return [
-        m
-        for m in model.modules()
-        if isinstance(m, (_BatchNorm, nn.GroupNorm))
-        or type(m).__name__.startswith(("BatchNorm", "GroupNorm", "LayerNorm2d"))
-    ]
-
-
-def assert_all_zoo(model, name):
-    norms = norm_modules(model)
-    assert norms, "no norm layers found"
-    for m in norms:
-        assert type(m).__module__.startswith("normzoo."), type(m)
-        assert isinstance(m, EXPECTED[name]), type(m)
-
-
-def opts_for(name):
-    return {"group": {"group_size": 8}}.get(name, {})
-
-
-TIMM_MODELS = ["resnet18", "regnetx_002", "efficientnet_b0", "densenet121"]
-
-
-@pytest.mark.parametrize("arch", TIMM_MODELS)
-@pytest.mark.parametrize("name", ["batch", "group", "batch_renorm"])
-def test_timm_norm_layer(arch, name):
-    model = timm.create_model(
-        arch, pretrained=False, num_classes=3, norm_layer=normzoo.norm_layer(name, **opts_for(name))
-    )
-    assert_all_zoo(model, name)
-    model.train()
-    out = model(torch.randn(2, 3, 32, 32))
-    assert out.shape == (2, 3) and torch.isfinite(out).all()
-
-
-def test_timm_norm_act_keeps_the_model_activation():
-    ref = timm.create_model("efficientnet_b0", pretrained=False)
-    zoo = timm.create_model(
-        "efficientnet_b0", pretrained=False, norm_layer=normzoo.norm_layer("batch")
-    )
-    ref_acts = [
-        type(getattr(m, "act", nn.Identity())) for m in ref.modules() if isinstance(m, _BatchNorm)
-    ]
-    zoo_acts = [
-        type(getattr(m, "act", nn.Identity())) for m in zoo.modules() if isinstance(m, BatchNorm)
-    ]
-    assert ref_acts == zoo_acts and nn.SiLU in zoo_acts
-    # same state-dict keys as timm's BatchNormAct2d: checkpoints load both ways
-    assert ref.state_dict().keys() == zoo.state_dict().keys()
-    zoo.load_state_dict(ref.state_dict())
-    ref.eval(), zoo.eval()
-    x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(zoo(x), ref(x), atol=1e-5, rtol=1e-4)
-
-
-@pytest.mark.parametrize("name", ["batch", "group", "layer", "instance", "batch_renorm"])
-def test_torchvision_resnet(name):
-    model = torchvision.models.resnet18(
-        num_classes=4, norm_layer=normzoo.norm_layer(name, **opts_for(name))
-    )
-    assert_all_zoo(model, name)
-    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 4)
-
-
-def trained_bn(model, steps=3):
-    model.train()
-    with torch.no_grad():
-        for _ in range(steps):
-            model(torch.randn(4, 3, 32, 32) * 2 + 0.5)
-        for m in model.modules():
-            if isinstance(m, _BatchNorm) and m.affine:
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_()
-    return model.eval()
+from normzoo.layers import BatchNorm, BatchRenorm, GroupNorm, LayerNorm
 
 
 @pytest.mark.parametrize(
