@@ -22,6 +22,7 @@ __all__ = [
     "channel_moments",
     "check_input",
     "ema_factor",
+    "ema_update_",
     "evonorm_b0",
     "evonorm_s0",
     "filter_response_norm",
@@ -202,22 +203,18 @@ def renorm_update_(
     ``a = momentum``; ``count`` = values per channel of the batch. ``ok`` (a bool tensor):
     when False, the buffers keep their values (no host sync).
     """
+    if sigma_update not in SIGMA_UPDATES:
+        raise ValueError(f"sigma_update={sigma_update!r}; choose one of {SIGMA_UPDATES}")
+    if sigma_update == "variance_ema":
+        unbiased = var_b * (count / (count - 1))
+        update_running_stats(running_mean, running_var, mean_b, unbiased, momentum, ok)
+        return
     with torch.no_grad():
-        new_mean = running_mean.lerp(mean_b.to(running_mean.dtype), momentum)
-        if sigma_update == "paper":
-            sigma = (running_var + eps).sqrt()
-            sigma_b = (var_b.to(running_var.dtype) + eps).sqrt()
-            new_var = (sigma.lerp(sigma_b, momentum).square() - eps).clamp_min(0.0)
-        elif sigma_update == "variance_ema":
-            unbiased = var_b * (count / (count - 1))
-            new_var = running_var.lerp(unbiased.to(running_var.dtype), momentum)
-        else:
-            raise ValueError(f"sigma_update={sigma_update!r}; choose one of {SIGMA_UPDATES}")
-        if ok is not None:
-            new_mean = torch.where(ok, new_mean, running_mean)
-            new_var = torch.where(ok, new_var, running_var)
-        running_mean.copy_(new_mean)
-        running_var.copy_(new_var)
+        sigma = (running_var + eps).sqrt()
+        sigma_b = (var_b.to(running_var.dtype) + eps).sqrt()
+        new_var = (sigma.lerp(sigma_b, momentum).square() - eps).clamp_min(0.0)
+        ema_update_(running_mean, mean_b, momentum, ok)
+        running_var.copy_(new_var if ok is None else torch.where(ok, new_var, running_var))
 
 
 def _fold_renorm(weight: Tensor | None, bias: Tensor | None, r: Tensor, d: Tensor):
@@ -436,14 +433,30 @@ def ema_factor(momentum: float | None, num_batches_tracked: Tensor | int | None)
     return 1.0 / count if count > 0 else 1.0
 
 
-def update_running_stats(
-    running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, factor: float
-) -> None:
-    """In place and without gradient: ``running := (1 - factor) * running + factor * batch``, the
-    EMA update of torch's batch norm (``var`` is the batch's *unbiased* variance)."""
+def ema_update_(running: Tensor, value: Tensor, factor: float, ok: Tensor | None = None) -> None:
+    """In place and without gradient: ``running := (1 - factor) * running + factor * value``, the
+    EMA update of a running buffer as torch's batch norm does it. ``ok`` (a bool tensor): where
+    False the buffer keeps its value (a masked update, no host sync)."""
     with torch.no_grad():
-        running_mean.lerp_(mean.detach().to(running_mean.dtype), factor)
-        running_var.lerp_(var.detach().to(running_var.dtype), factor)
+        value = value.detach().to(running.dtype)
+        if ok is None:
+            running.lerp_(value, factor)
+        else:
+            running.copy_(torch.where(ok, running.lerp(value, factor), running))
+
+
+def update_running_stats(
+    running_mean: Tensor,
+    running_var: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    factor: float,
+    ok: Tensor | None = None,
+) -> None:
+    """:func:`ema_update_` of both running buffers with the batch's mean and *unbiased* variance
+    (torch's batch-norm update)."""
+    ema_update_(running_mean, mean, factor, ok)
+    ema_update_(running_var, var, factor, ok)
 
 
 def affine_normalize(
@@ -567,11 +580,7 @@ def evonorm_b0(
         var = _stat_dtype(x).var(dim=dims, unbiased=False)
         if running_var is not None:
             n = values_per_channel(x)
-            with torch.no_grad():
-                running_var.copy_(
-                    running_var * (1 - momentum)
-                    + var.detach().to(running_var.dtype) * momentum * (n / (n - 1))
-                )
+            ema_update_(running_var, var * (n / (n - 1)), momentum)
     else:
         var = running_var
     left = _per_channel(var.add(eps).sqrt(), x)

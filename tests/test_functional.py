@@ -113,3 +113,14 @@ def test_affine_normalize_matches_batch_norm_and_differentiates_the_statistics()
     (direct * weight.view(1, -1, 1) + bias.view(1, -1, 1)).square().sum().backward()
     torch.testing.assert_close(mean.grad, m.grad)
     torch.testing.assert_close(var.grad, v.grad)
+
+
+def test_masked_ema_update_keeps_the_buffer_where_not_ok():
+    running, value = torch.randn(4), torch.randn(4)
+    for ok, expect in [
+        (torch.tensor(True), 0.75 * running + 0.25 * value),
+        (torch.tensor(False), running),
+    ]:
+        buffer = running.clone()
+        nzf.ema_update_(buffer, value, 0.25, ok)
+        torch.testing.assert_close(buffer, expect)
