@@ -230,7 +230,14 @@ def _versions() -> str:
     )
 
 
+def _load() -> str:
+    import os
+
+    return "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
 def sweep(args: argparse.Namespace) -> list[tuple[str, list[dict]]]:
+    args.load_before = _load()
     sections = []
     for shape_text in args.shape:
         shape = tuple(int(s) for s in shape_text.split(","))
@@ -282,7 +289,8 @@ def write_markdown(
         "same size and layout; `zoo/floor` says how far a layer is from that bound.",
         "- This machine was shared with other jobs while this ran (2 cores, several agents "
         "working): expect noise of 10-30% on single figures, more at 2 threads. The run is short "
-        f"({args.min_run} s per measurement in {args.repeats} interleaved repetitions). Compare "
+        f"({args.min_run} s per measurement in {args.repeats} interleaved repetitions). Load "
+        f"average (1/5/15 min) {args.load_before} at the start, {_load()} at the end. Compare "
         "ratios, not absolute times. No GPU was available to this run.",
         "",
         "## Summary: zoo/reference over all shapes, layouts and thread counts",
