@@ -574,10 +574,9 @@ def evonorm_b0(
     (unbiased, n values per channel); otherwise ``s2_b := running_var``. Same operations as
     timm's ``EvoNorm2dB0``.
     """
-    dims = [0, *_spatial_dims(x)]
     if use_batch_stats:
         _check_batch_stats(x, "evonorm_b0")
-        var = _stat_dtype(x).var(dim=dims, unbiased=False)
+        _, var = channel_moments(x)
         if running_var is not None:
             n = values_per_channel(x)
             ema_update_(running_var, var * (n / (n - 1)), momentum)
