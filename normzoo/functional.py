@@ -226,6 +226,45 @@ def _fold_renorm(weight: Tensor | None, bias: Tensor | None, r: Tensor, d: Tenso
     return weight * r, shift
 
 
+def _renorm_statistics_(
+    x, running_mean, running_var, momentum, eps, rmax, dmax, sigma_update, check
+):
+    """Batch renorm's step without the output: batch statistics (one pass over ``x``), r and d
+    from the moving averages before the update, then the update; returns (mu_B, var_B,
+    invstd_B, r, d). An opaque custom op (below), so that compilers keep r and d as computed
+    here and never recompute them from the running buffers, which the step has updated."""
+    mean_b, var_b = channel_moments(x)
+    invstd_b = (var_b + eps).rsqrt()
+    sigma_b = invstd_b.reciprocal()
+    r, d = renorm_correction(mean_b, sigma_b, running_mean, running_var, eps, rmax, dmax)
+    ok = None
+    if check:
+        ok = torch.isfinite(mean_b).all() & torch.isfinite(var_b).all()
+        if not _must_mask(x):
+            if not ok:
+                raise _nonfinite_error("batch renorm", x)
+            ok = None
+    count = values_per_channel(x)
+    renorm_update_(running_mean, running_var, mean_b, var_b, count, momentum, eps, sigma_update, ok)
+    return mean_b, var_b, invstd_b, r, d
+
+
+_renorm_statistics_op = torch.library.custom_op(
+    "normzoo::batch_renorm_statistics_",
+    _renorm_statistics_,
+    mutates_args=("running_mean", "running_var"),
+    schema="(Tensor x, Tensor(a!) running_mean, Tensor(b!) running_var, float momentum, "
+    "float eps, Tensor rmax, Tensor dmax, str sigma_update, bool check) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+)
+
+
+@_renorm_statistics_op.register_fake
+def _(x, running_mean, running_var, momentum, eps, rmax, dmax, sigma_update, check):
+    stat_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    return tuple(x.new_empty(x.shape[1], dtype=stat_dtype) for _ in range(5))
+
+
 class _RenormAffine(torch.autograd.Function):
     """``y = weight * ((x - mu_B) * invstd_B * r + d) + bias`` with r, d, mu_B, invstd_B
     constant, as one eval-mode batch-norm kernel call (r and d folded into its scale and
@@ -250,17 +289,9 @@ class _RenormAffine(torch.autograd.Function):
         x, weight, mean_b, invstd_b, r, d = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         scale = r if weight is None else weight.to(r.dtype) * r
+        mask = [need_x, need_w, need_w or need_b]
         gx, gw_hat, g_sum = torch.ops.aten.native_batch_norm_backward(
-            grad,
-            x,
-            scale,
-            None,
-            None,
-            mean_b,
-            invstd_b,
-            True,
-            ctx.eps,
-            [need_x, need_w, need_w or need_b],
+            grad, x, scale, None, None, mean_b, invstd_b, True, ctx.eps, mask
         )
         gw = torch.addcmul(g_sum * d, gw_hat, r).to(weight.dtype) if need_w else None
         gb = g_sum.to(ctx.bias_dtype) if need_b else None
@@ -289,36 +320,26 @@ def batch_renorm(
     the moving averages from *before* this step's update, which then follows
     :func:`renorm_update_` (``sigma_update``, rate ``momentum``).
 
-    Implementation, at batch norm's cost: one pass over ``x`` for the batch statistics; r and d
-    fold into the per-channel scale and shift of one eval-mode batch-norm kernel call; the
-    backward is batch norm's, from the saved statistics. ``check_finite`` as in
+    Implementation, at batch norm's cost: one pass over ``x`` for the batch statistics and the
+    update (:func:`_renorm_statistics_`, a custom op); r and d fold into the per-channel scale and
+    shift of one eval-mode batch-norm kernel call; the backward is batch norm's, from the saved
+    statistics. ``check_finite`` as in
     :func:`batch_norm` (here the check comes before the update).
     """
     _check_batch_stats(x, "batch renorm")
-    with torch.no_grad():
-        mean_b, var_b = channel_moments(x.detach())
-        invstd_b = (var_b + eps).rsqrt()
-        r, d = renorm_correction(
-            mean_b, invstd_b.reciprocal(), running_mean, running_var, eps, rmax, dmax
-        )
-        ok = None
-        if check_finite:
-            ok = torch.isfinite(mean_b).all() & torch.isfinite(var_b).all()
-            if not _must_mask(x):
-                if not ok:
-                    raise _nonfinite_error("batch renorm", x)
-                ok = None
-        renorm_update_(
-            running_mean,
-            running_var,
-            mean_b,
-            var_b,
-            values_per_channel(x),
-            momentum,
-            eps,
-            sigma_update,
-            ok,
-        )
+    rmax = torch.as_tensor(rmax, dtype=torch.float64)
+    dmax = torch.as_tensor(dmax, dtype=torch.float64)
+    mean_b, var_b, invstd_b, r, d = _renorm_statistics_op(
+        x.detach(),
+        running_mean,
+        running_var,
+        float(momentum),
+        float(eps),
+        rmax,
+        dmax,
+        sigma_update,
+        bool(check_finite),
+    )
     return _RenormAffine.apply(x, weight, bias, mean_b, var_b, invstd_b, r, d, eps)
 
 

@@ -17,7 +17,10 @@ C = 16
 def pairs():
     return {
         "batch": (normzoo.create("batch", C), nn.BatchNorm2d(C)),
-        "batch_renorm": (normzoo.create("batch_renorm", C, warmup=100), nn.BatchNorm2d(C)),
+        "batch_renorm": (  # in warmup with batch norm's update of the running statistics
+            normzoo.create("batch_renorm", C, warmup=100, sigma_update="variance_ema"),
+            nn.BatchNorm2d(C),
+        ),
         "group": (normzoo.create("group", C, groups=4), nn.GroupNorm(4, C)),
         "layer": (normzoo.create("layer", C), nn.GroupNorm(1, C)),
         "instance": (normzoo.create("instance", C), nn.GroupNorm(C, C)),
@@ -51,8 +54,9 @@ def test_cuda_matches_torch(name, dtype, channels_last):
 
 
 def test_cuda_batch_renorm_matches_cpu():
-    cpu = normzoo.create("batch_renorm", C, rmax=1.5, dmax=0.5, dtype=torch.float64)
-    gpu = normzoo.create("batch_renorm", C, rmax=1.5, dmax=0.5, dtype=torch.float64).cuda()
+    opts = {"rmax": 1.5, "dmax": 0.5, "warmup": 0, "r_ramp": 0, "d_ramp": 0}
+    cpu = normzoo.create("batch_renorm", C, dtype=torch.float64, **opts)
+    gpu = normzoo.create("batch_renorm", C, dtype=torch.float64, **opts).cuda()
     for t in range(4):
         x = torch.randn(8, C, 5, 5, dtype=torch.float64) * (t + 1) + 3 * t
         torch.testing.assert_close(gpu(x.cuda()).cpu(), cpu(x), atol=1e-10, rtol=1e-10)

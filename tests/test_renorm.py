@@ -407,16 +407,14 @@ def test_cumulative_averages_and_no_running_stats():
 
 
 def test_compiled_fullgraph_matches_eager_with_backward():
-    """No graph breaks (fullgraph=True) in the training step, forward and backward.
-
-    backend="eager" checks dynamo's capture. (With AOT autograd, "aot_eager"/inductor, torch
-    2.14 gets the weight gradient wrong here, as it did before this implementation: it reuses
-    r, computed from running_var, after the step has updated running_var in place.)
-    """
+    """No graph breaks (fullgraph=True) in the training step, forward and backward, through AOT
+    autograd ("aot_eager"), whose partitioner used to recompute r from running_var after the
+    step had updated it (wrong weight gradients, also before the one-pass implementation); the
+    statistics step is now an opaque custom op (normzoo::batch_renorm_statistics_)."""
     torch._dynamo.reset()
     eager = normzoo.create("batch_renorm", C, warmup=1, r_ramp=2, d_ramp=3)
     compiled_layer = copy.deepcopy(eager)
-    compiled = torch.compile(compiled_layer, backend="eager", fullgraph=True)
+    compiled = torch.compile(compiled_layer, backend="aot_eager", fullgraph=True)
     for t in range(5):
         x = shifted(t).float()
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
