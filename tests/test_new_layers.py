@@ -129,7 +129,9 @@ def test_configs_accept_the_new_layers():
         "[{name: gbn, options: {virtual_batch_size: 4}}, evonorm_b0, frn,"
         " {name: evonorm_s0, options: {group_size: 8}}, rms]"
     )
-    config = load_config("configs/quick.yaml", overrides=[f"norms={norms}"])
+    config = load_config(
+        "configs/quick.yaml", overrides=[f"norms={norms}", "stats.primary=[ghost_batch vs rms]"]
+    )
     assert [n.name for n in config.norms][:1] in (["gbn"], ["ghost_batch"])
     assert len(config.norms) == 5
     with pytest.raises(ValueError, match="virtual_batch_size=0"):
