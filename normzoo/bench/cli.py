@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,12 +22,23 @@ if not console.is_terminal:  # logs and pipes: do not squeeze tables into 80 col
     console = Console(width=160)
 log = logging.getLogger("normzoo.compare")
 
+EXIT_STATUSES = """exit status:
+  0    every run of the grid finished ok and is fully evaluated
+  1    some runs failed or diverged (the summary names them; rerun with --retry-failed)
+  2    invalid config, or an unusable output dir (not a dir, not writable, a store that is
+       damaged, foreign or of an older normzoo, or in use by another invocation)
+  130  interrupted by SIGINT (Ctrl-C), 143 by SIGTERM: finished work is stored; rerunning the
+       same command resumes
+"""
+
 
 def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
     from normzoo.bench.schema import WANDB_MODES
 
     parser = argparse.ArgumentParser(
         prog=prog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_STATUSES,
         description="Train every (norm, train batch size, composition, seed) of an experiment"
         " config, evaluate each trained model under every test condition, store the results in"
         " <out>/results.sqlite, log to W&B and print the headline table. Rerunning resumes.",
@@ -76,12 +86,31 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     parser.add_argument(
         "--fresh",
         action="store_true",
-        help="delete this output dir's results (store, CSVs, wandb/) and start over",
+        help="delete what normzoo created in the output dir (store, weights, CSVs, report, the"
+        " wandb/ it made) and start over; refused while another invocation uses the dir",
     )
     parser.add_argument(
         "--report-only",
         action="store_true",
         help="train nothing; rebuild CSVs, report and headline table from the store",
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another invocation holds the output dir, wait for it instead of exiting",
+    )
+    parser.add_argument(
+        "--workers-per-gpu",
+        type=int,
+        default=1,
+        metavar="N",
+        help="on a GPU machine the default is N workers per visible GPU (round-robin; default 1)",
+    )
+    parser.add_argument(
+        "--rerun-other-versions",
+        action="store_true",
+        help="retrain stored runs that other normzoo/torch/lightning/timm versions produced"
+        " (by default they are kept and the report warns about the mix)",
     )
     parser.add_argument(
         "--retry-failed",
@@ -150,20 +179,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _fresh(out_dir: Path) -> None:
-    from normzoo.bench.store import STORE_NAME
-
-    for name in (
-        STORE_NAME,
-        f"{STORE_NAME}-wal",
-        f"{STORE_NAME}-shm",
-        "runs.csv",
-        "evaluations.csv",
-    ):
-        (out_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(out_dir / "wandb", ignore_errors=True)
-
-
 def _rich_table(frame):
     """A DataFrame as a rich Table (wraps long column names instead of the whole table)."""
     from rich.table import Table
@@ -219,20 +234,25 @@ def _report(config, out_dir: Path, run_keys: list[str], tracker) -> None:
         figures = list(report.figures.values())
         exports = {p.name for p in csvs}
         report_csvs = [p for p in sorted(report.path.parent.glob("*.csv")) if p.name not in exports]
-        url = tracker.log_summary(
-            config,
-            tables,
-            figures,
-            store_path=out_dir / "results.sqlite",
-            report_files=[report.path, *figures, *report_csvs],
-            counts=runs["status"].value_counts().to_dict(),
-        )
+        try:
+            url = tracker.log_summary(
+                config,
+                tables,
+                figures,
+                store_path=out_dir / "results.sqlite",
+                report_files=[report.path, *figures, *report_csvs],
+                counts=runs["status"].value_counts().to_dict(),
+            )
+        except Exception as error:  # W&B trouble never costs the report or the exit status
+            log.warning("W&B summary run failed (%s: %s)", type(error).__name__, error)
+            url = None
         if url:
             console.print(f"W&B summary run: {url}")
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Run the compare command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+    """Run the compare command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status
+    (see `EXIT_STATUSES`).
 
     ``prog`` is the command name shown in ``--help`` (default: from ``sys.argv[0]``).
     """
@@ -242,39 +262,81 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
+    from normzoo.bench.outdir import OutDirLock, check_out_dir
+    from normzoo.bench.run import Interrupted, interrupt_on_signals
+
     try:
         config = _load(args)
+        out_dir = Path(args.out) if args.out else Path("runs") / config.experiment.name
+        try:
+            check_out_dir(out_dir, store=not args.fresh)
+        except OSError as error:  # e.g. a name too long for the file system
+            raise ValueError(f"--out {out_dir}: {error.strerror or error}") from error
     except (ValueError, FileNotFoundError) as error:
         console.print(f"[red]error:[/] {escape(str(error))}")
         return 2
-    from normzoo.bench.grid import expand_runs
-    from normzoo.bench.run import default_workers, run_grid
-    from normzoo.bench.track import Tracker
-
-    out_dir = Path(args.out) if args.out else Path("runs") / config.experiment.name
-    workers = config.execution.workers or default_workers()
-    if args.fresh and not args.dry_run:
-        _fresh(out_dir)
-    _print_grid(config, out_dir, workers, args.dry_run)
     if args.dry_run:
+        _print_grid(config, out_dir, _workers(config, args), dry_run=True)
+        _print_plan(config, out_dir, args)
         return 0
+    try:
+        with interrupt_on_signals(), OutDirLock(out_dir, wait=args.wait):
+            return _invoke(config, out_dir, args)
+    except Interrupted as interrupt:
+        console.print(f"[yellow]{_interrupted_line(interrupt)}[/]")
+        return interrupt.exit_status
+    except ValueError as error:  # the output dir is locked, its store unusable, data missing
+        console.print(f"[red]error:[/] {escape(str(error))}")
+        return 2
+
+
+def _workers(config, args) -> int:
+    from normzoo.bench.run import default_workers
+
+    return config.execution.workers or default_workers(workers_per_gpu=args.workers_per_gpu)
+
+
+def _print_plan(config, out_dir: Path, args) -> None:
+    from normzoo.bench.run import plan_grid
+    from normzoo.bench.store import Store
+
+    if args.fresh:
+        console.print("--fresh would delete what normzoo created in the output dir first")
+        return
+    with Store(out_dir, read_only=True) as store:
+        plan = plan_grid(config, out_dir, store, args.retry_failed, args.rerun_other_versions)
+    console.print(plan.line())
+
+
+def _invoke(config, out_dir: Path, args) -> int:
+    """The work under the output dir's lock: fresh, grid, report; returns the exit status."""
+    from normzoo.bench.grid import expand_runs
+    from normzoo.bench.outdir import claim, fresh, listing
+    from normzoo.bench.run import grid_status, run_grid
+    from normzoo.bench.store import check_store
+    from normzoo.bench.track import Tracker
     from normzoo.bench.validate import check_files
 
+    if args.fresh:
+        deleted = fresh(out_dir)
+        console.print(f"--fresh: deleted {', '.join(deleted) if deleted else 'nothing'}")
+    check_store(out_dir / "results.sqlite")
+    workers = _workers(config, args)
+    _print_grid(config, out_dir, workers, dry_run=False)
     missing = check_files(config)  # before any training: every run would fail without them
     if missing:
-        console.print(f"[red]error:[/] {escape(chr(10).join(missing))}")
-        return 2
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        tracker = Tracker.from_config(config, out_dir)
-    except ValueError as error:
-        console.print(f"[red]error:[/] {error}")
-        return 2
+        raise ValueError("\n".join(missing))
+    before = listing(out_dir)
+    tracker = Tracker.from_config(config, out_dir)
+    if tracker.enabled and tracker.root == out_dir and "wandb" not in before:
+        claim(out_dir, ["wandb"])
     project = f", project {tracker.project}" if tracker.enabled else ""
     console.print(f"W&B mode: {tracker.mode}{project}")
     if tracker.mode == "online":
         console.print(f"W&B project: {tracker.project_url()}")
-    if not args.report_only:
+    if args.report_only:
+        summary = grid_status(config, out_dir)
+    else:
         summary = run_grid(
             config,
             out_dir,
@@ -282,14 +344,61 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             tracker,
             retry_failed=args.retry_failed,
             show_progress=console.is_terminal,
+            rerun_other_versions=args.rerun_other_versions,
+            workers_per_gpu=args.workers_per_gpu,
         )
         console.print(f"[bold]summary:[/] {summary.line()}")
-        for line in summary.errors:
-            console.print(f"  [red]{line}[/]")
-    _report(config, out_dir, [r.key for r in expand_runs(config)], tracker)
+    for line in summary.errors:
+        console.print(f"  [red]{line}[/]")
+    if len(summary.versions) > 1:
+        console.print(
+            f"[yellow]warning:[/] the stored runs of this grid come from {len(summary.versions)}"
+            " different code/library versions (normzoo, git SHA, torch, lightning, timm):"
+            f" {'; '.join(' '.join(map(str, v)) for v in summary.versions)};"
+            " --rerun-other-versions retrains the ones not made by this version"
+        )
+    status = summary.exit_status
+    try:
+        _report(config, out_dir, [r.key for r in expand_runs(config)], tracker)
+    except Exception as error:  # noqa: BLE001 - the stored results stay valid; say what failed
+        log.debug("report failed", exc_info=True)
+        console.print(f"[red]report failed:[/] {type(error).__name__}: {error}")
+        status = max(status, 1)
+    claim(out_dir, listing(out_dir) - before)
     if tracker.mode == "offline":
         console.print(f"W&B offline runs: wandb sync {tracker.root}/wandb/offline-run-*")
-    return 0
+    if status == 1:
+        console.print(
+            f"exit status 1: {len(summary.errors)} run(s) failed or diverged"
+            + (
+                f", {summary.pending_evaluations} evaluations missing"
+                if summary.pending_evaluations
+                else ""
+            )
+        )
+    return status
+
+
+def _interrupted_line(interrupt) -> str:
+    summary = interrupt.summary
+    name = signal_name(interrupt.signum)
+    if summary is None:
+        return (
+            f"interrupted by {name} outside the grid; the store holds every finished run;"
+            " rerun the same command to resume"
+        )
+    stored = summary.total - summary.not_finished
+    return (
+        f"interrupted by {name}: {stored} of {summary.total} runs are in the store"
+        f" ({len(summary.outcomes)} finished in this invocation); runs in progress were abandoned,"
+        " nothing half-written. Rerun the same command to resume."
+    )
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
 
 
 if __name__ == "__main__":

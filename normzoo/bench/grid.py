@@ -1,10 +1,10 @@
 """Expand a Config into runs (train conditions x norms x seeds) and test conditions, stable keys.
 
-A run's key hashes everything that can change its result (data, backbone, norm and options,
-training hyper-parameters, its batch size, composition and seed, and the evaluation section), so
-a changed config never reuses stale results, while an identical run in another experiment or
-output dir gets the same key. The experiment name, the execution section and the data root are
-not part of the key.
+Train once, evaluate many: a run's key hashes everything that can change the trained model (data,
+backbone, norm and options, training hyper-parameters, its batch size, composition and seed) and
+nothing else, so a changed training config never reuses a stale model, while adding test
+conditions (the eval section) keeps every trained run; evaluations are keyed by (run key, test
+condition). The experiment name, the execution section and the data root are not part of the key.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def stable_json(obj) -> str:
 def run_key(
     config: Config, norm: NormSpec, batch_size: int, composition: Composition, seed: int
 ) -> str:
-    """Stable hash identifying one run (see the module docstring for what it covers)."""
+    """Stable hash of one trained model: covers training only (see the module docstring)."""
     result = config.result_dict()
     train = result["train"]
     for plural in ("batch_sizes", "compositions", "seeds"):
@@ -102,7 +102,6 @@ def run_key(
             "model": result["model"],
             "norm": {"name": norm.name, "options": norm.options},  # not its batch restriction
             "train": train,
-            "eval": result["eval"],
         }
     )
 

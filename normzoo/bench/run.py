@@ -1,214 +1,333 @@
-"""Execute the grid: each run trains and evaluates in a worker; the parent writes the store.
+"""Execute the grid: train each run once, keep its weights, evaluate it under every test condition.
 
-Local default: a process pool (spawn, one torch thread per worker). ``execution.executor:
-submitit`` sends each run to a SLURM cluster through submitit (optional dependency). Either way
-workers return results and only the parent writes, so nothing is lost or duplicated.
+The parent plans `Task`s from the store (train a run, or evaluate a stored model under the
+conditions it lacks), hands them to an executor (`normzoo.bench.worker`) and writes each message
+into the store as it arrives: `Trained` (one transaction), `Evaluated` (one transaction per
+computed condition), `Finished`. Only the parent writes, so nothing is lost or duplicated; a kill
+loses at most the work in progress. A dead worker costs only its run: recorded failed with the
+signal that killed it, retried once in a fresh worker, then left for ``--retry-failed``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import multiprocessing
 import os
+import signal
 import time
-import traceback
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from normzoo.bench.config import Config
 from normzoo.bench.grid import Run, TestCondition, expand_conditions, expand_runs
-from normzoo.bench.store import Store, config_json, now
-from normzoo.bench.track import Tracker
+from normzoo.bench.store import EVAL_KEY, STORE_NAME, VERSION_COLUMNS, Store, now
+from normzoo.bench.worker import (
+    WEIGHTS_DIR,
+    Evaluated,
+    Finished,
+    RunResult,
+    Task,
+    TaskDone,
+    Trained,
+    WorkerDied,
+    code_versions,
+    default_workers,
+    gpu_count,
+    local_results,
+    run_row,
+    submitit_results,
+    weights_path,
+)
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RunResult:
-    """What a worker returns: the run row, its evaluation rows, and its training curves
-    (``wandb_logged``: the worker's W&B run already holds all of it)."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached the parent; the invocation stops (exit status 128 + signal)."""
 
-    run: Run
-    row: dict
-    evaluations: list[dict] = field(default_factory=list)
-    curves: list[dict] = field(default_factory=list)
-    wandb_logged: bool = False
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.summary: Summary | None = None
 
     @property
-    def status(self) -> str:
-        return self.row["status"]
+    def exit_status(self) -> int:
+        return 128 + self.signum
 
 
-def _datamodule(run: Run, config: Config):
-    from normzoo.data import NormzooDataModule
+@contextmanager
+def interrupt_on_signals():
+    """Within the block, SIGINT and SIGTERM raise `Interrupted` (in Lightning too: it composes
+    existing SIGTERM handlers and re-raises what is not a KeyboardInterrupt). A second signal
+    during the clean-up exits at once (workers die with the parent)."""
 
-    composition = run.train_composition
-    return NormzooDataModule(
-        dataset=config.data.dataset,
-        root=config.data.root,
-        train_batch_size=run.train_batch_size,
-        train_composition=composition.name,
-        train_alpha=composition.alpha if composition.alpha is not None else 1.0,
-        train_classes=composition.k if composition.name == "classes" else None,
-        val_fraction=config.data.val_fraction,
-        seed=run.seed,
-        num_workers=0,
-        dataset_options=dict(config.data.options),
-    )
+    def second(signum, frame):
+        os._exit(128 + signum)
+
+    def first(signum, frame):
+        signal.signal(signal.SIGINT, second)
+        signal.signal(signal.SIGTERM, second)
+        raise Interrupted(signum)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, first)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
-def execute_run(
-    run: Run, config: Config, conditions: list[TestCondition], tracker: Tracker | None = None
-) -> RunResult:
-    """Train one run and evaluate it under every condition; never raises (errors become rows).
+# ---- planning: what the store lacks ----------------------------------------------------------
 
-    With a tracker the run logs live to its own W&B run, which also receives the results.
+
+def condition_key(condition: TestCondition) -> tuple:
+    """A test condition as stored: the values of `EVAL_KEY`."""
+    columns = condition.columns()
+    return tuple(columns[c] for c in EVAL_KEY)
+
+
+@dataclass
+class Plan:
+    """What an invocation has to do for a grid, from what its store holds."""
+
+    tasks: list[Task]
+    runs: int
+    conditions: int
+    runs_stored: int = 0
+    evaluations_stored: int = 0
+    evaluations_pending: int = 0
+    kept_failed: int = 0  # failed/diverged runs not retried (no --retry-failed)
+    other_versions: int = 0  # stored runs made by other code or library versions
+
+    @property
+    def to_train(self) -> int:
+        return sum(t.train for t in self.tasks)
+
+    @property
+    def to_evaluate(self) -> int:
+        return sum(not t.train for t in self.tasks)
+
+    def line(self) -> str:
+        return (
+            f"store: {self.runs_stored} of {self.runs} runs and {self.evaluations_stored} of"
+            f" {self.runs * self.conditions} evaluations stored; pending: {self.to_train} runs to"
+            f" train, {self.to_evaluate} to evaluate from stored weights,"
+            f" {self.evaluations_pending} evaluations"
+            + (f"; {self.kept_failed} failed/diverged kept" if self.kept_failed else "")
+            + (f"; {self.other_versions} made by other versions" if self.other_versions else "")
+        )
+
+
+def plan_grid(
+    config: Config,
+    out_dir: str | Path,
+    store: Store,
+    retry_failed: bool = False,
+    rerun_other_versions: bool = False,
+    only: set[str] | None = None,
+) -> Plan:
+    """Tasks for every run of the grid (or of ``only``) whose training or evaluations are missing.
+
+    A stored ok run with weights is only evaluated under the conditions it lacks; without weights
+    it is retrained. Failed runs with weights (evaluation failed) are re-evaluated, others
+    retrained.
     """
-    from normzoo.bench.evaluate import evaluate_run
-    from normzoo.bench.module import DivergedError, train_run
-
-    row = {
-        **run.columns(config.experiment.name),
-        "status": "ok",
-        "error": None,
-        "val_accuracy": None,
-        "train_seconds": None,
-        "eval_seconds": None,
-        "config_hash": config.hash,
-        "config_json": config_json(config.to_dict()),
-        "started_at": now(),
-    }
-    result = RunResult(run, row)
-    logger = _train_logger(tracker, run, config)
-    try:
-        datamodule = _datamodule(run, config)
-        outcome = train_run(run, config, datamodule, [logger] if logger else [])
-        row.update(val_accuracy=outcome.val_accuracy, train_seconds=outcome.seconds)
-        result.curves = outcome.curves
-        start = time.perf_counter()
-        result.evaluations = evaluate_run(outcome.model, datamodule, conditions, config.eval)
-        row["eval_seconds"] = time.perf_counter() - start
-    except DivergedError as error:
-        row.update(status="diverged", error=str(error))
-        result.evaluations = []
-    except Exception as error:  # one failing run must never stop the grid
-        log.debug("run %s failed:\n%s", run.name, traceback.format_exc())
-        row.update(status="failed", error=f"{type(error).__name__}: {error}")
-        result.evaluations = []
-    row["finished_at"] = now()
-    for evaluation in result.evaluations:
-        evaluation["run_key"] = run.key
-    if tracker is not None:
-        result.wandb_logged = tracker.finish_run(logger, run, row, result.evaluations)
-    return result
+    runs, conditions = expand_runs(config), expand_conditions(config)
+    statuses, evaluated, versions = store.statuses(), store.evaluated(), store.versions()
+    current = tuple(code_versions()[c] for c in VERSION_COLUMNS)
+    plan = Plan([], len(runs), len(conditions))
+    for run in runs:
+        status = statuses.get(run.key)
+        done = evaluated.get(run.key, set())
+        pending = tuple(c for c in conditions if condition_key(c) not in done)
+        if status is not None:
+            plan.runs_stored += 1
+            plan.evaluations_stored += len(conditions) - len(pending)
+            plan.other_versions += versions[run.key] != current
+        if only is not None and run.key not in only:
+            continue
+        has_weights = weights_path(out_dir, run.key).exists()
+        retry = retry_failed or only is not None
+        if status is None or (rerun_other_versions and versions[run.key] != current):
+            task = Task(run, tuple(conditions))
+        elif status == "ok" and not pending:
+            continue
+        elif status in ("failed", "diverged") and not retry:
+            plan.kept_failed += 1
+            continue
+        elif has_weights and status != "diverged":
+            task = Task(run, pending, train=False)
+        else:
+            if status == "ok":
+                log.warning("weights of %s are missing: retraining it", run.name)
+            task = Task(run, tuple(conditions))
+        plan.tasks.append(task)
+        plan.evaluations_pending += len(task.conditions)
+    return plan
 
 
-def _train_logger(tracker: Tracker | None, run: Run, config: Config):
-    """The run's WandbLogger, or None (disabled, or W&B failed: the parent logs it later)."""
-    if tracker is None:
-        return None
-    try:
-        return tracker.train_logger(run, config)
-    except Exception as error:  # W&B trouble never stops training
-        log.warning("W&B init for %s failed (%s); logging it after the run", run.name, error)
-        return None
-
-
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    logging.basicConfig(level=logging.WARNING)
-
-
-def _local_results(
-    tasks: list[Run], config: Config, workers: int, tracker: Tracker | None
-) -> Iterator[RunResult]:
-    conditions = expand_conditions(config)
-    if workers == 1:  # in-process: no start-up cost, same single-threaded computation
-        _init_worker()
-        for run in tasks:
-            yield execute_run(run, config, conditions, tracker)
-        return
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
-    try:
-        futures = [pool.submit(execute_run, run, config, conditions, tracker) for run in tasks]
-        for future in as_completed(futures):
-            try:
-                yield future.result()
-            except BrokenProcessPool as error:  # a worker died (killed, OOM): rerun on resume
-                log.error("a worker process died (%s); unfinished runs will rerun on resume", error)
-                return
-    finally:  # on Ctrl-C or an error in the parent, do not wait for the queued runs
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _submitit_results(
-    tasks: list[Run], config: Config, out_dir: Path, tracker: Tracker | None
-) -> Iterator[RunResult]:
-    try:
-        import submitit
-    except ImportError as error:
-        raise ValueError(
-            "execution.executor=submitit needs the optional dependency:"
-            " pip install 'normzoo[cluster]'"
-        ) from error
-    executor = submitit.AutoExecutor(folder=out_dir / "submitit")
-    executor.update_parameters(**config.execution.submitit)
-    conditions = expand_conditions(config)
-    jobs = executor.map_array(
-        execute_run,
-        tasks,
-        [config] * len(tasks),
-        [conditions] * len(tasks),
-        [tracker] * len(tasks),
-    )
-    for job in submitit.helpers.as_completed(jobs):
-        yield job.result()
+# ---- the grid --------------------------------------------------------------------------------
 
 
 @dataclass
 class Summary:
-    """What an invocation did."""
+    """What an invocation did, and the state of the grid in the store afterwards."""
 
     total: int
     skipped: int = 0
-    ok: int = 0
-    failed: int = 0
-    diverged: int = 0
+    outcomes: dict[str, str] = field(default_factory=dict)  # run key -> final status here
+    trained: set[str] = field(default_factory=set)  # run keys trained ok here
+    evaluations: int = 0
     seconds: float = 0.0
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # failed/diverged runs of the whole grid
+    pending_evaluations: int = 0
+    versions: list[tuple] = field(default_factory=list)  # distinct versions in the grid's runs
+
+    def _count(self, status: str) -> int:
+        return sum(s == status for s in self.outcomes.values())
+
+    @property
+    def ok(self) -> int:
+        return self._count("ok")
+
+    @property
+    def failed(self) -> int:
+        return self._count("failed")
+
+    @property
+    def diverged(self) -> int:
+        return self._count("diverged")
 
     @property
     def not_finished(self) -> int:
-        return self.total - self.skipped - self.ok - self.failed - self.diverged
+        return self.total - self.skipped - len(self.outcomes)
+
+    @property
+    def exit_status(self) -> int:
+        """0 when every run of the grid is ok and fully evaluated, else 1."""
+        return 0 if not self.errors and not self.pending_evaluations else 1
 
     def line(self) -> str:
+        trained = sum(s == "ok" and k in self.trained for k, s in self.outcomes.items())
         return (
-            f"{self.ok} finished, {self.failed} failed, {self.diverged} diverged, "
-            f"{self.skipped} skipped (already in the store), {self.not_finished} not finished "
-            f"of {self.total} runs in {self.seconds:.0f}s"
+            f"{self.ok} finished ({trained} trained, {self.ok - trained} evaluated from stored"
+            f" weights), {self.failed} failed, {self.diverged} diverged,"
+            f" {self.skipped} skipped (already in the store), {self.not_finished} not finished"
+            f" of {self.total} runs; {self.evaluations} evaluations written in {self.seconds:.0f}s"
         )
 
 
-def default_workers() -> int:
-    """One worker per CPU core."""
-    return os.cpu_count() or 1
+def _died_row(run: Run, config: Config, reason: str) -> dict:
+    row = run_row(run, config)
+    row.update(status="failed", error=reason, finished_at=now(), device=None)
+    return row
+
+
+class _Writer:
+    """Writes executor messages into the store and keeps the summary and W&B up to date."""
+
+    def __init__(self, store: Store, config: Config, summary: Summary, tracker, runs: dict) -> None:
+        self.store, self.config, self.summary, self.tracker = store, config, summary, tracker
+        self.out_dir = store.path.parent
+        self.runs = runs  # run key -> Run
+        self.died: set[str] = set()
+        self.wandb_failed: set[str] = set()  # not retried until the next invocation
+
+    def handle(self, message) -> bool:
+        """Store one message; True when a task ended (for the progress bar)."""
+        if isinstance(message, Trained):
+            self.store.write_run(message.row, (), message.curves)
+            run = self.runs[message.run_key]
+            if message.row["status"] == "ok":
+                self.summary.trained.add(run.key)
+            else:
+                self._ended(run, message.row["status"], message.row["error"], message.wandb_logged)
+        elif isinstance(message, Evaluated):
+            self.store.write_evaluations(message.rows)
+            self.summary.evaluations += len(message.rows)
+        elif isinstance(message, Finished):
+            run = self.runs[message.run_key]
+            if message.error:
+                self.store.mark_failed(run.key, message.error)
+                self._ended(run, "failed", message.error, message.wandb_logged)
+            else:
+                self.store.update_run(
+                    run.key,
+                    status="ok",
+                    error=None,
+                    eval_seconds=message.eval_seconds,
+                    finished_at=now(),
+                )
+                self._ended(run, "ok", None, message.wandb_logged)
+        elif isinstance(message, WorkerDied):
+            run = message.task.run
+            if message.exitcode in (-signal.SIGTERM, -signal.SIGINT):
+                time.sleep(0.5)  # a signal to the whole group reaches this process too: let it
+            reason = message.reason
+            if self.store.statuses().get(run.key) == "ok":  # trained, died while evaluating
+                self.store.mark_failed(run.key, reason)
+            else:
+                self.store.write_run(_died_row(run, self.config, reason))
+            self.died.add(run.key)
+            self._ended(run, "failed", reason, wandb_logged=None)
+            log.warning("%s: %s", run.name, reason)
+            return True
+        return isinstance(message, TaskDone)
+
+    def _ended(self, run: Run, status: str, error: str | None, wandb_logged: bool | None) -> None:
+        """A run's task ended; ``wandb_logged``: W&B has it all (None: a retry follows)."""
+        self.summary.outcomes[run.key] = status
+        log.info("%s: %s%s", run.name, status, f" ({error})" if error and status != "ok" else "")
+        if wandb_logged:
+            self.store.mark_wandb_logged(run.key)
+        elif wandb_logged is not None:
+            self.log_to_wandb(run)
+
+    def log_to_wandb(self, run: Run) -> None:
+        """The W&B hook: log a stored run, mark it logged; W&B errors never stop the grid."""
+        if self.tracker is None or not getattr(self.tracker, "enabled", True):
+            return
+        row = self.store.run_row(run.key)
+        evaluations = self.store.evaluation_rows(run.key)
+        curves = self.store.curves_frame([run.key]).to_dict("records")
+        weights = weights_path(self.out_dir, run.key)
+        result = RunResult(run, row, evaluations, curves, weights if weights.exists() else None)
+        try:
+            logged = self.tracker.log_run(result)
+        except Exception as error:  # W&B trouble must not lose or stop work
+            self.wandb_failed.add(run.key)
+            log.warning(
+                "W&B logging of %s failed (%s: %s); it is retried on the next invocation",
+                run.name,
+                type(error).__name__,
+                error,
+            )
+            return
+        if logged is not False:  # True, or a tracker that returns nothing
+            self.store.mark_wandb_logged(run.key)
 
 
 def run_grid(
     config: Config,
     out_dir: str | Path,
     workers: int | None = None,
-    tracker: Tracker | None = None,
+    tracker=None,
     retry_failed: bool = False,
     show_progress: bool = True,
+    rerun_other_versions: bool = False,
+    workers_per_gpu: int = 1,
+    executor=None,
 ) -> Summary:
-    """Run every run of the grid that the store does not hold yet, writing each as it finishes."""
+    """Train and evaluate what the store lacks, writing each unit of work as it arrives.
+
+    ``executor(tasks, config, out_dir) -> Iterator[message]`` replaces the local one (submitit
+    when ``execution.executor`` says so). A run whose worker dies is recorded failed and retried
+    once. Raises `Interrupted` (with ``.summary``) on SIGINT/SIGTERM inside
+    `interrupt_on_signals`.
+    """
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -218,16 +337,31 @@ def run_grid(
         TimeRemainingColumn,
     )
 
+    from normzoo.bench.outdir import claim
+
     out_dir = Path(out_dir)
-    runs = expand_runs(config)
+    runs = {run.key: run for run in expand_runs(config)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    claim(out_dir, [STORE_NAME, f"{STORE_NAME}-wal", f"{STORE_NAME}-shm", WEIGHTS_DIR])
     store = Store(out_dir)
-    recorded = store.statuses()
-    redo = ("failed", "diverged") if retry_failed else ()
-    tasks = [r for r in runs if r.key not in recorded or recorded[r.key] in redo]
-    summary = Summary(total=len(runs), skipped=len(runs) - len(tasks))
-    if summary.skipped:
-        log.info("resuming: %d of %d runs already in %s", summary.skipped, len(runs), store.path)
-    workers = max(1, min(workers or config.execution.workers or default_workers(), len(tasks) or 1))
+    plan = plan_grid(config, out_dir, store, retry_failed, rerun_other_versions)
+    summary = Summary(total=len(runs), skipped=len(runs) - len({t.run.key for t in plan.tasks}))
+    log.info(plan.line())
+    gpus = gpu_count()
+    workers = workers or config.execution.workers or default_workers(gpus, workers_per_gpu)
+    workers = max(1, min(workers, len(plan.tasks) or 1))
+    if executor is None:
+        if config.execution.executor == "submitit":
+            executor = submitit_results
+        else:
+            executor = functools.partial(local_results, workers=workers, gpus=gpus)
+    if (
+        tracker is not None
+        and getattr(tracker, "enabled", False)
+        and hasattr(tracker, "train_logger")
+    ):
+        executor = functools.partial(executor, tracker=tracker)  # runs log live where they train
+    writer = _Writer(store, config, summary, tracker, runs)
     start = time.perf_counter()
     columns = (
         TextColumn("[progress.description]{task.description}"),
@@ -237,36 +371,71 @@ def run_grid(
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=not show_progress or not tasks, transient=False) as progress:
-        bar = progress.add_task("runs", total=len(runs), completed=summary.skipped)
-        if config.execution.executor == "submitit":
-            results = _submitit_results(tasks, config, out_dir, tracker)
-        else:
-            results = _local_results(tasks, config, workers, tracker)
-        for done, result in enumerate(results, start=1):
-            store.write_run(result.row, result.evaluations, result.curves)
-            setattr(summary, result.status, getattr(summary, result.status) + 1)
-            if result.status != "ok":
-                summary.errors.append(f"{result.run.name}: {result.status}: {result.row['error']}")
-            if tracker is not None and tracker.enabled and not result.wandb_logged:
-                tracker.log_stored_run(result.run, result.row, result.evaluations, result.curves)
-            elapsed = time.perf_counter() - start
-            eta = elapsed / done * (len(tasks) - done)
-            log.info(
-                "[%d/%d] %s: %s val_acc=%s (%.1fs train) ETA %.0fs",
-                summary.skipped + done,
-                len(runs),
-                result.run.name,
-                result.status,
-                _fmt(result.row["val_accuracy"]),
-                result.row["train_seconds"] or 0.0,
-                eta,
-            )
-            progress.advance(bar)
+    try:
+        with Progress(*columns, disable=not show_progress or not plan.tasks) as progress:
+            bar = progress.add_task("runs", total=len(plan.tasks))
+            tasks = plan.tasks
+            for attempt in (1, 2):
+                writer.died.clear()
+                results = executor(tasks, config, str(out_dir))
+                try:
+                    for message in results:
+                        if writer.handle(message):
+                            progress.advance(bar)
+                finally:
+                    close = getattr(results, "close", None)
+                    if close is not None:  # stop the workers now, not at garbage collection
+                        close()
+                if not writer.died or attempt == 2:
+                    break
+                retry = plan_grid(config, out_dir, store, only=set(writer.died))
+                tasks = retry.tasks
+                log.warning(
+                    "retrying %d run(s) whose worker died, each in a fresh worker", len(tasks)
+                )
+                progress.update(bar, total=len(plan.tasks) + len(tasks))
+        writer.died.clear()
+        _catch_up_wandb(writer, store, runs)
+    except Interrupted as interrupt:
+        summary.seconds = time.perf_counter() - start
+        _final_state(summary, store, runs, config, out_dir)
+        store.close()
+        interrupt.summary = summary
+        raise
     summary.seconds = time.perf_counter() - start
+    _final_state(summary, store, runs, config, out_dir)
     store.close()
     return summary
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def grid_status(config: Config, out_dir: str | Path) -> Summary:
+    """The state of the grid in the store (nothing run): failed runs, missing evaluations."""
+    runs = {run.key: run for run in expand_runs(config)}
+    summary = Summary(total=len(runs), skipped=len(runs))
+    with Store(out_dir, read_only=True) as store:
+        _final_state(summary, store, runs, config, out_dir)
+    return summary
+
+
+def _catch_up_wandb(writer: _Writer, store: Store, runs: dict) -> None:
+    """Log the stored runs of this grid that are not in W&B yet (a kill before logging, or
+    W&B trouble last time)."""
+    if writer.tracker is None or not getattr(writer.tracker, "enabled", True):
+        return
+    missing = [k for k in store.not_in_wandb(runs) if k not in writer.wandb_failed]
+    if missing:
+        log.info("logging %d stored run(s) to W&B that are not there yet", len(missing))
+    for key in missing:
+        writer.log_to_wandb(runs[key])
+
+
+def _final_state(summary: Summary, store: Store, runs: dict, config: Config, out_dir) -> None:
+    plan = plan_grid(config, out_dir, store)  # failed runs are counted as errors instead
+    summary.pending_evaluations = plan.evaluations_pending
+    statuses = store.statuses()
+    rows = {key: store.run_row(key) for key in runs if statuses.get(key) in ("failed", "diverged")}
+    summary.errors = [
+        f"{runs[key].name}: {row['status']}: {row['error']}" for key, row in rows.items()
+    ]
+    versions = store.versions()
+    summary.versions = sorted({versions[k] for k in runs if k in versions}, key=str)

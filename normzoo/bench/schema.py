@@ -84,7 +84,17 @@ RUN_COLUMNS = (
     "config_json",
     "started_at",
     "finished_at",
+    # provenance: the code and libraries that trained the run, and where (issue 12)
+    "normzoo_version",
+    "git_sha",
+    "torch_version",
+    "lightning_version",
+    "timm_version",
+    "device",
 )
+PROVENANCE_COLUMNS = RUN_COLUMNS[-6:]
+# The provenance that makes a stored run "of another version" (--rerun-other-versions).
+VERSION_COLUMNS = PROVENANCE_COLUMNS[:-1]
 # The `evaluations` table of the results store, in order.
 EVAL_COLUMNS = (
     "run_key",

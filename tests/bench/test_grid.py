@@ -43,15 +43,21 @@ def test_runs_cover_the_product_with_unique_deterministic_keys():
     assert runs[0].name == "batch-bs2-s0"
 
 
-def test_run_key_changes_with_what_affects_results_only():
+def test_run_key_changes_with_what_affects_training_only():
     base = _config()
     norm = base.norms[0]
     key = run_key(base, norm, 8, Composition(), 0)
     assert run_key(_config(lr=0.1), norm, 8, Composition(), 0) != key
     assert run_key(base, norm, 8, Composition(), 1) != key
     assert run_key(base, NormSpec("batch", {"momentum": 0.01}), 8, Composition(), 0) != key
-    other_eval = dataclasses.replace(base, eval=dataclasses.replace(base.eval, mix_prior=4.0))
-    assert run_key(other_eval, norm, 8, Composition(), 0) != key
+    other_data = dataclasses.replace(base, data=dataclasses.replace(base.data, val_fraction=0.2))
+    assert run_key(other_data, norm, 8, Composition(), 0) != key
+    # train once, evaluate many (issue 12): test conditions never change what is trained
+    other_eval = dataclasses.replace(
+        base,
+        eval=dataclasses.replace(base.eval, mix_prior=4.0, shifts=("clean",), severities=(2,)),
+    )
+    assert run_key(other_eval, norm, 8, Composition(), 0) == key
     renamed = dataclasses.replace(
         base,
         experiment=dataclasses.replace(base.experiment, name="other"),

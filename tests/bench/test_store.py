@@ -1,11 +1,21 @@
-"""The SQLite store: atomic per-run writes, unique keys, resume statuses, pandas/CSV export."""
+"""The SQLite store: atomic writes, unique keys, resume, export; bad stores refused untouched."""
 
+import os
 import sqlite3
 
 import pandas as pd
 import pytest
 
-from normzoo.bench.store import EVAL_COLUMNS, RUN_COLUMNS, SCHEMA_RUN_COLUMNS, Store
+from normzoo.bench.store import (
+    EVAL_COLUMNS,
+    RUN_COLUMNS,
+    SCHEMA_RUN_COLUMNS,
+    SCHEMA_VERSION,
+    STORE_NAME,
+    Store,
+    StoreError,
+    check_store,
+)
 
 
 def _row(key, status="ok", norm="batch", seed=0):
@@ -98,3 +108,83 @@ def test_second_connection_sees_committed_runs_and_csv_export(tmp_path):
     )
     writer.close()
     reader.close()
+
+
+OLD_SCHEMA = """
+CREATE TABLE runs (run_key TEXT PRIMARY KEY, experiment TEXT, status TEXT);
+CREATE TABLE evaluations (run_key TEXT, accuracy REAL);
+INSERT INTO runs VALUES ('k', 'e', 'ok');
+"""
+
+
+def _sqlite_file(path, script: str, user_version: int = 0) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript(script)
+    conn.execute(f"PRAGMA user_version={user_version}")
+    conn.commit()
+    conn.close()
+
+
+def _unusable_stores(tmp_path):
+    """name -> (path of an unusable results.sqlite, what the error must say)."""
+    cases = {}
+    garbage = tmp_path / "garbage" / STORE_NAME
+    garbage.parent.mkdir()
+    garbage.write_bytes(b"not a database\n" * 100)
+    cases["garbage"] = (garbage, "not an SQLite file")
+    good = tmp_path / "good"
+    with Store(good) as store:
+        store.write_run(_row("a"), _evals("a", [(1, 0.7)]))
+    truncated = tmp_path / "truncated" / STORE_NAME
+    truncated.parent.mkdir()
+    truncated.write_bytes((good / STORE_NAME).read_bytes()[:1500])
+    cases["truncated"] = (truncated, "damaged")
+    foreign = tmp_path / "foreign" / STORE_NAME
+    foreign.parent.mkdir()
+    _sqlite_file(foreign, "CREATE TABLE songs (title TEXT); INSERT INTO songs VALUES ('x');")
+    cases["foreign"] = (foreign, "another program")
+    older = tmp_path / "older" / STORE_NAME
+    older.parent.mkdir()
+    _sqlite_file(older, OLD_SCHEMA)
+    cases["older"] = (older, "older normzoo")
+    newer = tmp_path / "newer" / STORE_NAME
+    newer.parent.mkdir()
+    _sqlite_file(newer, OLD_SCHEMA, user_version=SCHEMA_VERSION + 1)
+    cases["newer"] = (newer, "newer normzoo")
+    return cases
+
+
+def test_unusable_stores_are_refused_and_left_untouched(tmp_path):
+    for name, (path, message) in _unusable_stores(tmp_path).items():
+        content = path.read_bytes()
+        with pytest.raises(StoreError, match=message):
+            Store(path.parent)
+        with pytest.raises(StoreError, match=message):
+            Store(path.parent, read_only=True)
+        assert path.read_bytes() == content, name
+        assert sorted(p.name for p in path.parent.iterdir()) == [STORE_NAME], name
+    check_store(tmp_path / "missing" / STORE_NAME)  # a new store is fine
+
+
+def test_cli_refuses_unusable_output_dirs_before_any_work(
+    compare, tiny_config_path, tmp_path, capsys
+):
+    cases = {name: (path.parent, msg) for name, (path, msg) in _unusable_stores(tmp_path).items()}
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases["out is a file"] = (a_file, "is a file")
+    cases["under a file"] = (a_file / "sub", "is a file")
+    for name, (out, message) in cases.items():
+        before = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
+        assert compare.main([str(tiny_config_path), "--out", str(out)]) == 2, name
+        printed = " ".join(capsys.readouterr().out.split())
+        assert message in printed and "Traceback" not in printed, name
+        assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else None) == before, name
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_cli_refuses_an_unwritable_output_dir(compare, tiny_config_path, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert compare.main([str(tiny_config_path), "--out", str(locked / "out")]) == 2
+    assert "not writable" in capsys.readouterr().out
