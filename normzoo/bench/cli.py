@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
         "--rerun-other-versions",
         action="store_true",
         help="retrain stored runs that other normzoo/torch/lightning/timm versions produced"
-        " (by default they are kept and the report warns about the mix)",
+        " (by default they are kept, and a warning lists the versions mixed)",
     )
     parser.add_argument(
         "--retry-failed",
@@ -262,6 +262,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
+    try:
+        return _main(args)
+    except KeyboardInterrupt:  # Ctrl-C before the grid's own handling (loading, validating)
+        console.print("[yellow]interrupted by SIGINT before any run started[/]")
+        return 130
+
+
+def _main(args: argparse.Namespace) -> int:
     from normzoo.bench.outdir import OutDirLock, check_out_dir
     from normzoo.bench.run import Interrupted, interrupt_on_signals
 
