@@ -6,6 +6,7 @@ trained models, not the same models evaluated under several test conditions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -136,8 +137,10 @@ def friedman_nemenyi(
     denominator = n * (k - 1) - chi2
     if not np.isfinite(chi2):
         f_stat, p = float("nan"), float("nan")
-    elif denominator <= 0:  # ranks identical in every block: perfect agreement
-        f_stat, p = float("inf"), 0.0
+    elif denominator <= 0:
+        # Ranks identical in every block: F is infinite, and the exact p-value is the chance
+        # that N - 1 random rankings all equal the first, (1/k!)^(N-1) (never 0).
+        f_stat, p = float("inf"), float(math.factorial(k) ** -(n - 1))
     else:
         f_stat = float((n - 1) * chi2 / denominator)
         p = float(sps.f.sf(f_stat, k - 1, (k - 1) * (n - 1)))

@@ -109,3 +109,10 @@ def test_shared_blocks_are_descriptive_only():
     assert stats.friedman_nemenyi(DEMSAR_AUC, DEMSAR_NAMES).verdict == "significant"
     loose = stats.friedman_nemenyi(DEMSAR_AUC, DEMSAR_NAMES, 0.10, independent_blocks=False)
     assert not loose.significantly_different("C4.5", "C4.5+m+cf")
+
+
+def test_perfect_agreement_gets_the_exact_pvalue_not_zero():
+    scores = np.array([[0.9, 0.8, 0.7, 0.6], [0.8, 0.7, 0.6, 0.5], [0.95, 0.9, 0.8, 0.1]])
+    result = stats.friedman_nemenyi(scores, list("abcd"))
+    # every block ranks a > b > c > d: P = (1/4!)^2 under H0 (independent uniform rankings)
+    assert result.pvalue == pytest.approx(1 / 24**2) and result.pvalue > 0
