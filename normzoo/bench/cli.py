@@ -84,6 +84,12 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
         help="validate the config, print the grid and the estimated cost; train nothing",
     )
     parser.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch a missing real dataset (CIFAR-10, MNIST, CIFAR-10-C; checksum-verified) before"
+        " training (= --set data.download=true); never done otherwise",
+    )
+    parser.add_argument(
         "--fresh",
         action="store_true",
         help="delete what normzoo created in the output dir (store, weights, CSVs, report, the"
@@ -129,6 +135,8 @@ def _load(args: argparse.Namespace):
         overrides.append(f"execution.workers={args.workers}")
     if args.wandb is not None:
         overrides.append(f"execution.wandb={args.wandb}")
+    if args.download:
+        overrides.append("data.download=true")
     return load_config(resolve_config(args.config), overrides)
 
 
@@ -323,7 +331,7 @@ def _invoke(config, out_dir: Path, args) -> int:
     from normzoo.bench.run import grid_status, run_grid
     from normzoo.bench.store import check_store
     from normzoo.bench.track import Tracker
-    from normzoo.bench.validate import check_files
+    from normzoo.bench.validate import check_files, download_missing
 
     if args.fresh:
         deleted = fresh(out_dir)
@@ -331,6 +339,10 @@ def _invoke(config, out_dir: Path, args) -> int:
     check_store(out_dir / "results.sqlite")
     workers = _workers(config, args)
     _print_grid(config, out_dir, workers, dry_run=False)
+    try:
+        download_missing(config)  # only with data.download: true
+    except (OSError, RuntimeError) as error:
+        raise ValueError(f"download failed: {error}") from None
     missing = check_files(config)  # before any training: every run would fail without them
     if missing:
         raise ValueError("\n".join(missing))

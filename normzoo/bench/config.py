@@ -73,6 +73,7 @@ class DataSection:
     root: str | None = None
     options: dict = field(default_factory=dict)
     val_fraction: float = 0.1
+    download: bool = False  # opt in: fetch a missing real dataset (never changes a result)
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ class Config:
         d.pop("execution")
         d.pop("stats")
         d["data"].pop("root")
+        d["data"].pop("download")
         return d
 
     @property

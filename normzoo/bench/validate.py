@@ -173,6 +173,7 @@ FIELD_RULES: dict[str, Rule] = {
     "data.dataset": _choice(DATASETS, "dataset"),
     "data.root": Rule("text", optional=True),
     "data.options": Rule("mapping"),
+    "data.download": Rule("bool", hint=" (opt-in download of cifar10/mnist/CIFAR-10-C)"),
     "data.val_fraction": Rule("number", low=0, high=1, open_low=True, open_high=True),
     "model.backbone": Rule("text"),
     "model.options": Rule("mapping"),
@@ -369,3 +370,17 @@ def check_files(config: Any) -> list[str]:
         except OSError as error:
             problems.append(f"eval.shift_root: {error}")
     return problems
+
+
+def download_missing(config: Any) -> None:
+    """With ``data.download: true``, fetch the real datasets a config reads that are missing
+    (checksum-verified, see ``normzoo.data.download``); never called otherwise."""
+    if not config.data.download:
+        return
+    from normzoo.data.download import download
+
+    if config.data.dataset in ("cifar10", "mnist"):
+        download(config.data.dataset, config.data.root)
+    if config.eval.shift_source == "cifar10c":
+        root = config.eval.shift_root if config.eval.shift_root is not None else config.data.root
+        download("cifar10c", root)

@@ -1,4 +1,4 @@
-"""Readers for real datasets in their standard on-disk formats. normzoo never downloads.
+"""Readers for real datasets in their standard on-disk formats (downloads: ``data.download``).
 
 - CIFAR-10: the python pickle batches ``cifar-10-batches-py/{data_batch_1..5, test_batch,
   batches.meta}`` (https://www.cs.toronto.edu/~kriz/cifar.html).
@@ -53,8 +53,9 @@ def _find_dir(root: Path, folder: str, what: str, required: tuple[str, ...], url
     missing = [name for name in required if not _existing(root / folder / name)]
     raise FileNotFoundError(
         f"{what} not found: expected {', '.join(missing)} in {root / folder}. "
-        f"normzoo never downloads data; get {what} from {url}, unpack it so that these files "
-        f"are in {root / folder}, and pass root={str(root)!r} (or set $NORMZOO_DATA)."
+        f"normzoo never downloads data unless asked: get {what} from {url}, unpack it so that "
+        f"these files are in {root / folder}, and pass root={str(root)!r} (or set "
+        "$NORMZOO_DATA); or let the benchmark fetch it with data.download: true (--download)."
     )
 
 

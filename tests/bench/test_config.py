@@ -317,3 +317,10 @@ def test_a_norm_can_be_restricted_to_some_train_batch_sizes(tiny_config_path):
                 " train_batch_sizes: [32]}]"
             ],
         )
+
+
+def test_nothing_is_downloaded_unless_asked(tiny_config_path):
+    """Download is opt-in (tests/data/test_data_download.py tests it) and changes no result."""
+    assert load_config(tiny_config_path).data.download is False
+    on = load_config(tiny_config_path, ["data.download=true"])
+    assert on.data.download is True and on.hash == load_config(tiny_config_path).hash
