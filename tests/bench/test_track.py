@@ -208,7 +208,10 @@ def test_retry_failed_resumes_the_same_wandb_run_in_wandb_dir(
             return _Exploding(num_classes)
         return real_build(backbone, norm, num_classes, in_channels, norm_options, **options)
 
-    config = load_config(tiny_config_path, [*TINY_SET, "train.seeds=1", "execution.wandb=offline"])
+    config = load_config(
+        tiny_config_path,
+        [*TINY_SET, "train.seeds=1", "execution.wandb=offline", "execution.wandb_weights=true"],
+    )
     monkeypatch.setattr(normzoo.models, "build_model", build)
     out = tmp_path / "out"
     tracker = Tracker.from_config(config, out)
@@ -223,5 +226,8 @@ def test_retry_failed_resumes_the_same_wandb_run_in_wandb_dir(
     assert len(diverged) == 2 and len({w["id"] for w in diverged}) == 1  # same id, resumed
     assert all("diverged" in w["summary"]["status"] for w in diverged)
     assert "loss became" in diverged[-1]["summary"]["error"]
-    assert len([w for w in logged if w["config"]["norm"] == "batch"]) == 1
+    (trained,) = [w for w in logged if w["config"]["norm"] == "batch"]
+    # execution.wandb_weights: the kept weights of a trained run are its model artifact
+    assert ("model", f"model-{trained['id']}") in trained["artifacts"]
+    assert not any(kind == "model" for w in diverged for kind, _ in w["artifacts"])
     assert os.environ["WANDB_DIR"] == str(tmp_path / "elsewhere")
