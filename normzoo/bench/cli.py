@@ -143,16 +143,16 @@ def _load(args: argparse.Namespace):
 def _print_grid(config, out_dir: Path, workers: int, dry_run: bool) -> None:
     from normzoo.bench.cost import estimate_seconds
     from normzoo.bench.grid import expand_conditions, expand_runs, grid_summary
-    from normzoo.registry import is_batch_dependent
 
-    batch_dependent = sum(is_batch_dependent(n.name) for n in config.norms)
-    counts = grid_summary(config, batch_dependent)
+    counts = grid_summary(config)
+    restricted = any(n.train_batch_sizes for n in config.norms)
     cost = estimate_seconds(config, workers)
     console.print(
         f"[bold]{config.experiment.name}[/] (config hash {config.hash}) -> {out_dir}\n"
         f"  {counts['runs']} runs = {len(config.norms)} norms x {len(config.train.batch_sizes)}"
         f" train batch sizes x {len(config.train.compositions)} compositions x"
-        f" {len(config.train.seeds)} seeds\n"
+        f" {len(config.train.seeds)} seeds"
+        f"{' (less: some norms run only at some batch sizes)' if restricted else ''}\n"
         f"  {counts['conditions_per_run']} test conditions per run ->"
         f" {counts['evaluations_recorded']} evaluation rows, {counts['evaluations_computed']}"
         " computed (identical computations run once)\n"

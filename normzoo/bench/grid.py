@@ -184,17 +184,17 @@ def computed_condition(
     return dataclasses.replace(condition, stats_mode=mode, composition=composition)
 
 
-def grid_summary(config: Config, batch_dependent_norms: int) -> dict:
+def grid_summary(config: Config) -> dict:
     """Counts for the CLI: runs, recorded evaluations per run, computed evaluations in total."""
+    from normzoo.registry import is_batch_dependent
+
     runs = expand_runs(config)
     conditions = expand_conditions(config)
     largest = max(config.eval.test_batch_sizes)
     unique_bd = {computed_condition(c, True, largest) for c in conditions}
     unique_bi = {computed_condition(c, False, largest) for c in conditions}
-    per_seed_and_train = len(runs) // max(1, len(config.norms))
-    computed = per_seed_and_train * (
-        batch_dependent_norms * len(unique_bd)
-        + (len(config.norms) - batch_dependent_norms) * len(unique_bi)
+    computed = sum(  # per run: a norm may be restricted to some train batch sizes
+        len(unique_bd) if is_batch_dependent(run.norm.name) else len(unique_bi) for run in runs
     )
     return {
         "runs": len(runs),

@@ -283,7 +283,7 @@ def test_missing_dataset_files_stop_the_cli_before_training(compare, tiny_config
 
 def test_a_norm_can_be_restricted_to_some_train_batch_sizes(tiny_config_path):
     """Wu & He's decoupled arm: ghost batches only at the fixed optimization batch."""
-    from normzoo.bench.grid import expand_runs
+    from normzoo.bench.grid import expand_runs, grid_summary
 
     config = load_config(
         tiny_config_path,
@@ -305,6 +305,13 @@ def test_a_norm_can_be_restricted_to_some_train_batch_sizes(tiny_config_path):
             "train.batch_sizes=[8, 16]",
             "norms=[batch, {name: ghost_batch, options: {virtual_batch_size: 4}}]",
         ],
+    )
+    summary = grid_summary(config)  # counts follow the runs, not norms x batch sizes
+    assert summary["runs"] == 6
+    assert (
+        summary["evaluations_computed"]
+        == 4 * summary["computed_per_batch_dependent_run"]
+        + 2 * summary["computed_per_batch_dependent_run"]
     )
     # the restriction selects runs; it is not part of a run's key
     keys = {(r.norm.name, r.train_batch_size, r.seed): r.key for r in expand_runs(unrestricted)}
