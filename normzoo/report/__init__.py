@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from normzoo.bench.schema import RUN_STATUSES, TEST_KEYS
 from normzoo.bench.stats_section import StatsSection
 from normzoo.report import plots
 from normzoo.report.families import (
@@ -217,18 +218,11 @@ def compute_report(
         spec=spec,
         declared=bool(spec.primary),
         reference=reference,
-        run_counts={s: int(counts.get(s, 0)) for s in ("ok", "failed", "diverged")}
-        | {"total": len(runs)},
+        run_counts={s: int(counts.get(s, 0)) for s in RUN_STATUSES} | {"total": len(runs)},
         failed=failed_runs(runs),
         methods=methods,
         seeds=seeds,
-        test_conditions=0
-        if ev.empty
-        else int(
-            ev[["test_batch_size", "stats_mode", "shift", "severity", "test_composition"]]
-            .drop_duplicates()
-            .shape[0]
-        ),
+        test_conditions=0 if ev.empty else int(ev[list(TEST_KEYS)].drop_duplicates().shape[0]),
         headline=headline(ev),
         primary_labels=tuple(labels),
         primary_missing=tuple(missing),
