@@ -192,8 +192,11 @@ def check_files(dataset: str, root: str | os.PathLike | None, cifar10c: tuple[st
 def _read_idx(path: Path) -> np.ndarray:
     """An IDX file (MNIST's format): big-endian magic 0x0000 0x08 ndim, then dims, then uint8."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as error:  # unreadable, or a truncated/corrupt .gz
+        raise ValueError(f"{path} cannot be read as an IDX file: {error}") from error
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic {data[:4]!r})")
     ndim = data[3]

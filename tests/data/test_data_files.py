@@ -232,3 +232,20 @@ def test_check_files_before_loading(tmp_path):
     check_files("synthetic", tmp_path)  # nothing on disk to check
     with pytest.raises(FileNotFoundError, match="fog.npy"):
         check_files("cifar10", tmp_path, cifar10c=("fog",))
+
+
+def test_mnist_corrupt_gzip_names_the_file(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_NAMES:
+        (raw / f"{name}.gz").write_bytes(gzip.compress(_idx(np.zeros((2, 28, 28))))[:20])
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz"):
+        load_mnist(tmp_path)
+
+
+MNIST_NAMES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
