@@ -94,7 +94,7 @@ def _compare(grid: Path, out: Path, workers: int, faults: str = "", *extra: str)
         start_new_session=True,
     )
     try:
-        output, _ = proc.communicate(timeout=240)
+        output, _ = proc.communicate(timeout=480)  # seconds each when the machine is idle
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -187,23 +187,23 @@ def test_sigkill_to_the_parent_leaves_no_orphans(grid, tmp_path):
 def test_dead_workers_cost_only_their_runs(grid, tmp_path):
     """SIGINT to a worker is ignored (Ctrl-C is the parent's); a worker killed by SIGTERM once
     (inside Lightning's fit) costs one retry; a run that SIGKILLs its worker every time is
-    recorded failed after its retry; the other runs finish and the status says 1."""
+    recorded failed after its retry; the other run finishes and the status says 1."""
     out = tmp_path / "out"
-    faults = "self:INT:0:*:once,self:TERM:1:batch:once,self:KILL:0:group:always"
-    done, left = _compare(grid, out, 2, faults)
+    faults = "self:INT:0:*:once,self:TERM:0:batch:once,self:KILL:0:group:always"
+    done, left = _compare(grid, out, 2, faults, "--set", "train.seeds=1")
     text = _text(done)
     assert done.returncode == 1, text[-3000:]
     assert left == []
     state = _consistent(out)
-    assert len(state) == RUNS
+    assert len(state) == 2
     for (status, error, evaluations), norm in zip(state.values(), _norms(out), strict=True):
-        if norm == "batch":  # one of them died by SIGTERM once, then finished in a fresh worker
+        if norm == "batch":  # died by SIGTERM once, then finished in a fresh worker
             assert (status, error, evaluations) == ("ok", None, 1)
         else:
             assert (status, error) == ("failed", "worker died (signal 9, SIGKILL)")
     assert "worker died (signal 15, SIGTERM)" in text
-    assert "retrying 3 run(s) whose worker died" in text
-    assert "exit status 1: 2 run(s) failed" in text
+    assert "retrying 2 run(s) whose worker died" in text
+    assert "exit status 1: 1 run(s) failed" in text
 
 
 def test_a_second_invocation_on_a_locked_dir_exits_at_once(compare, grid, tmp_path, capsys):
