@@ -348,6 +348,10 @@ def check_combinations(config: Any) -> list[str]:
             "execution.executor=submitit needs the optional dependency:"
             " pip install 'normzoo[cluster]'"
         )
+    elif ex.executor == "submitit":
+        from normzoo.bench.cluster import check_options
+
+        problems.extend(check_options(ex.submitit))
     return problems
 
 

@@ -370,22 +370,13 @@ def local_results(
     yield from pool_results(tasks, execute_task, (config, out_dir, tracker), slots, setup_worker)
 
 
-def _collect(task: Task, config: Config, out_dir: str, tracker=None) -> list:
-    return [*execute_task(task, config, out_dir, tracker), TaskDone(task)]
-
-
 def submitit_results(tasks: list[Task], config: Config, out_dir: str, tracker=None) -> Iterator:
-    """One SLURM job per task through submitit; each job returns its messages."""
+    """Tasks as submitit jobs (SLURM or local), stored exactly once: `normzoo.bench.cluster`."""
     try:
-        import submitit
+        from normzoo.bench.cluster import submitit_results as cluster_results
     except ImportError as error:
         raise ValueError(
             "execution.executor=submitit needs the optional dependency:"
             " pip install 'normzoo[cluster]'"
         ) from error
-    executor = submitit.AutoExecutor(folder=Path(out_dir) / "submitit")
-    executor.update_parameters(**config.execution.submitit)
-    n = len(tasks)
-    jobs = executor.map_array(_collect, tasks, [config] * n, [out_dir] * n, [tracker] * n)
-    for job in submitit.helpers.as_completed(jobs):
-        yield from job.result()
+    yield from cluster_results(tasks, config, out_dir, tracker)
