@@ -39,9 +39,9 @@ check-lowest: $(STAMP)
 	rm -rf .lowest
 	$(PY) tools/lock.py lowest > $(VENV)/lowest.txt
 	$(PY) -m pip install --quiet --target .lowest -r $(VENV)/lowest.txt
-	PYTHONPATH=.lowest $(PY) -m pytest -q -p no:cacheprovider tests/test_stats.py \
-		tests/test_report.py tests/bench/test_config.py tests/bench/test_store.py \
-		tests/bench/test_cluster.py $(PYTEST_ARGS)
+	PYTHONPATH=.lowest $(PY) -m pytest -q -p no:cacheprovider tests/stats tests/report \
+		tests/bench/test_config.py tests/bench/test_store.py tests/bench/test_track.py \
+		tests/bench/test_cluster.py -k "not slow" $(PYTEST_ARGS)
 
 # Build outputs and caches; results (runs/) are kept: `make clean-results` deletes those.
 clean:

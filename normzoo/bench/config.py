@@ -133,6 +133,7 @@ class ExecutionSection:
     wandb_weights: bool = False  # log each run's kept weights as a W&B model artifact
     executor: str = "local"
     submitit: dict = field(default_factory=dict)
+    ddp_devices: int = 1  # processes per run (Lightning DDP, zoo batch layers synced)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,14 @@ class Classifier(L.LightningModule):
         self._first_bad_step: torch.Tensor | None = None  # device scalar, -1 while all finite
         self._first_bad_loss: torch.Tensor | None = None
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Under DDP each process trains on its slice of the global batch (bench/ddp.py)."""
+        if self.trainer.training and self.trainer.world_size > 1:
+            from normzoo.bench.ddp import shard
+
+            return shard(batch, self.trainer.global_rank, self.trainer.world_size)
+        return batch
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
@@ -199,6 +207,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*number of training batches.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
 
 
 def build_module(run: Run, config: Config, datamodule: L.LightningDataModule) -> Classifier:
@@ -247,11 +256,17 @@ def train_run(
     """Seed, build the backbone with the run's norm, and fit it with Lightning.
 
     ``loggers`` (e.g. a ``WandbLogger``) receive the curves live, besides the store's recorder.
+    With ``execution.ddp_devices`` > 1 the run trains with Lightning DDP (see bench/ddp.py).
     """
+    from normzoo.bench import ddp
+
+    devices = config.execution.ddp_devices
+    if devices > 1 and not ddp.inside():
+        return ddp.launch(train_run, devices, run, config, datamodule, loggers=loggers)
     quiet_lightning()
     module = build_module(run, config, datamodule)
     recorder = CurveRecorder()
-    trainer = build_trainer(config, [recorder, *loggers])
+    trainer = build_trainer(config, [recorder, *loggers], **ddp.trainer_options(devices))
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     seconds = time.perf_counter() - start

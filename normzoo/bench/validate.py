@@ -211,6 +211,7 @@ FIELD_RULES: dict[str, Rule] = {
     "execution.wandb_weights": Rule("bool"),
     "execution.executor": _choice(schema.EXECUTORS, "executor"),
     "execution.submitit": Rule("mapping"),
+    "execution.ddp_devices": _int(hint=" (processes per run; 1: no DDP)"),
 }
 
 
@@ -352,6 +353,13 @@ def check_combinations(config: Any) -> list[str]:
         from normzoo.bench.cluster import check_options
 
         problems.extend(check_options(ex.submitit))
+    if isinstance(ex.ddp_devices, int) and ex.ddp_devices > 1:
+        odd = [b for b in train.batch_sizes if isinstance(b, int) and b % ex.ddp_devices]
+        if odd:
+            problems.append(
+                f"train.batch_sizes {odd} cannot be split over execution.ddp_devices="
+                f"{ex.ddp_devices} processes; use batch sizes divisible by it"
+            )
     return problems
 
 
