@@ -8,6 +8,7 @@ normzoo presets                      # list the shipped presets
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -15,44 +16,47 @@ USAGE = __doc__.split("\n\n", 1)[1]
 
 
 def report(argv: list[str]) -> int:
-    """Rebuild the report of every run in ``DIR/results.sqlite`` (no config needed)."""
+    """Rebuild DIR's report from its store, with the config its runs were made with."""
     parser = argparse.ArgumentParser(
         prog="normzoo report",
-        description="Rebuild CSVs, report.md and plots of an output dir from its results.sqlite.",
+        description="Rebuild CSVs, report.md and plots of an output dir from its results.sqlite"
+        " (= normzoo compare CONFIG --out DIR --report-only, with the config stored in DIR).",
     )
     parser.add_argument("dir", help="output dir of a compare run (holds results.sqlite)")
     parser.add_argument(
-        "--reference", default=None, help="norm to compare against (default: batch)"
+        "--config",
+        default=None,
+        help="report the runs of this config (path or preset); default: the config of the"
+        " run finished last in the store",
     )
     args = parser.parse_args(argv)
-    from normzoo.bench.cli import _rich_table, console
+    from normzoo.bench import cli
+    from normzoo.bench.config import load_config, parse_config
+    from normzoo.bench.grid import expand_runs
+    from normzoo.bench.presets import resolve_config
     from normzoo.bench.store import STORE_NAME, Store
-    from normzoo.report import build_report
 
     out_dir = Path(args.dir)
     if not (out_dir / STORE_NAME).is_file():
-        console.print(f"[red]error:[/] no {STORE_NAME} in '{out_dir}'; pass the --out dir of a run")
+        cli.console.print(f"[red]error:[/] no {STORE_NAME} in '{out_dir}'; pass a run's --out dir")
         return 2
-    with Store(out_dir) as store:
-        store.export_csv(out_dir)
-        runs = store.runs_frame()
-        evaluations = store.evaluations_frame()
-    if evaluations.empty:
-        console.print(f"[yellow]no finished runs in {out_dir / STORE_NAME}; nothing to report[/]")
-        return 1
-    norms = list(dict.fromkeys(evaluations["norm"]))
-    reference = args.reference or ("batch" if "batch" in norms else norms[0])
-    experiments = ", ".join(sorted(set(runs["experiment"])))
-    result = build_report(
-        runs,
-        evaluations,
-        out_dir,
-        reference=reference,
-        title=f"normzoo benchmark: {experiments}",
-        command=" ".join(["normzoo", "report", *argv]),
-    )
-    console.print(_rich_table(result.headline.T.rename_axis("condition")))
-    console.print(f"\nreport: {result.path}")
+    try:
+        if args.config:
+            config = load_config(resolve_config(args.config))
+        else:
+            with Store(out_dir) as store:
+                runs = store.runs_frame()
+            if runs.empty:
+                cli.console.print(
+                    f"[yellow]no runs in {out_dir / STORE_NAME}; nothing to report[/]"
+                )
+                return 1
+            latest = runs.sort_values("finished_at", na_position="first").iloc[-1]
+            config = parse_config(json.loads(latest["config_json"]))
+    except (ValueError, FileNotFoundError) as error:
+        cli.console.print(f"[red]error:[/] {error}")
+        return 2
+    cli._report(config, out_dir, [r.key for r in expand_runs(config)], tracker=None)
     return 0
 
 

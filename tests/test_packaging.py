@@ -150,3 +150,34 @@ def test_light_dependencies_have_the_lower_bounds_the_code_needs():
         Requirement(r) for r in pyproject["build-system"]["requires"] if r.startswith("setuptools")
     ]
     assert not setuptools.specifier.contains("76.1") and setuptools.specifier.contains("77.0")
+
+
+@pytest.mark.slow
+def test_report_command_rebuilds_the_report_from_the_store_alone(tmp_path):
+    import yaml
+
+    from normzoo.__main__ import main
+    from normzoo.bench.config import load_config
+    from normzoo.bench.run import run_grid
+
+    raw = {
+        "experiment": {"name": "reportcmd"},
+        "data": {
+            "dataset": "synthetic",
+            "options": {"train_size": 192, "test_size": 64, "image_size": 8},
+        },
+        "norms": ["batch", "layer"],
+        "train": {"batch_sizes": [16], "max_steps": 2, "seeds": 2},
+        "eval": {"test_batch_sizes": [32]},
+        "execution": {"workers": 1, "wandb": "disabled"},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    run_grid(load_config(path), out, show_progress=False)
+    assert not (out / "report.md").exists()
+    assert main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "reportcmd" in text and (out / "runs.csv").is_file()
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert main(["nonsense"]) == 2
