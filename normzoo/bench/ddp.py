@@ -9,18 +9,22 @@ key stays the same. Validation runs on every process (same numbers); only rank 0
 returns the result, so the store gets one row per run.
 
 Processes are created like ``torchrun`` does (rank 0 is the calling process, the others are
-spawned; MASTER_ADDR/PORT, WORLD_SIZE, RANK, LOCAL_RANK in the environment), so Lightning does
+subprocesses; MASTER_ADDR/PORT, WORLD_SIZE, RANK, LOCAL_RANK in the environment), so Lightning does
 not re-execute the command line. On a SLURM node the same code runs in each process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
+import pickle
 import socket
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 
@@ -89,17 +93,13 @@ def _rank_environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _rank_main(function: Callable, rank: int, env: dict[str, str], args: tuple) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank))
-    function(*args)
-
-
 def launch(function: Callable, devices: int, *args, **rank0_kwargs):
     """Run ``function(*args)`` on ``devices`` processes; returns rank 0's (this process's) value.
 
-    ``function`` must build its Trainer with :func:`trainer_options`. Only rank 0 (this process)
-    also gets ``rank0_kwargs`` (e.g. the loggers), so only rank 0 logs.
+    ``function`` (importable by name) must build its Trainer with :func:`trainer_options`. Only
+    rank 0, this process, also gets ``rank0_kwargs`` (e.g. the loggers), so only rank 0 logs.
+    The other ranks are plain subprocesses (a pool worker may not have multiprocessing
+    children) that die with this process.
     """
     env = {
         "MASTER_ADDR": "127.0.0.1",
@@ -107,26 +107,51 @@ def launch(function: Callable, devices: int, *args, **rank0_kwargs):
         "WORLD_SIZE": str(devices),
         "NODE_RANK": "0",
     }
-    context = multiprocessing.get_context("spawn")
-    others = [
-        context.Process(target=_rank_main, args=(function, rank, env, args))
-        for rank in range(1, devices)
-    ]
-    for process in others:
-        process.start()
-    try:
-        with _rank_environment({**env, "RANK": "0", "LOCAL_RANK": "0"}):
-            result = function(*args, **rank0_kwargs)
-    finally:
-        import torch.distributed as dist
+    with tempfile.TemporaryDirectory(prefix="normzoo-ddp-") as tmp:
+        spec = Path(tmp) / "rank.pkl"
+        spec.write_bytes(pickle.dumps((function, args)))
+        child_env = {
+            **os.environ,
+            **env,
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+            "NORMZOO_DDP_PARENT": str(os.getpid()),
+        }
+        others = [
+            subprocess.Popen(
+                [sys.executable, "-m", "normzoo.bench.ddp", str(spec)],
+                env={**child_env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            )
+            for rank in range(1, devices)
+        ]
+        try:
+            with _rank_environment({**env, "RANK": "0", "LOCAL_RANK": "0"}):
+                result = function(*args, **rank0_kwargs)
+        finally:
+            import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-        for process in others:
-            process.join(timeout=60)
-            if process.is_alive():
-                process.kill()
-    failed = [p.exitcode for p in others if p.exitcode != 0]
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+            for process in others:
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+    failed = [p.returncode for p in others if p.returncode != 0]
     if failed:
         raise RuntimeError(f"DDP rank process(es) exited with {failed}; see their output above")
     return result
+
+
+def _rank_main(spec: str) -> None:
+    """A rank > 0: run the pickled function with RANK/LOCAL_RANK from the environment."""
+    from normzoo.bench.pool import die_with_parent
+
+    die_with_parent(int(os.environ["NORMZOO_DDP_PARENT"]))
+    torch.set_num_threads(1)
+    function, args = pickle.loads(Path(spec).read_bytes())  # written by launch, just now
+    function(*args)
+
+
+if __name__ == "__main__":
+    _rank_main(sys.argv[1])
