@@ -104,9 +104,10 @@ def expand(ev: pd.DataFrame, comparison: Comparison, stats_modes: set[str]) -> l
     if {comparison.a, comparison.b} <= stats_modes:
         rows = _where(ev, comparison)
         keys = [*TRAIN_KEYS, *[k for k in TEST_KEYS if k != "stats_mode"], "method"]
-        return _members(
+        members = _members(
             rows, keys, "run_key", "stats_mode", [(comparison.a, comparison.b)], comparison.label
         )
+        return _changed_by_mode(members)
     methods = sorted(ev["method"].unique())
     a, b = resolve_method(comparison.a, methods), resolve_method(comparison.b, methods)
     if a is None or b is None:

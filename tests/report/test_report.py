@@ -294,6 +294,11 @@ def test_declared_family_across_conditions_with_stats_modes_and_tost(tmp_path):
     assert (primary["family_size"] == 6).all()
     modes = primary[primary["a"] == "batch"]
     assert set(modes["method"]) == {"batch"}
+    # a batch-independent norm evaluated under every mode has identical numbers: not a member
+    layer_copy = evaluations[(evaluations["norm"] == "layer")]
+    everywhere = pd.concat([evaluations, layer_copy.assign(stats_mode="batch")], ignore_index=True)
+    again = report.compute_report(runs, everywhere, stats=spec).primary
+    assert set(again[again["a"] == "batch"]["method"]) == {"batch"}
     assert (modes["verdict"] == "significant").all() and (modes["mean_difference"] < 0).all()
     # the findings say exactly what the verdicts say
     text = result.path.read_text()
