@@ -208,6 +208,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*number of training batches.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+    # DDP: every rank validates on the whole validation set, so there is nothing to sync
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
 
 
 def build_module(run: Run, config: Config, datamodule: L.LightningDataModule) -> Classifier:
