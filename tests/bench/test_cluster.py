@@ -13,16 +13,18 @@ import threading
 import time
 from pathlib import Path
 
-import cloudpickle
 import pytest
 import yaml
 
-from normzoo.bench import cluster
-from normzoo.bench.config import load_config
-from normzoo.bench.grid import expand_conditions, expand_runs
-from normzoo.bench.run import run_grid
-from normzoo.bench.store import Store
-from normzoo.bench.worker import execute_task
+submitit = pytest.importorskip("submitit", reason="the cluster extra: pip install -e '.[cluster]'")
+import cloudpickle  # noqa: E402  (submitit's dependency)
+
+from normzoo.bench import cluster  # noqa: E402
+from normzoo.bench.config import load_config  # noqa: E402
+from normzoo.bench.grid import expand_conditions, expand_runs  # noqa: E402
+from normzoo.bench.run import run_grid  # noqa: E402
+from normzoo.bench.store import Store  # noqa: E402
+from normzoo.bench.worker import execute_task  # noqa: E402
 
 pytestmark = pytest.mark.slow
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # job processes cannot import tests
