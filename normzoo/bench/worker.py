@@ -220,6 +220,7 @@ def _datamodule(run: Run, config: Config):
         train_batch_size=run.train_batch_size,
         train_composition=composition.name,
         train_alpha=composition.alpha if composition.alpha is not None else 1.0,
+        train_classes=composition.k if composition.name == "classes" else None,
         val_fraction=config.data.val_fraction,
         seed=run.seed,
         num_workers=0,
