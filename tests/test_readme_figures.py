@@ -16,7 +16,10 @@ pytestmark = pytest.mark.slow
 
 TINY = {
     "experiment": {"name": "tiny"},
-    "data": {"dataset": "synthetic", "options": {"train_size": 256, "test_size": 64, "image_size": 16}},
+    "data": {
+        "dataset": "synthetic",
+        "options": {"train_size": 256, "test_size": 64, "image_size": 16},
+    },
     "model": {"backbone": "small_cnn"},
     "norms": ["batch", {"name": "group", "options": {"groups": 8}}],
     "train": {"batch_sizes": [16], "epochs": 1, "optimizer": "adamw", "lr": 2.0e-3, "seeds": 2},
