@@ -36,63 +36,20 @@ import submitit
 
 from normzoo.bench.config import Config
 from normzoo.bench.pool import TaskDone, WorkerDied
+from normzoo.bench.schema import SUBMITIT_OPTIONS
 from normzoo.bench.worker import Task, execute_task
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 5.0  # how often the parent looks for finished jobs
 
-# execution.submitit keys -> submitit parameter (None: used by normzoo itself)
-OPTIONS = {
-    "cluster": None,  # auto (SLURM when sbatch is found, else local), slurm or local
-    "partition": "slurm_partition",
-    "time_min": "timeout_min",
-    "mem_gb": "mem_gb",
-    "cpus_per_task": "cpus_per_task",
-    "gpus_per_task": "gpus_per_node",  # one task per job (per node), so per task = per node
-    "array_parallelism": "slurm_array_parallelism",
-    "account": "slurm_account",
-    "qos": "slurm_qos",
-    "setup": "slurm_setup",  # shell lines run before the job, e.g. module load / venv activate
-    "additional": "slurm_additional_parameters",  # any other sbatch option, e.g. {constraint: a100}
-    "runs_per_job": None,
-}
-CLUSTERS = ("auto", "slurm", "local")
-_INTS = ("time_min", "cpus_per_task", "gpus_per_task", "array_parallelism", "runs_per_job")
-
-
-def check_options(options: dict) -> list[str]:
-    """Problems with an ``execution.submitit`` mapping (empty list when it is valid)."""
-    problems = []
-    for key, value in options.items():
-        where = f"execution.submitit.{key}"
-        if key not in OPTIONS:
-            problems.append(f"unknown key '{where}'; allowed: {', '.join(OPTIONS)}")
-        elif key in _INTS and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            problems.append(f"{where}={value!r} must be an integer >= 1")
-        elif key == "gpus_per_task" and value < 0:
-            problems.append(f"{where}={value!r} must be >= 0")
-        elif key == "mem_gb" and (not isinstance(value, (int, float)) or value <= 0):
-            problems.append(f"{where}={value!r} must be a positive number of GB")
-        elif key == "cluster" and value not in CLUSTERS:
-            problems.append(f"{where}='{value}' is not one of {', '.join(CLUSTERS)}")
-        elif key in ("partition", "account", "qos") and not isinstance(value, str):
-            problems.append(f"{where}={value!r} must be a string")
-        elif key == "setup" and not (
-            isinstance(value, list) and all(isinstance(v, str) for v in value)
-        ):
-            problems.append(f"{where} must be a list of shell lines")
-        elif key == "additional" and not isinstance(value, dict):
-            problems.append(f"{where} must be a mapping of sbatch options")
-    return problems
-
 
 def make_executor(folder: Path, options: dict) -> submitit.Executor:
-    """A submitit executor for ``options`` (see :data:`OPTIONS`); one task per job."""
+    """A submitit executor for ``options`` (keys: `schema.SUBMITIT_OPTIONS`); one task per job."""
     cluster = options.get("cluster", "auto")
     executor = submitit.AutoExecutor(folder=folder, cluster=None if cluster == "auto" else cluster)
     parameters = {"name": "normzoo", "tasks_per_node": 1, "nodes": 1, "timeout_min": 60}
     for key, value in options.items():
-        target = OPTIONS.get(key)
+        target = SUBMITIT_OPTIONS.get(key)
         if target is None:
             continue
         if target.startswith("slurm_") and executor.cluster != "slurm":

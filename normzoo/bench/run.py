@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,6 @@ from normzoo.bench.worker import (
     gpu_count,
     local_results,
     run_row,
-    submitit_results,
     weights_path,
 )
 
@@ -439,3 +439,15 @@ def _final_state(summary: Summary, store: Store, runs: dict, config: Config, out
     ]
     versions = store.versions()
     summary.versions = sorted({versions[k] for k in runs if k in versions}, key=str)
+
+
+def submitit_results(tasks: list[Task], config: Config, out_dir: str, tracker=None) -> Iterator:
+    """Tasks as submitit jobs (SLURM or local), stored exactly once: `normzoo.bench.cluster`."""
+    try:
+        from normzoo.bench.cluster import submitit_results as cluster_results
+    except ImportError as error:
+        raise ValueError(
+            "execution.executor=submitit needs the optional dependency:"
+            " pip install 'normzoo[cluster]'"
+        ) from error
+    yield from cluster_results(tasks, config, out_dir, tracker)

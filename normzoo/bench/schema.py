@@ -119,3 +119,21 @@ REPORT_EVALUATION_COLUMNS = (
     *TRAIN_KEYS,
     *TEST_KEYS,
 )
+
+# execution.submitit keys -> submitit parameter (None: used by normzoo itself)
+SUBMITIT_OPTIONS = {
+    "cluster": None,  # auto (SLURM when sbatch is found, else local), slurm or local
+    "partition": "slurm_partition",
+    "time_min": "timeout_min",
+    "mem_gb": "mem_gb",
+    "cpus_per_task": "cpus_per_task",
+    "gpus_per_task": "gpus_per_node",  # one task per job (per node), so per task = per node
+    "array_parallelism": "slurm_array_parallelism",
+    "account": "slurm_account",
+    "qos": "slurm_qos",
+    "setup": "slurm_setup",  # shell lines run before the job, e.g. module load / venv activate
+    "additional": "slurm_additional_parameters",  # any other sbatch option, e.g. {constraint: a100}
+    "runs_per_job": None,
+}
+SUBMITIT_CLUSTERS = ("auto", "slurm", "local")
+SUBMITIT_INTS = ("time_min", "cpus_per_task", "gpus_per_task", "array_parallelism", "runs_per_job")

@@ -350,9 +350,7 @@ def check_combinations(config: Any) -> list[str]:
             " pip install 'normzoo[cluster]'"
         )
     elif ex.executor == "submitit":
-        from normzoo.bench.cluster import check_options
-
-        problems.extend(check_options(ex.submitit))
+        problems.extend(check_submitit_options(ex.submitit))
     if isinstance(ex.ddp_devices, int) and ex.ddp_devices > 1:
         odd = [b for b in train.batch_sizes if isinstance(b, int) and b % ex.ddp_devices]
         if odd:
@@ -396,3 +394,33 @@ def download_missing(config: Any) -> None:
     if config.eval.shift_source == "cifar10c":
         root = config.eval.shift_root if config.eval.shift_root is not None else config.data.root
         download("cifar10c", root)
+
+
+def check_submitit_options(options: dict) -> list[str]:
+    """Problems with an ``execution.submitit`` mapping (empty list when it is valid)."""
+    problems = []
+    for key, value in options.items():
+        where = f"execution.submitit.{key}"
+        if key not in schema.SUBMITIT_OPTIONS:
+            problems.append(f"unknown key '{where}'; allowed: {', '.join(schema.SUBMITIT_OPTIONS)}")
+        elif key in schema.SUBMITIT_INTS and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            problems.append(f"{where}={value!r} must be an integer >= 1")
+        elif key == "gpus_per_task" and value < 0:
+            problems.append(f"{where}={value!r} must be >= 0")
+        elif key == "mem_gb" and (not isinstance(value, (int, float)) or value <= 0):
+            problems.append(f"{where}={value!r} must be a positive number of GB")
+        elif key == "cluster" and value not in schema.SUBMITIT_CLUSTERS:
+            problems.append(
+                f"{where}='{value}' is not one of {', '.join(schema.SUBMITIT_CLUSTERS)}"
+            )
+        elif key in ("partition", "account", "qos") and not isinstance(value, str):
+            problems.append(f"{where}={value!r} must be a string")
+        elif key == "setup" and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            problems.append(f"{where} must be a list of shell lines")
+        elif key == "additional" and not isinstance(value, dict):
+            problems.append(f"{where} must be a mapping of sbatch options")
+    return problems

@@ -5,7 +5,7 @@
 writes the store (`normzoo.bench.run`). An executor is a function
 ``(tasks, config, out_dir) -> Iterator[message]`` that also yields `TaskDone` after each task
 and `WorkerDied` for a task whose process died: `in_process_results`, `local_results`
-(spawned workers, GPUs round-robin) and `submitit_results`.
+(spawned workers, GPUs round-robin); `normzoo.bench.run` picks the submitit one.
 
 Every run records provenance (`code_versions`, `device_name`); weights are kept as safetensors
 (loading executes no code), so evaluating a stored run never retrains it.
@@ -369,15 +369,3 @@ def local_results(
     threads = max(1, (os.cpu_count() or 1) // workers) if gpus else 1
     slots = [(device, threads) for device in devices]
     yield from pool_results(tasks, execute_task, (config, out_dir, tracker), slots, setup_worker)
-
-
-def submitit_results(tasks: list[Task], config: Config, out_dir: str, tracker=None) -> Iterator:
-    """Tasks as submitit jobs (SLURM or local), stored exactly once: `normzoo.bench.cluster`."""
-    try:
-        from normzoo.bench.cluster import submitit_results as cluster_results
-    except ImportError as error:
-        raise ValueError(
-            "execution.executor=submitit needs the optional dependency:"
-            " pip install 'normzoo[cluster]'"
-        ) from error
-    yield from cluster_results(tasks, config, out_dir, tracker)

@@ -24,6 +24,7 @@ from normzoo.bench.config import load_config  # noqa: E402
 from normzoo.bench.grid import expand_conditions, expand_runs  # noqa: E402
 from normzoo.bench.run import run_grid  # noqa: E402
 from normzoo.bench.store import Store  # noqa: E402
+from normzoo.bench.validate import check_submitit_options  # noqa: E402
 from normzoo.bench.worker import execute_task  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -243,7 +244,7 @@ def test_slurm_options_reach_sbatch(tmp_path, monkeypatch):
         "setup": ["module load cuda"],
         "runs_per_job": 3,
     }
-    assert cluster.check_options(options) == []
+    assert check_submitit_options(options) == []
     executor = cluster.make_executor(tmp_path, options)
     assert executor.cluster == "slurm"
     slurm = executor._executor
