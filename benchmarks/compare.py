@@ -4,12 +4,12 @@ python benchmarks/compare.py                       # configs/quick.yaml, a few m
 python benchmarks/compare.py configs/shift.yaml --set train.epochs=5 --workers 8
 python benchmarks/compare.py --help                # every option and the exit statuses
 
-The command itself lives in `normzoo.bench.cli` (also installed as ``normzoo compare``).
+The command itself lives in `normzoo.cli` (also installed as ``normzoo compare``).
 """
 
 import sys
 
-from normzoo.bench.cli import main
+from normzoo.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -30,7 +30,7 @@ def report(argv: list[str]) -> int:
         " run finished last in the store",
     )
     args = parser.parse_args(argv)
-    from normzoo.bench import cli
+    from normzoo import cli
     from normzoo.bench.config import load_config, parse_config
     from normzoo.bench.grid import expand_runs
     from normzoo.bench.presets import resolve_config
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command, rest = (argv[0], argv[1:]) if argv else ("", [])
     if command == "compare":
-        from normzoo.bench.cli import main as compare
+        from normzoo.cli import main as compare
 
         return compare(rest, prog="normzoo compare")
     if command == "report":
