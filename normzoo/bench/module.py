@@ -212,13 +212,12 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
 
 
-def build_module(run: Run, config: Config, datamodule: L.LightningDataModule) -> Classifier:
-    """Seed, and build the backbone with the run's norm inside a Classifier."""
+def build_run_model(run: Run, config: Config, datamodule: L.LightningDataModule) -> nn.Module:
+    """The run's backbone with its norm, shaped for the datamodule's classes and channels."""
     from normzoo.models import build_model
 
-    L.seed_everything(run.seed, workers=True, verbose=False)
     datamodule.setup("fit")
-    model = build_model(
+    return build_model(
         config.model.backbone,
         run.norm.name,
         datamodule.num_classes,
@@ -226,6 +225,12 @@ def build_module(run: Run, config: Config, datamodule: L.LightningDataModule) ->
         run.norm.options,
         **config.model.options,
     )
+
+
+def build_module(run: Run, config: Config, datamodule: L.LightningDataModule) -> Classifier:
+    """Seed, and build the backbone with the run's norm inside a Classifier."""
+    L.seed_everything(run.seed, workers=True, verbose=False)
+    model = build_run_model(run, config, datamodule)
     return Classifier(model, config.train, run.train_batch_size, log_every=LOG_EVERY)
 
 

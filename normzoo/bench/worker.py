@@ -231,17 +231,9 @@ def _datamodule(run: Run, config: Config):
 def _load_model(run: Run, config: Config, datamodule, path: Path):
     from safetensors.torch import load_file
 
-    from normzoo.models import build_model
+    from normzoo.bench.module import build_run_model
 
-    datamodule.setup("fit")
-    model = build_model(
-        config.model.backbone,
-        run.norm.name,
-        datamodule.num_classes,
-        datamodule.in_channels,
-        run.norm.options,
-        **config.model.options,
-    )
+    model = build_run_model(run, config, datamodule)
     model.load_state_dict(load_file(str(path)))
     return model.eval()
 
