@@ -47,7 +47,9 @@ _PARAMS: dict[str, list] = {
     "defocus_blur": [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],
     "glass_blur": [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)],
     "motion_blur": [(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)],
-    "zoom_blur": [[1 + 0.01 * i for i in range(top)] for top in (6, 11, 16, 21, 26)],
+    # literally the original's np.arange(1, top, 0.01): its floating-point endpoints give 7 and 12
+    # factors at severities 1-2 (1.06 and 1.11 included), 16/21/26 at 3-5
+    "zoom_blur": [np.arange(1, top, 0.01).tolist() for top in (1.06, 1.11, 1.16, 1.21, 1.26)],
     "snow": [
         (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
         (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
