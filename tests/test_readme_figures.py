@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from normzoo.bench.store import Store
-from normzoo.report import headline_table
+from normzoo.report import headline_table, replace_between
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,10 +47,10 @@ def test_the_readme_has_one_generated_block(figures):
 
 def test_replace_block_keeps_the_rest(figures):
     text = f"before\n{figures.BEGIN}\nold\n{figures.END}\nafter\n"
-    new = figures.replace_block(text, f"{figures.BEGIN}\nnew\n{figures.END}")
+    new = replace_between(text, figures.BEGIN, figures.END, f"{figures.BEGIN}\nnew\n{figures.END}")
     assert new == f"before\n{figures.BEGIN}\nnew\n{figures.END}\nafter\n"
     with pytest.raises(ValueError, match="no"):
-        figures.replace_block("no markers", "x")
+        replace_between("no markers", figures.BEGIN, figures.END, "x")
 
 
 def test_measure_then_render_writes_the_store_numbers(figures, tmp_path):

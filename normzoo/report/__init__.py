@@ -24,7 +24,7 @@ from normzoo.report.families import (
     test_members,
 )
 from normzoo.report.findings import findings
-from normzoo.report.markdown import render_markdown
+from normzoo.report.markdown import render_markdown, replace_between
 from normzoo.report.ranks import RankBlocks, rank_blocks
 from normzoo.report.select import (
     RUN_COLUMNS,
@@ -50,6 +50,7 @@ __all__ = [
     "headline_table",
     "method_label",
     "render_markdown",
+    "replace_between",
     "write_report",
 ]
 

@@ -212,3 +212,12 @@ def render_markdown(report: Report, figures: dict[str, str]) -> str:
     lines += _exploratory_section(report)
     lines += _ranks_section(report)
     return "\n".join(lines) + "\n"
+
+
+def replace_between(text: str, begin: str, end: str, block: str) -> str:
+    """``text`` with everything from the ``begin`` marker to the ``end`` marker replaced by
+    ``block`` (which carries the markers again): how scripts regenerate a part of the README."""
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"no {begin!r} ... {end!r} block to replace; add the two markers first")
+    return text[:start] + block + text[stop + len(end) :]
