@@ -49,10 +49,16 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}){memory}, {platform.system()} {platform.release()}"
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (as a user would type it)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def measure(config: Path, out: Path, extra: list[str]) -> dict:
     """Run the benchmark from scratch into ``out`` and record how long it took."""
-    command = [sys.executable, "benchmarks/compare.py", str(config), "--out", str(out), "--fresh"]
-    command += extra
+    command = [sys.executable, "benchmarks/compare.py", _shown(config), "--out", _shown(out)]
+    command += ["--fresh", *extra]
     start = time.perf_counter()
     status = subprocess.call(command, cwd=ROOT)
     record = {
