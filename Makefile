@@ -26,18 +26,18 @@ compare: $(STAMP)
 	$(PY) benchmarks/compare.py $(ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check normzoo benchmarks tests tools
+	$(PY) -m ruff check normzoo benchmarks tests .ci/lock.py
 
 # Re-resolve pyproject.toml (+ EXTRAS) from the package index into the lock file.
 lock: $(STAMP)
-	$(PY) tools/lock.py lock $(EXTRAS) > $(LOCK).new
+	$(PY) .ci/lock.py lock $(EXTRAS) > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 
 # Install the lowest versions pyproject.toml allows for the light dependencies (numpy, scipy,
 # pandas, matplotlib, pyyaml, rich, wandb, submitit) into .lowest/ and run the tests that use them.
 check-lowest: $(STAMP)
 	rm -rf .lowest
-	$(PY) tools/lock.py lowest > $(VENV)/lowest.txt
+	$(PY) .ci/lock.py lowest > $(VENV)/lowest.txt
 	$(PY) -m pip install --quiet --target .lowest -r $(VENV)/lowest.txt
 	PYTHONPATH=.lowest $(PY) -m pytest -q -p no:cacheprovider tests/stats tests/report \
 		tests/bench/test_config.py tests/bench/test_store.py tests/bench/test_track.py \

@@ -1,7 +1,7 @@
 """Write the lock file, or the lowest allowed versions of the light dependencies.
 
-python tools/lock.py lock dev,cluster > requirements.lock   # what `make lock` runs
-python tools/lock.py lowest                                  # what `make check-lowest` installs
+python .ci/lock.py lock dev,cluster > requirements.lock   # what `make lock` runs
+python .ci/lock.py lowest                                  # what `make check-lowest` installs
 
 The lock is a fresh resolution of pyproject.toml by pip's own resolver (``pip install --dry-run
 --ignore-installed --report``): the versions a new venv would get today, without installing them.
@@ -81,4 +81,4 @@ if __name__ == "__main__":
     elif command == "lowest":
         sys.stdout.write(lowest())
     else:
-        sys.exit("usage: python tools/lock.py lock EXTRAS | lowest")
+        sys.exit("usage: python .ci/lock.py lock EXTRAS | lowest")
