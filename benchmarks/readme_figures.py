@@ -73,21 +73,13 @@ def measure(config: Path, out: Path, extra: list[str]) -> dict:
     return record
 
 
-def markdown_table(frame) -> str:
-    """A pandas frame (index included) as a GitHub markdown table."""
-    frame = frame.reset_index()
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |"]
-    lines.append("|" + "---|" * len(frame.columns))
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def render(config_path: Path, out: Path) -> str:
     """The README block for the store in ``out`` (written by ``config_path``)."""
     from normzoo.bench.config import load_config
     from normzoo.bench.schema import VERSION_COLUMNS
     from normzoo.bench.store import Store
     from normzoo.report import compute_report
+    from normzoo.report.tables import markdown_table
 
     config = load_config(config_path)
     invocation_path = out / INVOCATION
@@ -127,7 +119,7 @@ def render(config_path: Path, out: Path) -> str:
         "covers seed-to-seed training variance on the fixed test set; largest train batch size "
         "and largest test batch size with running statistics unless the column says otherwise):",
         "",
-        markdown_table(report.headline),
+        markdown_table(report.headline.reset_index()),
         "",
         f"Findings, generated from the declared primary family ({len(report.primary)} "
         f"comparisons, Holm at alpha = {report.spec.alpha}):",
