@@ -518,7 +518,8 @@ def _per_channel(t: Tensor, x: Tensor) -> Tensor:
     return t.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
 
 
-def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+def channel_affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """``y * weight + bias`` with per-channel (C,) ``weight``/``bias`` (either may be None)."""
     if weight is not None:
         y = y * _per_channel(weight, y)
     if bias is not None:
@@ -624,7 +625,7 @@ def evonorm_b0(
         var = running_var
     left = _per_channel(var.add(eps).sqrt(), x)
     right = x * _per_channel(v, x) + _instance_var(x).add(eps).sqrt().to(x.dtype)
-    return _affine(x / torch.maximum(left, right), weight, bias)
+    return channel_affine(x / torch.maximum(left, right), weight, bias)
 
 
 def evonorm_s0(

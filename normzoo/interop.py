@@ -17,7 +17,7 @@ import functools
 
 from torch import nn
 
-from normzoo.registry import canonical_name, check_options, create_norm_act
+from normzoo.registry import canonical_name, check_options, create_norm_act, without_activation
 from normzoo.timm_compat import register_norm_act_type
 
 __all__ = ["ZooNormFactory", "norm_layer"]
@@ -38,7 +38,10 @@ class ZooNormFactory:
 
     ``ZooNormFactory(num_features, norm="group", groups=8)`` returns a zoo module, never an
     instance of this class. timm's norm+act keywords (``act_layer``, ``apply_act``,
-    ``act_kwargs``, ``inplace``, ``drop_layer``) add a drop and an activation after the norm.
+    ``act_kwargs``, ``inplace``, ``drop_layer``) add a drop and an activation after the norm;
+    a norm with its own nonlinearity (FRN + TLU, EvoNorm) takes no activation after it and
+    ``apply_act=False`` turns its own off (``tlu=False`` / ``apply_act=False``), as timm's
+    ``FilterResponseNormTlu2d`` and ``EvoNorm2d*`` do.
     """
 
     def __new__(
@@ -53,6 +56,8 @@ class ZooNormFactory:
         **opts,
     ) -> nn.Module:
         act = _make_act(act_layer, act_kwargs, inplace, apply_act)
+        if not apply_act:
+            opts = without_activation(norm, opts)
         return create_norm_act(norm, num_features, act_layer=act, drop_layer=drop_layer, **opts)
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import normzoo
+from normzoo.registry import provides_activation, without_activation
 
 BACKBONES = ("small_cnn", "resnet_tiny", "mlp")
 CONVS = ("plain", "ws")
@@ -45,7 +46,14 @@ def _conv_block(
 ) -> list[nn.Module]:
     bias = norm == "none"  # a following norm layer's shift makes a conv bias redundant
     conv = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=bias)
-    return [conv, normzoo.create(norm, out_ch, **norm_options), nn.ReLU(inplace=True)]
+    return [conv, *_norm_relu(norm, out_ch, norm_options)]
+
+
+def _norm_relu(norm: str, channels: int, norm_options: dict) -> list[nn.Module]:
+    """The norm and a ReLU; a norm with its own nonlinearity (FRN + TLU, EvoNorm) replaces both,
+    as in its paper (``provides_activation``)."""
+    layer = normzoo.create(norm, channels, **norm_options)
+    return [layer] if provides_activation(layer) else [layer, nn.ReLU(inplace=True)]
 
 
 class SmallCNN(nn.Module):
@@ -74,23 +82,31 @@ class SmallCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block (He et al. 2016): two 3x3 conv-norm, identity or 1x1 conv shortcut."""
+    """ResNet basic block (He et al. 2016): two 3x3 conv-norm, identity or 1x1 conv shortcut.
+
+    A norm with its own nonlinearity (FRN + TLU, EvoNorm) replaces norm1 and its ReLU; the
+    norms before the addition (norm2, the shortcut's) have it turned off
+    (:func:`normzoo.registry.without_activation`, timm's ``apply_act=False``); the ReLU after
+    the addition stays.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, norm: str, norm_options: dict) -> None:
         super().__init__()
+        linear = without_activation(norm, norm_options)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
-        self.norm1 = normzoo.create(norm, out_ch, **norm_options)
+        self.norm1, *act1 = _norm_relu(norm, out_ch, norm_options)
+        self.act1: nn.Module = act1[0] if act1 else nn.Identity()
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
-        self.norm2 = normzoo.create(norm, out_ch, **norm_options)
+        self.norm2 = normzoo.create(norm, out_ch, **linear)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
-                normzoo.create(norm, out_ch, **norm_options),
+                normzoo.create(norm, out_ch, **linear),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.norm1(self.conv1(x)))
+        out = self.act1(self.norm1(self.conv1(x)))
         return torch.relu(self.norm2(self.conv2(out)) + self.shortcut(x))
 
 
@@ -136,11 +152,9 @@ class MLP(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(8)
         self.body = nn.Sequential(
             nn.Linear(in_channels * 64, width, bias=False),
-            normzoo.create(norm, width, **norm_options),
-            nn.ReLU(inplace=True),
+            *_norm_relu(norm, width, norm_options),
             nn.Linear(width, width, bias=False),
-            normzoo.create(norm, width, **norm_options),
-            nn.ReLU(inplace=True),
+            *_norm_relu(norm, width, norm_options),
         )
         self.head = nn.Linear(width, num_classes)
 

@@ -216,6 +216,21 @@ def is_batch_dependent(name: str) -> bool:
     return get_spec(name).batch_dependent
 
 
+def provides_activation(layer: nn.Module) -> bool:
+    """Whether a built layer applies its own nonlinearity, so no activation should follow it:
+    FRN + TLU and EvoNorm-B0/S0, which replace a norm *and* its ReLU (their papers, and timm)."""
+    return bool(getattr(layer, "provides_activation", False))
+
+
+def without_activation(name: str, opts: dict) -> dict:
+    """``opts`` with the layer's own nonlinearity turned off (its ``activation_option`` set to
+    False: ``tlu`` for FRN, ``apply_act`` for EvoNorm), as timm's ``apply_act=False`` and the
+    reference code's ``nonlinearity=False`` do for a norm before a residual addition; ``opts``
+    unchanged for layers without one."""
+    option = getattr(get_spec(name).cls, "activation_option", None)
+    return {**opts, option: False} if option else dict(opts)
+
+
 def check_options(name: str, opts: dict) -> NormSpec:
     """Validate option names for ``name``; raise TypeError naming the unknown ones."""
     spec = get_spec(name)

@@ -12,6 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import normzoo
 from normzoo.models import build_model
+from normzoo.registry import provides_activation
 
 NEW = {
     "ghost_batch": {"virtual_batch_size": 2},
@@ -43,8 +44,10 @@ def test_timm_norm_layer_builds_zoo_layers(arch, name):
     ]
     out = model.train()(torch.randn(4, 3, 32, 32))
     assert out.shape == (4, 3) and torch.isfinite(out).all()
-    if arch == "efficientnet_b0":  # timm's norm+act layers: the model's SiLU follows the norm
-        assert any(isinstance(getattr(m, "act", None), nn.SiLU) for m in norms_of(model, cls))
+    if arch == "efficientnet_b0":  # timm's norm+act layers: the model's SiLU follows the norm,
+        # except after a norm with its own nonlinearity (FRN + TLU, EvoNorm), as in timm
+        silu = any(isinstance(getattr(m, "act", None), nn.SiLU) for m in norms_of(model, cls))
+        assert silu != provides_activation(normzoo.create(name, 32, **NEW[name]))
 
 
 @pytest.mark.parametrize("name", list(NEW))

@@ -64,6 +64,9 @@ class NormActMixin:
     ``__init__(num_features, act_layer=None, drop_layer=None, **norm_options)``, as timm's
     ``BatchNormAct2d(num_features, ..., act_layer, drop_layer)``; ``act_layer`` and
     ``drop_layer`` are modules (kept as they are), module classes or factories (called once).
+    A norm that applies its own nonlinearity (``provides_activation``: FRN + TLU, EvoNorm)
+    replaces the norm *and* the activation, so ``act_layer`` is not added after it, as timm's
+    ``FilterResponseNormTlu2d``/``EvoNorm2d*`` take no ``act_layer``; ``drop`` still applies.
     """
 
     drop: nn.Module
@@ -74,7 +77,8 @@ class NormActMixin:
     ) -> None:
         super().__init__(num_features, **opts)
         self.drop = _module(drop_layer, "drop_layer")
-        self.act = _module(act_layer, "act_layer")
+        own_act = bool(getattr(self, "provides_activation", False))
+        self.act = nn.Identity() if own_act else _module(act_layer, "act_layer")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.drop(super().forward(x)))

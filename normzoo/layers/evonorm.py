@@ -28,7 +28,14 @@ class EvoNormB0(_BatchNorm):
     non-persistent buffer); ``num_batches_tracked`` is not saved either. The state dict is
     therefore timm's (``weight``, ``bias``, ``v``, ``running_var``) and loads both ways with
     ``EvoNorm2dB0`` (with ``affine=False``, ``weight``/``bias`` are absent).
+
+    The layer is normalization *and* activation (it replaces BN-ReLU): backbones put no
+    activation after it (``provides_activation``). ``apply_act=False`` is the reference code's
+    ``nonlinearity=False`` (tensorflow/tpu ``resnet_layers.evonorm``, timm's ``apply_act``),
+    used before a residual addition: ``v`` is absent and the layer is ``x * weight + bias``.
     """
+
+    activation_option = "apply_act"  # the constructor flag that turns its activation off
 
     def __init__(
         self,
@@ -37,18 +44,28 @@ class EvoNormB0(_BatchNorm):
         momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
+        apply_act: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         check_eps(type(self).__name__, eps)
         check_momentum(type(self).__name__, momentum)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        self.v = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
+        v = torch.ones(num_features, device=device, dtype=dtype)
+        self.register_parameter("v", nn.Parameter(v) if apply_act else None)
         if track_running_stats:
             for name in ("running_mean", "num_batches_tracked"):
                 buffer = getattr(self, name)
                 delattr(self, name)
                 self.register_buffer(name, buffer, persistent=False)
+
+    @property
+    def provides_activation(self) -> bool:
+        """Whether the layer applies its own nonlinearity (no activation should follow)."""
+        return self.v is not None
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.v is not None else ", apply_act=False")
 
     def _check_input_dim(self, x: Tensor) -> None:
         nzf.check_input(x, self.num_features, type(self).__name__)
@@ -59,6 +76,8 @@ class EvoNormB0(_BatchNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
+        if self.v is None:  # the reference's nonlinearity=False: the affine transform only
+            return nzf.channel_affine(x, self.weight, self.bias)
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
@@ -78,7 +97,13 @@ class EvoNormS0(nn.Module):
     the zoo's group norm. Defaults and
     parameter names (``weight``, ``bias``, ``v``) equal timm's ``EvoNorm2dS0``, so state dicts
     load both ways (with ``affine=False``, ``weight``/``bias`` are absent).
+
+    Normalization and activation in one (it replaces GN-ReLU; ``provides_activation``).
+    ``apply_act=False`` as in the reference code and timm (before a residual addition): ``v``
+    is absent and the layer is ``x * weight + bias``.
     """
+
+    activation_option = "apply_act"  # the constructor flag that turns its activation off
 
     def __init__(
         self,
@@ -87,6 +112,7 @@ class EvoNormS0(nn.Module):
         affine: bool = True,
         groups: int | None = None,
         group_size: int | None = None,
+        apply_act: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -97,11 +123,21 @@ class EvoNormS0(nn.Module):
         self.num_features, self.eps, self.affine = num_features, eps, affine
         self.weight = nn.Parameter(torch.ones(num_features, **factory)) if affine else None
         self.bias = nn.Parameter(torch.zeros(num_features, **factory)) if affine else None
-        self.v = nn.Parameter(torch.ones(num_features, **factory))
+        self.v = nn.Parameter(torch.ones(num_features, **factory)) if apply_act else None
+
+    @property
+    def provides_activation(self) -> bool:
+        """Whether the layer applies its own nonlinearity (no activation should follow)."""
+        return self.v is not None
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, groups={self.groups}, eps={self.eps}, affine={self.affine}"
+        return (
+            f"{self.num_features}, groups={self.groups}, eps={self.eps}, affine={self.affine}"
+            + ("" if self.v is not None else ", apply_act=False")
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         nzf.check_input(x, self.num_features, type(self).__name__)
+        if self.v is None:  # the reference's nonlinearity=False: the affine transform only
+            return nzf.channel_affine(x, self.weight, self.bias)
         return nzf.evonorm_s0(x, self.groups, self.weight, self.bias, self.v, self.eps)

@@ -15,8 +15,10 @@ class FilterResponseNorm(nn.Module):
     ``y = max(weight * x / sqrt(nu2 + eps) + bias, tau)`` (paper Eq. 1-3; no mean subtraction,
     batch-independent).
 
-    ``tlu=False`` drops the thresholded linear unit (then ``tau`` does not exist and an
-    activation should follow). ``learn_eps=True`` makes eps learnable as in the paper's
+    FRN + TLU is normalization *and* activation (it replaces BN-ReLU, paper Sec. 3): backbones
+    put no activation after it (``provides_activation``). ``tlu=False`` drops the thresholded
+    linear unit (then ``tau`` does not exist and an activation should follow; timm's
+    ``apply_act=False``). ``learn_eps=True`` makes eps learnable as in the paper's
     Section 3.1 for 1x1 activation maps: ``eps_eff = eps + |eps_learned|`` with a learned
     scalar ``eps_learned`` initialised to 1e-4 (not 0, where ``|.|`` has no gradient).
     Defaults equal timm's ``FilterResponseNormTlu2d`` (eps=1e-5; the paper uses 1e-6): the same
@@ -24,6 +26,8 @@ class FilterResponseNorm(nn.Module):
     ``learn_eps`` adds ``eps_learned`` (timm has no learned eps) or ``affine=False`` removes
     weight and bias. Any rank (N, C, *); with one position per channel (N, C) ``nu2 = x^2``.
     """
+
+    activation_option = "tlu"  # the constructor flag that turns its activation off
 
     def __init__(
         self,
@@ -43,6 +47,11 @@ class FilterResponseNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features, **factory)) if affine else None
         self.tau = nn.Parameter(torch.zeros(num_features, **factory)) if tlu else None
         self.eps_learned = nn.Parameter(torch.full((), 1e-4, **factory)) if learn_eps else None
+
+    @property
+    def provides_activation(self) -> bool:
+        """Whether the layer applies its own nonlinearity (the TLU; no activation should follow)."""
+        return self.tau is not None
 
     def extra_repr(self) -> str:
         return (
