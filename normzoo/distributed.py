@@ -1,8 +1,9 @@
 """Cross-process batch statistics for the zoo's batch layers, on any backend (gloo included).
 
-``torch.nn.SyncBatchNorm`` runs only on CUDA and would turn a ``batch_renorm`` layer into plain
-batch norm. :func:`sync_batch_stats` instead replaces every batch layer of a model by a zoo sync
-layer (:class:`SyncBatchNorm`, :class:`SyncBatchRenorm`, built as such and sharing the layer's
+``torch.nn.SyncBatchNorm`` runs only on CUDA and its ``convert_sync_batchnorm`` would turn a
+``batch_renorm`` or ``evonorm_b0`` layer into plain batch norm. :func:`sync_batch_stats` instead
+replaces every batch layer of a model by a zoo sync layer (:class:`SyncBatchNorm`,
+:class:`SyncBatchRenorm`, :class:`SyncEvoNormB0`, built as such and sharing the layer's
 parameters and buffers) that, in training, normalizes with the statistics of the *global*
 batch: each process's per-channel mean and sum of squared deviations, merged across processes
 with Chan et al.'s formula (no sum-of-squares cancellation). The all-reduce carries gradients,
@@ -16,7 +17,6 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from normzoo import functional as nzf
@@ -33,11 +33,34 @@ from normzoo.layers.act import (
 __all__ = [
     "SyncBatchNorm",
     "SyncBatchRenorm",
+    "SyncEvoNormB0",
     "ZooLayerSync",
     "global_moments",
     "sync_batch_stats",
     "unsync_batch_stats",
 ]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum all-reduce whose backward sum-all-reduces the gradient: ``y = sum_r x_r`` on every
+    rank, so the gradient of the summed loss wrt ``x_r`` is ``sum_r' dL_r'/dy``, exactly.
+
+    What ``torch.distributed.nn.functional.all_reduce`` computes (deprecated since torch 2.14);
+    its suggested replacement, ``torch.distributed._functional_collectives.all_reduce``, gets
+    this backward only in recent torch releases, and normzoo supports torch >= 2.3."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group) -> Tensor:
+        ctx.group = group
+        x = x.clone()
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
 
 
 def _is_distributed(group) -> bool:
@@ -70,17 +93,30 @@ def global_moments(x: Tensor, group=None) -> tuple[Tensor, Tensor, int]:
     else:  # an empty local batch contributes nothing
         row = torch.zeros(2 * channels, dtype=stat_dtype, device=x.device)
     table = torch.stack([row if r == rank else torch.zeros_like(row) for r in range(world)])
-    table = differentiable_all_reduce(table, group=group)
+    table = _AllReduceSum.apply(table, group)
     _, mean, m2 = nzf.merge_moments(counts, table[:, :channels], table[:, channels:])
     return mean, m2 / total, total
 
 
 class _SyncMixin:
-    """Training forward with global-batch statistics; used by the sync layer classes."""
+    """Training forward with global-batch statistics; used by the sync layer classes.
+
+    ``check_finite`` holds as in the plain layers, with no collective beyond the statistics'
+    all-reduce: the merged statistics are the same on every rank (NaN/inf anywhere makes them
+    non-finite everywhere), so every rank reaches the same verdict on its own. On CPU every
+    rank raises, running statistics and ``num_batches_tracked`` unchanged; on accelerators the
+    update is masked on the device. Only the ranks' reading of their own result syncs, which
+    ``global_moments`` already does for the count.
+    """
 
     def __init__(self, num_features: int, *, process_group=None, **opts) -> None:
         super().__init__(num_features, **opts)
         self.process_group = process_group
+
+    def _update_mask(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor | None:
+        if not (self.check_finite and self.track_running_stats and self.running_var is not None):
+            return None
+        return nzf.finite_update_mask(type(self).__name__, x, mean, var)
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and _is_distributed(self.process_group)):
@@ -91,6 +127,7 @@ class _SyncMixin:
         weight, bias = self.weight, self.bias
         if isinstance(self, BatchRenorm) and self.running_mean is not None:
             weight, bias = self._renorm(weight, bias, mean, var)
+        ok = self._update_mask(x, mean.detach(), var.detach())
         if self.track_running_stats and self.running_mean is not None:
             if isinstance(self, BatchRenorm):  # the layer's own update (paper or variance EMA)
                 nzf.renorm_update_(
@@ -102,12 +139,14 @@ class _SyncMixin:
                     factor,
                     self.eps,
                     self.sigma_update,
+                    ok,
                 )
             else:
                 unbiased = var * total / (total - 1)
                 nzf.update_running_stats(
-                    self.running_mean, self.running_var, mean, unbiased, factor
+                    self.running_mean, self.running_var, mean, unbiased, factor, ok
                 )
+        self._count()
         return nzf.affine_normalize(x, mean, var, weight, bias, self.eps)
 
     def _renorm(self, weight, bias, mean, var):
@@ -131,6 +170,29 @@ class SyncBatchRenorm(_SyncMixin, BatchRenorm):
     """:class:`~normzoo.layers.BatchRenorm` whose training statistics span all processes."""
 
 
+class SyncEvoNormB0(_SyncMixin, EvoNormB0):
+    """:class:`~normzoo.layers.EvoNormB0` whose batch variance ``s2_b`` spans all processes
+    (the instance variance stays per sample). ``nn.SyncBatchNorm.convert_sync_batchnorm``
+    would replace an EvoNorm-B0 by plain batch norm; :func:`sync_batch_stats` builds this."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and self.v is not None and _is_distributed(self.process_group)):
+            return super().forward(x)  # eval, apply_act=False (no statistics) or one process
+        self._check_input_dim(x)
+        counting = self.track_running_stats and self.num_batches_tracked is not None
+        factor = 0.0 if self.momentum is None else self.momentum
+        if counting and self.momentum is None:
+            factor = nzf.ema_factor(None, int(self.num_batches_tracked) + 1)
+        mean, var, total = global_moments(x, self.process_group)
+        ok = self._update_mask(x, mean.detach(), var.detach())
+        if self.track_running_stats and self.running_var is not None:
+            unbiased = var.detach() * (total / (total - 1))
+            nzf.ema_update_(self.running_var, unbiased, factor, ok)
+        if counting:
+            self.num_batches_tracked.add_(1)
+        return nzf.evonorm_b0_normalize(x, var, self.weight, self.bias, self.v, self.eps)
+
+
 class SyncBatchNormAct(NormActMixin, SyncBatchNorm):
     """:class:`SyncBatchNorm` followed by ``drop`` and ``act``."""
 
@@ -139,11 +201,17 @@ class SyncBatchRenormAct(NormActMixin, SyncBatchRenorm):
     """:class:`SyncBatchRenorm` followed by ``drop`` and ``act``."""
 
 
+class SyncEvoNormB0Act(NormActMixin, SyncEvoNormB0):
+    """:class:`SyncEvoNormB0` followed by ``drop`` and ``act``."""
+
+
 _SYNC_OF = {
     BatchNorm: SyncBatchNorm,
     BatchRenorm: SyncBatchRenorm,
+    EvoNormB0: SyncEvoNormB0,
     BatchNormAct: SyncBatchNormAct,
     BatchRenormAct: SyncBatchRenormAct,
+    EvoNormB0Act: SyncEvoNormB0Act,
 }
 _PLAIN_OF = {v: k for k, v in _SYNC_OF.items()}
 
@@ -152,7 +220,11 @@ def _rebuild(module: nn.Module, cls: type, **extra) -> nn.Module:
     """A ``cls`` layer with ``module``'s options that shares its parameters, buffers, drop and
     act modules (like ``nn.SyncBatchNorm.convert_sync_batchnorm``): optimizers and
     checkpoints holding them keep working."""
-    opts = module.init_options()
+    if hasattr(module, "init_options"):
+        opts = module.init_options()
+    else:  # EvoNormB0: _BatchNorm's options and its own
+        opts = {k: getattr(module, k) for k in ("eps", "momentum", "affine", "track_running_stats")}
+        opts["apply_act"] = module.v is not None
     if isinstance(module, NormActMixin):
         opts.update(act_layer=module.act, drop_layer=module.drop)
     new = cls(module.num_features, **opts, **extra, device="meta")
@@ -165,7 +237,7 @@ def _rebuild(module: nn.Module, cls: type, **extra) -> nn.Module:
     return new
 
 
-_LOCAL = (GhostBatchNorm, GhostBatchNormAct, EvoNormB0, EvoNormB0Act)
+_LOCAL = (GhostBatchNorm, GhostBatchNormAct)
 
 
 def _unsupported(module: nn.Module, action: str) -> TypeError:
@@ -206,8 +278,9 @@ def sync_batch_stats(model: nn.Module, process_group=None) -> nn.Module:
     torch's BatchNorm*/SyncBatchNorm layers (and timm's BatchNormAct2d) first become zoo
     ``batch`` layers, parameters and buffers kept; every zoo batch and batch_renorm layer is
     then rebuilt as its sync class, sharing the parameters, buffers and act/drop modules.
-    The zoo's other batch-dependent layers (``ghost_batch``, whose chunks are local by design,
-    and ``evonorm_b0``) keep their local statistics; other subclasses of batch norm (with code of
+    ``evonorm_b0`` becomes :class:`SyncEvoNormB0` (global batch variance; torch's
+    ``convert_sync_batchnorm`` would make it plain batch norm). ``ghost_batch`` keeps its local
+    statistics (its chunks are local by design); other subclasses of batch norm (with code of
     their own) raise a TypeError rather than being replaced. Outside an initialized
     multi-process group the sync layers compute exactly what the plain ones do.
     Returns ``model`` (or the new layer when ``model`` itself is a batch layer).

@@ -24,8 +24,10 @@ __all__ = [
     "ema_factor",
     "ema_update_",
     "evonorm_b0",
+    "evonorm_b0_normalize",
     "evonorm_s0",
     "filter_response_norm",
+    "finite_update_mask",
     "ghost_batch_norm",
     "group_norm",
     "merge_moments",
@@ -76,8 +78,12 @@ def _check_batch_stats(x: Tensor, layer: str) -> None:
         )
 
 
+class _NonFiniteBatchError(ValueError):
+    """A training batch with NaN/inf, rejected before it reached the running statistics."""
+
+
 def _nonfinite_error(layer: str, x: Tensor) -> ValueError:
-    return ValueError(
+    return _NonFiniteBatchError(
         f"{layer}: the training batch (shape {tuple(x.shape)}) holds NaN or inf values, which "
         f"would turn the running statistics into NaN for good; running statistics were left "
         f"unchanged. Find the source (a diverged loss, bad data), or set "
@@ -89,6 +95,23 @@ def _must_mask(x: Tensor) -> bool:
     """Raising on a non-finite batch needs a host sync; on accelerators and under
     ``torch.compile`` the update is masked on the device instead."""
     return x.device.type != "cpu" or torch.compiler.is_compiling()
+
+
+def finite_update_mask(layer: str, x: Tensor, *stats: Tensor) -> Tensor | None:
+    """Guard a running-statistics update with batch statistics ``stats`` of the batch ``x``.
+
+    On CPU: raise ValueError (naming ``layer`` and the ``check_finite`` opt-out) when a
+    statistic is NaN/inf, else return None (update unmasked). On accelerators and under
+    ``torch.compile``: return a bool tensor, False when a statistic is non-finite, to mask the
+    update with (no host sync). The statistics are per channel, so the check reads C values,
+    not ``x``.
+    """
+    ok = torch.stack([torch.isfinite(s).all() for s in stats]).all()
+    if _must_mask(x):
+        return ok
+    if not ok:
+        raise _nonfinite_error(layer, x)
+    return None
 
 
 def batch_norm(
@@ -237,13 +260,7 @@ def _renorm_statistics_(
     invstd_b = (var_b + eps).rsqrt()
     sigma_b = invstd_b.reciprocal()
     r, d = renorm_correction(mean_b, sigma_b, running_mean, running_var, eps, rmax, dmax)
-    ok = None
-    if check:
-        ok = torch.isfinite(mean_b).all() & torch.isfinite(var_b).all()
-        if not _must_mask(x):
-            if not ok:
-                raise _nonfinite_error("batch renorm", x)
-            ok = None
+    ok = finite_update_mask("batch renorm", x, mean_b, var_b) if check else None
     count = values_per_channel(x)
     renorm_update_(running_mean, running_var, mean_b, var_b, count, momentum, eps, sigma_update, ok)
     return mean_b, var_b, invstd_b, r, d
@@ -605,6 +622,7 @@ def evonorm_b0(
     use_batch_stats: bool,
     momentum: float,
     eps: float,
+    check_finite: bool = True,
 ) -> Tensor:
     """EvoNorm-B0 (Liu et al. 2020, "Evolving Normalization-Activation Layers", Table 1).
 
@@ -613,16 +631,26 @@ def evonorm_b0(
     the biased variance of each sample and channel over (*). With ``use_batch_stats`` and a
     running buffer, ``running_var := (1 - momentum) * running_var + momentum * s2_b * n/(n-1)``
     (unbiased, n values per channel); otherwise ``s2_b := running_var``. Same operations as
-    timm's ``EvoNorm2dB0``.
+    timm's ``EvoNorm2dB0``. ``check_finite`` as in :func:`batch_norm` (the check comes before
+    the update).
     """
     if use_batch_stats:
         _check_batch_stats(x, "evonorm_b0")
         _, var = channel_moments(x)
         if running_var is not None:
             n = values_per_channel(x)
-            ema_update_(running_var, var * (n / (n - 1)), momentum)
+            ok = finite_update_mask("evonorm_b0", x, var) if check_finite else None
+            ema_update_(running_var, var * (n / (n - 1)), momentum, ok)
     else:
         var = running_var
+    return evonorm_b0_normalize(x, var, weight, bias, v, eps)
+
+
+def evonorm_b0_normalize(
+    x: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, v: Tensor, eps: float
+) -> Tensor:
+    """:func:`evonorm_b0`'s output for a given per-channel variance ``s2_b`` = ``var`` (the
+    sync layer passes the global batch's, differentiable)."""
     left = _per_channel(var.add(eps).sqrt(), x)
     right = x * _per_channel(v, x) + _instance_var(x).add(eps).sqrt().to(x.dtype)
     return channel_affine(x / torch.maximum(left, right), weight, bias)
@@ -668,6 +696,7 @@ def ghost_batch_norm(
     momenta: list[float],
     eps: float,
     virtual_batch_size: int,
+    check_finite: bool = True,
 ) -> Tensor:
     """Ghost batch norm in training (Hoffer et al. 2017, "Train longer, generalize better", Alg. 1).
 
@@ -675,15 +704,28 @@ def ghost_batch_norm(
     the remainder); each chunk is batch-normalized with its own statistics, exactly as
     ``F.batch_norm`` on that chunk, and updates the running buffers in turn with the matching
     factor of ``momenta`` (one per chunk), so the buffers end as if ``nn.BatchNorm`` had run on
-    each chunk in sequence.
+    each chunk in sequence. ``check_finite`` as in :func:`batch_norm`, for the whole batch: when
+    a chunk raises, the buffers get back their values from before the first chunk.
     """
     chunks = x.split(virtual_batch_size)
     if len(momenta) != len(chunks):
         raise ValueError(f"ghost batch norm: {len(chunks)} chunks but {len(momenta)} momenta")
-    outs = [
-        batch_norm(chunk, running_mean, running_var, weight, bias, True, momentum, eps)
-        for chunk, momentum in zip(chunks, momenta, strict=True)
-    ]
+    buffers = [b for b in (running_mean, running_var) if b is not None]
+    before = [b.clone() for b in buffers] if len(chunks) > 1 else []
+    try:
+        outs = [
+            batch_norm(
+                chunk, running_mean, running_var, weight, bias, True, momentum, eps, check_finite
+            )
+            for chunk, momentum in zip(chunks, momenta, strict=True)
+        ]
+    except ValueError as err:  # an earlier chunk has updated the buffers: undo the batch
+        with torch.no_grad():
+            for buffer, value in zip(buffers, before, strict=False):
+                buffer.copy_(value)
+        if isinstance(err, _NonFiniteBatchError):
+            raise _nonfinite_error("ghost batch norm", x) from None
+        raise
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 

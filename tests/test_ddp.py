@@ -5,6 +5,7 @@ over the ranks, synced statistics and averaged gradients make both the same comp
 """
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -63,6 +64,8 @@ def _data():
 
 
 def _fit(out: Path, devices: int) -> None:
+    # the sync layers must not use torch.distributed.nn.functional (deprecated in torch 2.14)
+    warnings.filterwarnings("error", "torch.distributed.nn.functional", FutureWarning)
     torch.set_num_threads(1)
     module = Tiny()
     trainer = L.Trainer(

@@ -1,7 +1,10 @@
 """Global-batch statistics across 2 gloo processes equal one process on the whole batch."""
 
+import copy
+import math
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -10,7 +13,13 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import normzoo
-from normzoo.distributed import SyncBatchNorm, SyncBatchRenorm, sync_batch_stats, unsync_batch_stats
+from normzoo.distributed import (
+    SyncBatchNorm,
+    SyncBatchRenorm,
+    SyncEvoNormB0,
+    sync_batch_stats,
+    unsync_batch_stats,
+)
 
 C = 6
 WORLD = 2
@@ -42,7 +51,34 @@ def batches():
     ]
 
 
+# torch 2.14 deprecates torch.distributed.nn.functional's collectives: the sync layers must not
+# use them (a FutureWarning in a worker fails the test)
+DEPRECATED_COLLECTIVE = "torch.distributed.nn.functional"
+
+
+def _nonfinite_step(model: nn.Module, rank: int) -> dict:
+    """A batch with one NaN on rank 0 only: every rank must raise (same verdict from the merged
+    statistics), leaving all buffers (running stats, step counters) as they were; then with
+    ``check_finite = False`` the NaN reaches the running statistics on every rank."""
+    x = batches()[0].chunk(WORLD)[rank].clone()
+    if rank == 0:
+        x[0, 0, 0, 0] = math.nan
+    before = {k: b.clone() for k, b in model.named_buffers()}
+    try:
+        model(x)
+        error = None
+    except ValueError as err:
+        error = str(err)
+    kept = all(torch.equal(b, before[k]) for k, b in model.named_buffers())
+    for m in model.modules():
+        if hasattr(m, "check_finite"):
+            m.check_finite = False
+    model(x)
+    return {"error": error, "kept": kept, "poisoned": torch.isnan(model[1].running_var).any()}
+
+
 def _worker(rank: int, port: int, name: str, out: str) -> None:
+    warnings.filterwarnings("error", DEPRECATED_COLLECTIVE, FutureWarning)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
@@ -58,14 +94,31 @@ def _worker(rank: int, port: int, name: str, out: str) -> None:
         for g in grads:
             dist.all_reduce(g)
         results.append((y.detach(), part.grad, grads))
-    torch.save({"results": results, "state": model.state_dict()}, f"{out}.{rank}")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    counts = [int(m.num_batches_tracked) for m in (model[1], model[4])]
+    layers = [type(model[1]).__name__, type(model[4]).__name__]
+    nonfinite = _nonfinite_step(model, rank)
+    torch.save(
+        {
+            "results": results,
+            "state": state,
+            "counts": counts,
+            "layers": layers,
+            "nonfinite": nonfinite,
+        },
+        f"{out}.{rank}",
+    )
     dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_on_the_whole_batch(tmp_path):
-    """One model holds a zoo batch_renorm layer and a torch BatchNorm2d: both are synced."""
-    name = "batch_renorm"
+@pytest.mark.parametrize(
+    ("name", "sync_class"), [("batch_renorm", "SyncBatchRenorm"), ("evonorm_b0", "SyncEvoNormB0")]
+)
+def test_two_processes_match_one_process_on_the_whole_batch(tmp_path, name, sync_class):
+    """One model holds a zoo layer and a torch BatchNorm2d: both are synced. EvoNorm-B0 gets
+    the variance of the global batch (torch's convert_sync_batchnorm would make it batch norm).
+    A NaN on one rank makes every rank raise with buffers kept (check_finite)."""
     out = str(tmp_path / "res")
     mp.start_processes(_worker, args=(_free_port(), name, out), nprocs=WORLD, start_method="spawn")
     ranks = [torch.load(f"{out}.{r}", weights_only=False) for r in range(WORLD)]
@@ -84,6 +137,14 @@ def test_two_processes_match_one_process_on_the_whole_batch(tmp_path):
     for k, v in ref.state_dict().items():
         torch.testing.assert_close(ranks[0]["state"][k], v, atol=1e-10, rtol=1e-10, msg=k)
         torch.testing.assert_close(ranks[1]["state"][k], v, atol=1e-10, rtol=1e-10, msg=k)
+    steps = len(batches())
+    for rank in ranks:
+        assert rank["layers"] == [sync_class, "SyncBatchNorm"]
+        assert rank["counts"] == [steps, steps]
+        nonfinite = rank["nonfinite"]
+        assert nonfinite["error"] is not None and "check_finite = False" in nonfinite["error"]
+        assert sync_class in nonfinite["error"]
+        assert nonfinite["kept"] and nonfinite["poisoned"]
 
 
 def test_sync_layers_without_process_group_are_the_plain_layers():
@@ -147,10 +208,37 @@ def test_sync_rejects_batch_norm_subclasses_with_code_of_their_own():
             sync_batch_stats(nn.Sequential(layer))
 
 
-def test_sync_leaves_layers_with_local_statistics_alone():
-    model = nn.Sequential(
-        normzoo.create("ghost_batch", 4, virtual_batch_size=2), normzoo.create("evonorm_b0", 4)
-    )
+def test_sync_leaves_ghost_batch_alone():
+    model = nn.Sequential(normzoo.create("ghost_batch", 4, virtual_batch_size=2))
     kinds = [type(m) for m in model]
     sync_batch_stats(model)
     assert [type(m) for m in model] == kinds
+
+
+def test_evonorm_b0_syncs_as_evonorm_not_as_batch_norm():
+    """torch's convert_sync_batchnorm takes EvoNorm-B0 (a _BatchNorm) for batch norm and
+    replaces it by nn.SyncBatchNorm, a different function; normzoo's conversion keeps it."""
+    from normzoo.layers import EvoNormB0
+    from normzoo.layers.act import EvoNormB0Act
+
+    layer = normzoo.create("evonorm_b0", 4, momentum=None)
+    layer.check_finite = False
+    torch_synced = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(layer))
+    assert type(torch_synced[0]) is nn.SyncBatchNorm  # the trap the docstring warns about
+    model = nn.Sequential(
+        normzoo.create("evonorm_b0", 4, momentum=None),
+        EvoNormB0Act(4, drop_layer=nn.Dropout(0.0)),
+        normzoo.create("evonorm_b0", 4, apply_act=False),
+    )
+    model[0].check_finite = False
+    ref = [copy.deepcopy(m) for m in model]
+    sync_batch_stats(model)
+    sync_act = normzoo.distributed.SyncEvoNormB0Act
+    assert [type(m) for m in model] == [SyncEvoNormB0, sync_act, SyncEvoNormB0]
+    assert model[0].momentum is None and model[0].check_finite is False
+    assert isinstance(model[1].drop, nn.Dropout) and model[2].v is None
+    for x in (torch.randn(3, 4, 2, 2), torch.randn(5, 4, 3)):
+        for synced, plain in zip(model, ref, strict=True):
+            torch.testing.assert_close(synced(x), plain(x))
+    unsync_batch_stats(model)
+    assert [type(m) for m in model] == [EvoNormB0, EvoNormB0Act, EvoNormB0]

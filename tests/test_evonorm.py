@@ -152,9 +152,23 @@ def test_s0_group_size_state_dict_and_paper():
 
 def test_s0_rejects_groups_not_dividing():
     with pytest.raises(
-        ValueError, match=r"groups=3 does not divide num_features=8.*\[1, 2, 4, 8\]"
+        ValueError, match=r"^evonorm_s0: groups=3 does not divide num_features=8.*\[1, 2, 4, 8\]"
     ):
         normzoo.create("evonorm_s0", C, groups=3)
+
+
+@pytest.mark.parametrize(("name", "layer"), [("evonorm_s0", "evonorm_s0"), ("group", "group norm")])
+@pytest.mark.parametrize(
+    ("opts", "problem"),
+    [
+        ({"groups": 7}, "groups=7 does not divide num_features=30"),
+        ({"group_size": 7}, "group_size=7 must divide num_features=30"),
+        ({"groups": 3, "group_size": 10}, "pass either groups=3 or group_size=10"),
+    ],
+)
+def test_group_errors_name_the_layer_being_built(name, layer, opts, problem):
+    with pytest.raises(ValueError, match=rf"^{layer}: {problem}"):
+        normzoo.create(name, 30, **opts)
 
 
 @pytest.mark.parametrize("name", ["evonorm_b0", "evonorm_s0"])
@@ -244,10 +258,10 @@ def test_batch_independent_new_layers_have_no_batch_statistics():
         torch.testing.assert_close(model(x), model.eval()(x))
 
 
-def test_sync_batch_stats_keeps_evonorm_b0_and_ghost_batch():
-    from normzoo.distributed import sync_batch_stats
-    from normzoo.layers import EvoNormB0, GhostBatchNorm
+def test_sync_batch_stats_syncs_evonorm_b0_and_keeps_ghost_batch():
+    from normzoo.distributed import SyncEvoNormB0, sync_batch_stats
+    from normzoo.layers import GhostBatchNorm
 
     model = torch.nn.Sequential(normzoo.create("evonorm_b0", C), normzoo.create("ghost_batch", C))
     sync_batch_stats(model)
-    assert type(model[0]) is EvoNormB0 and type(model[1]) is GhostBatchNorm
+    assert type(model[0]) is SyncEvoNormB0 and type(model[1]) is GhostBatchNorm

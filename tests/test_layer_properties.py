@@ -1,5 +1,6 @@
 """Hypothesis properties over shapes, options and dtypes for every layer."""
 
+import copy
 import math
 
 import pytest
@@ -164,7 +165,15 @@ def test_group_eps_example_from_the_issue():
         normzoo.create("group", 8, groups=4, eps=-1)
 
 
-FINITE_CHECKED = ["batch", "batch_renorm", "ghost_batch"]
+FINITE_CHECKED = ["batch", "batch_renorm", "ghost_batch", "evonorm_b0"]
+
+
+def _finite_checked_layer(name: str, momentum: float | None = 0.1):
+    opts = {"warmup": 0, "r_ramp": 0, "d_ramp": 0} if name == "batch_renorm" else {}
+    opts["renorm_momentum" if name == "batch_renorm" else "momentum"] = momentum
+    if name == "ghost_batch":
+        opts["virtual_batch_size"] = 2  # the bad value may sit in the second chunk
+    return normzoo.create(name, 3, **opts)
 
 
 @SETTINGS
@@ -172,29 +181,59 @@ FINITE_CHECKED = ["batch", "batch_renorm", "ghost_batch"]
     name=st.sampled_from(FINITE_CHECKED),
     bad=st.sampled_from([math.nan, math.inf, -math.inf]),
     where=st.integers(0, 4 * 3 * 5 - 1),
+    momentum=st.sampled_from([0.1, None]),
 )
-def test_nonfinite_training_batch_raises_and_keeps_running_stats(name, bad, where):
-    opts = {"warmup": 0, "r_ramp": 0, "d_ramp": 0} if name == "batch_renorm" else {}
-    if name == "ghost_batch":
-        opts["virtual_batch_size"] = 2
-    layer = normzoo.create(name, 3, **opts)
+def test_nonfinite_training_batch_raises_and_keeps_running_stats(name, bad, where, momentum):
+    """A rejected batch is no step: running statistics and the step counter as before it (also
+    for ghost batches whose earlier chunks were clean)."""
+    layer = _finite_checked_layer(name, momentum)
     layer(torch.randn(4, 3, 5) + 1)
-    before = layer.running_mean.clone(), layer.running_var.clone()
+    before = {k: b.clone() for k, b in layer.named_buffers()}
+    assert set(before) == {"running_mean", "running_var", "num_batches_tracked"}
     x = torch.randn(4, 3, 5)
     x.view(-1)[where] = bad
-    with pytest.raises(ValueError, match="NaN or inf.*check_finite = False"):
+    with pytest.raises(ValueError, match=rf"^{LAYER_NAMES[name]}: .*NaN or inf.*check_finite"):
         layer(x)
-    assert torch.isfinite(layer.running_mean).all() and torch.isfinite(layer.running_var).all()
-    if name != "ghost_batch":  # ghost batches before the bad one have updated, as they would
-        assert torch.equal(layer.running_mean, before[0])
-        assert torch.equal(layer.running_var, before[1])
+    for k, b in layer.named_buffers():
+        assert torch.equal(b, before[k]), k
+    layer(x.nan_to_num(0.0, 0.0, 0.0))  # the next clean batch is the second step
+    steps = 2 * (2 if name == "ghost_batch" else 1)
+    assert int(layer.num_batches_tracked) == steps
 
 
-@pytest.mark.parametrize("name", ["batch", "batch_renorm"])
+LAYER_NAMES = {
+    "batch": "batch norm",
+    "batch_renorm": "batch renorm",
+    "ghost_batch": "ghost batch norm",
+    "evonorm_b0": "evonorm_b0",
+}
+
+
+@pytest.mark.parametrize("name", FINITE_CHECKED)
 def test_nonfinite_check_opt_out(name):
-    layer = normzoo.create(name, 3)
+    layer = _finite_checked_layer(name)
     layer.check_finite = False
     x = torch.randn(4, 3)
     x[0, 1] = math.nan
     layer(x)  # torch's behaviour: the running statistics of that channel become NaN
-    assert torch.isnan(layer.running_mean[1]) and torch.isfinite(layer.running_mean[0])
+    assert torch.isnan(layer.running_var[1]) and torch.isfinite(layer.running_var[0])
+    if name != "evonorm_b0":  # B0 has no running mean (a placeholder, never updated)
+        assert torch.isnan(layer.running_mean[1]) and torch.isfinite(layer.running_mean[0])
+
+
+@pytest.mark.parametrize("name", ["batch", "ghost_batch", "evonorm_b0"])
+def test_nonfinite_batch_is_masked_without_host_sync_under_compile(name):
+    """Where raising would need a host sync (accelerators, torch.compile), the running
+    statistics silently keep their values instead. (batch_renorm's statistics are an opaque
+    custom op that runs eagerly even in a compiled graph, so on CPU it raises there too.)"""
+    layer = _finite_checked_layer(name)
+    layer(torch.randn(4, 3, 5) + 1)
+    ref = copy.deepcopy(layer)
+    x = torch.randn(4, 3, 5)
+    x[3, 1, 2] = math.nan  # in the last ghost chunk
+    if name == "ghost_batch":  # the clean first chunk updates, as on an accelerator
+        ref(x[:2])
+    y = torch.compile(layer, backend="eager", fullgraph=True)(x)
+    assert torch.isnan(y).any()
+    assert torch.equal(layer.running_mean, ref.running_mean)
+    assert torch.equal(layer.running_var, ref.running_var)

@@ -54,14 +54,23 @@ class BatchNorm(_BatchNorm):
     def _check_input_dim(self, x: Tensor) -> None:
         nzf.check_input(x, self.num_features, type(self).__name__)
 
-    def _step(self) -> tuple[bool, float]:
-        """Advance the step counter in training; return (use batch stats, EMA factor), as torch."""
+    def _counting(self) -> bool:
+        return self.training and self.track_running_stats and self.num_batches_tracked is not None
+
+    def _step(self, ahead: int = 1) -> tuple[bool, float]:
+        """(use batch stats, EMA factor) of the training step ``ahead`` steps after those counted
+        so far, as torch computes them. The counter itself advances in :meth:`_count`, after the
+        step went through: a rejected batch (NaN/inf, too few values) is no step."""
         factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            factor = nzf.ema_factor(self.momentum, self.num_batches_tracked)
+        if self.momentum is None and self._counting():
+            factor = nzf.ema_factor(None, int(self.num_batches_tracked) + ahead)
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         return use_batch_stats, factor
+
+    def _count(self, steps: int = 1) -> None:
+        """Advance the step counter by ``steps`` finished training steps."""
+        if self._counting():
+            self.num_batches_tracked.add_(steps)
 
     def _buffers_for_forward(self) -> tuple[Tensor | None, Tensor | None]:
         if not self.training or self.track_running_stats:
@@ -72,7 +81,7 @@ class BatchNorm(_BatchNorm):
         self._check_input_dim(x)
         use_batch_stats, factor = self._step()
         running_mean, running_var = self._buffers_for_forward()
-        return nzf.batch_norm(
+        y = nzf.batch_norm(
             x,
             running_mean,
             running_var,
@@ -83,3 +92,5 @@ class BatchNorm(_BatchNorm):
             self.eps,
             self.check_finite,
         )
+        self._count()
+        return y

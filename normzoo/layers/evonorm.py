@@ -33,6 +33,16 @@ class EvoNormB0(_BatchNorm):
     activation after it (``provides_activation``). ``apply_act=False`` is the reference code's
     ``nonlinearity=False`` (tensorflow/tpu ``resnet_layers.evonorm``, timm's ``apply_act``),
     used before a residual addition: ``v`` is absent and the layer is ``x * weight + bias``.
+
+    Being a ``_BatchNorm`` also makes torch's ``nn.SyncBatchNorm.convert_sync_batchnorm`` and
+    timm's ``freeze_batch_norm_2d`` take it for batch norm and silently replace it by plain batch
+    norm (a different function): for multi-process training use
+    ``normzoo.distributed.sync_batch_stats`` (or Lightning's ``ZooLayerSync``), which turns it
+    into ``SyncEvoNormB0`` (variance of the global batch).
+
+    A training batch with NaN/inf raises as in ``BatchNorm`` (on CPU, ``running_var`` and
+    ``num_batches_tracked`` unchanged; masked on other devices); opt out per layer with
+    ``layer.check_finite = False``.
     """
 
     activation_option = "apply_act"  # the constructor flag that turns its activation off
@@ -74,19 +84,33 @@ class EvoNormB0(_BatchNorm):
         # skip _NormBase's fill-in of num_batches_tracked for old checkpoints: ours is not saved
         nn.Module._load_from_state_dict(self, *args, **kwargs)
 
+    check_finite = True  # raise on a non-finite training batch; set False on a layer to opt out
+
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
         if self.v is None:  # the reference's nonlinearity=False: the affine transform only
             return nzf.channel_affine(x, self.weight, self.bias)
         factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            factor = nzf.ema_factor(self.momentum, self.num_batches_tracked)
+        count = self.num_batches_tracked
+        counting = self.training and self.track_running_stats and count is not None
+        if counting and self.momentum is None:
+            factor = nzf.ema_factor(None, int(count) + 1)
         use_batch_stats = self.training or self.running_var is None
         running_var = self.running_var if (not self.training or self.track_running_stats) else None
-        return nzf.evonorm_b0(
-            x, running_var, self.weight, self.bias, self.v, use_batch_stats, factor, self.eps
+        y = nzf.evonorm_b0(
+            x,
+            running_var,
+            self.weight,
+            self.bias,
+            self.v,
+            use_batch_stats,
+            factor,
+            self.eps,
+            self.check_finite,
         )
+        if counting:  # after the step went through: a rejected batch is no step
+            self.num_batches_tracked.add_(1)
+        return y
 
 
 class EvoNormS0(nn.Module):
@@ -118,7 +142,7 @@ class EvoNormS0(nn.Module):
     ) -> None:
         check_eps(type(self).__name__, eps)
         super().__init__()
-        self.groups = resolve_groups(num_features, groups, group_size)
+        self.groups = resolve_groups(num_features, groups, group_size, "evonorm_s0")
         factory = {"device": device, "dtype": dtype}
         self.num_features, self.eps, self.affine = num_features, eps, affine
         self.weight = nn.Parameter(torch.ones(num_features, **factory)) if affine else None

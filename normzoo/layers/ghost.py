@@ -24,6 +24,10 @@ class GhostBatchNorm(BatchNorm):
     statistics of the whole batch, like ``nn.BatchNorm`` — ghost batches are a training device.
     A batch no larger than ``virtual_batch_size`` is plain batch norm. Buffers and parameters
     are batch norm's, so state dicts load both ways with ``nn.BatchNorm{1,2,3}d``.
+
+    A training batch with NaN/inf in any chunk raises as in :class:`BatchNorm`, and the whole
+    batch is undone (running statistics and ``num_batches_tracked`` as before it, also where
+    earlier chunks were clean); ``layer.check_finite = False`` opts out.
     """
 
     def __init__(
@@ -65,9 +69,9 @@ class GhostBatchNorm(BatchNorm):
                 f"value per channel (shape {tuple(x.shape)}), which has no batch variance; use "
                 f"a batch size that is a multiple of virtual_batch_size, or drop_last=True"
             )
-        momenta = [self._step()[1] for _ in range(chunks)]
+        momenta = [self._step(ahead)[1] for ahead in range(1, chunks + 1)]
         running_mean, running_var = self._buffers_for_forward()
-        return nzf.ghost_batch_norm(
+        y = nzf.ghost_batch_norm(
             x,
             running_mean,
             running_var,
@@ -76,4 +80,7 @@ class GhostBatchNorm(BatchNorm):
             momenta,
             self.eps,
             self.virtual_batch_size,
+            self.check_finite,
         )
+        self._count(chunks)
+        return y

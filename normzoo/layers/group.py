@@ -14,16 +14,19 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def resolve_groups(num_features: int, groups: int | None, group_size: int | None) -> int:
-    """Number of groups from ``groups`` or ``group_size`` (channels per group), validated."""
+def resolve_groups(
+    num_features: int, groups: int | None, group_size: int | None, layer: str = "group norm"
+) -> int:
+    """Number of groups from ``groups`` or ``group_size`` (channels per group), validated;
+    errors name ``layer``, the layer being built."""
     if groups is not None and group_size is not None:
         raise ValueError(
-            f"group norm: pass either groups={groups} or group_size={group_size}, not both"
+            f"{layer}: pass either groups={groups} or group_size={group_size}, not both"
         )
     if group_size is not None:
         if not isinstance(group_size, int) or group_size < 1 or num_features % group_size:
             raise ValueError(
-                f"group norm: group_size={group_size!r} must divide num_features={num_features}; "
+                f"{layer}: group_size={group_size!r} must divide num_features={num_features}; "
                 f"valid group sizes: {_divisors(num_features)}"
             )
         return num_features // group_size
@@ -35,7 +38,7 @@ def resolve_groups(num_features: int, groups: int | None, group_size: int | None
         or num_features % groups
     ):
         raise ValueError(
-            f"group norm: groups={groups!r} does not divide num_features={num_features}; "
+            f"{layer}: groups={groups!r} does not divide num_features={num_features}; "
             f"valid values: {_divisors(num_features)} (or pass group_size=channels per group)"
         )
     return groups

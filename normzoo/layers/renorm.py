@@ -106,23 +106,22 @@ class BatchRenorm(BatchNorm):
             f"sigma_update={self.sigma_update!r}"
         )
 
-    def _step(self) -> tuple[bool, float]:
-        """Advance the step counter; return (use batch stats, this step's averaging rate)."""
+    def _step(self, ahead: int = 1) -> tuple[bool, float]:
+        """(use batch stats, averaging rate) of the step ``ahead`` steps after those counted
+        (see :meth:`BatchNorm._step`)."""
         if self.sigma_update == "variance_ema":
-            return super()._step()
+            return super()._step(ahead)
         rate = self.renorm_momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-        if rate is None:  # cumulative average over the steps so far
+        if rate is None:  # cumulative average over the steps so far, this one included
             counted = self.training and self.num_batches_tracked is not None
-            rate = 1.0 / float(self.num_batches_tracked) if counted else 0.0
+            rate = 1.0 / (float(self.num_batches_tracked) + ahead) if counted else 0.0
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         return use_batch_stats, rate
 
     def _limits(self) -> tuple[Tensor, Tensor]:
-        """Clip limits (r_max, d_max) of the current step; call after :meth:`_step`."""
+        """Clip limits (r_max, d_max) of the current step; call before :meth:`_count`."""
         if self.num_batches_tracked is not None:
-            step = self.num_batches_tracked - 1  # steps completed before this one
+            step = self.num_batches_tracked  # steps completed before this one
         else:
             step = torch.tensor(self.warmup + max(self.r_ramp, self.d_ramp))
         return nzf.renorm_limits(step, self.rmax, self.dmax, self.warmup, self.r_ramp, self.d_ramp)
@@ -133,7 +132,7 @@ class BatchRenorm(BatchNorm):
         self._check_input_dim(x)
         _, rate = self._step()
         rmax, dmax = self._limits()
-        return nzf.batch_renorm(
+        y = nzf.batch_renorm(
             x,
             self.running_mean,
             self.running_var,
@@ -146,3 +145,5 @@ class BatchRenorm(BatchNorm):
             self.sigma_update,
             self.check_finite,
         )
+        self._count()
+        return y
