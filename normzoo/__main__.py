@@ -30,6 +30,8 @@ def report(argv: list[str]) -> int:
         " run finished last in the store",
     )
     args = parser.parse_args(argv)
+    from rich.markup import escape
+
     from normzoo import cli
     from normzoo.bench.config import load_config, parse_config
     from normzoo.bench.grid import expand_runs
@@ -37,24 +39,30 @@ def report(argv: list[str]) -> int:
     from normzoo.bench.store import STORE_NAME, Store
 
     out_dir = Path(args.dir)
-    if not (out_dir / STORE_NAME).is_file():
-        cli.console.print(f"[red]error:[/] no {STORE_NAME} in '{out_dir}'; pass a run's --out dir")
-        return 2
     try:
+        if not out_dir.exists():
+            raise FileNotFoundError(f"'{out_dir}' does not exist; pass the --out dir of a run")
+        if not out_dir.is_dir():
+            raise FileNotFoundError(f"'{out_dir}' is not a directory; pass the --out dir of a run")
+        if not (out_dir / STORE_NAME).is_file():
+            raise FileNotFoundError(f"no {STORE_NAME} in '{out_dir}'; pass the --out dir of a run")
+        with Store(out_dir) as store:
+            runs = store.runs_frame()
+        if runs.empty:
+            raise ValueError(f"{out_dir / STORE_NAME} holds no runs; nothing to report")
         if args.config:
             config = load_config(resolve_config(args.config))
         else:
-            with Store(out_dir) as store:
-                runs = store.runs_frame()
-            if runs.empty:
-                cli.console.print(
-                    f"[yellow]no runs in {out_dir / STORE_NAME}; nothing to report[/]"
-                )
-                return 1
             latest = runs.sort_values("finished_at", na_position="first").iloc[-1]
-            config = parse_config(json.loads(latest["config_json"]))
+            try:
+                config = parse_config(json.loads(latest["config_json"]))
+            except ValueError as error:
+                raise ValueError(
+                    f"the config stored with run {latest['run_key']} in {out_dir / STORE_NAME} "
+                    f"cannot be read: {error}"
+                ) from None
     except (ValueError, FileNotFoundError) as error:
-        cli.console.print(f"[red]error:[/] {error}")
+        cli.console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
         return 2
     cli._report(config, out_dir, [r.key for r in expand_runs(config)], tracker=None)
     return 0

@@ -181,3 +181,87 @@ def test_report_command_rebuilds_the_report_from_the_store_alone(tmp_path):
     assert "reportcmd" in text and (out / "runs.csv").is_file()
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert main(["nonsense"]) == 2
+
+
+def _store_without_training(out: Path, raw: dict) -> None:
+    """A results store as a finished grid of ``raw`` leaves it, with made-up accuracies (group
+    0.05 above batch, layer equal to batch); the runs keep ``raw`` itself as their config."""
+    import json
+
+    from normzoo.bench.config import parse_config
+    from normzoo.bench.grid import expand_conditions, expand_runs
+    from normzoo.bench.store import Store, now
+    from normzoo.bench.worker import run_row
+
+    config = parse_config(raw)
+    offset = {"batch": 0.0, "group": 0.05, "layer": 0.0}
+    with Store(out) as store:
+        for run in expand_runs(config):
+            row = run_row(run, config) | {
+                "config_json": json.dumps(raw),
+                "finished_at": now(),
+                "val_accuracy": 0.5,
+            }
+            accuracy = 0.6 + offset[run.norm.name] + 0.01 * ((run.seed * 7) % 5)
+            evaluations = [
+                {
+                    "run_key": run.key,
+                    **condition.columns(),
+                    "accuracy": accuracy,
+                    "loss": 1.0,
+                    "n_test": 64,
+                    "computed_as": condition.label,
+                }
+                for condition in expand_conditions(config)
+            ]
+            store.write_run(row, evaluations)
+
+
+def test_report_command_reads_a_stored_config_whose_primary_uses_aliases(tmp_path, capsys):
+    import pandas as pd
+
+    from normzoo.__main__ import main
+
+    raw = {
+        "experiment": {"name": "aliases"},
+        "data": {"dataset": "synthetic", "options": {"train_size": 192, "test_size": 64}},
+        "norms": ["BN", {"name": "gn", "options": {"groups": 4}}, "Layer-Norm"],
+        "train": {"batch_sizes": [16], "seeds": 4},
+        "eval": {"test_batch_sizes": [32]},
+        "execution": {"workers": 1, "wandb": "disabled"},
+        "stats": {"primary": ["GN(groups=4) vs bn", "ln vs batch_norm"]},
+    }
+    out = tmp_path / "out"
+    _store_without_training(out, raw)
+    assert main(["report", str(out)]) == 0
+    primary = pd.read_csv(out / "significance_primary.csv")
+    assert list(primary["comparison"]) == ["group(groups=4) vs batch", "layer vs batch"]
+    assert list(primary["a"]) == ["group(groups=4)", "layer"]
+    # the made-up numbers: group 0.05 above batch in every seed, layer equal to batch
+    assert primary["mean_difference"].round(9).tolist() == [0.05, 0.0]
+    text = (out / "report.md").read_text()
+    assert "`group(groups=4) vs batch`, `layer vs batch`" in text
+    assert "GN(groups=4)" not in text and "batch_norm" not in text
+    assert "error" not in capsys.readouterr().out
+
+
+def test_report_command_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    from normzoo.__main__ import main
+    from normzoo.bench.store import STORE_NAME, Store
+
+    empty_store = tmp_path / "empty_store"
+    Store(empty_store).close()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("")
+    cases = {
+        tmp_path / "nothing": "'{}' does not exist; pass the --out dir of a run",
+        tmp_path / "file": "'{}' is not a directory; pass the --out dir of a run",
+        tmp_path / "empty": f"no {STORE_NAME} in '{{}}'; pass the --out dir of a run",
+        empty_store: f"{{}}/{STORE_NAME} holds no runs; nothing to report",
+    }
+    for path, message in cases.items():
+        capsys.readouterr()
+        assert main(["report", str(path)]) == 2
+        out = capsys.readouterr().out
+        assert out == f"error: {message.format(path)}\n"
+    assert not (tmp_path / "nothing").exists() and not (tmp_path / "empty" / STORE_NAME).exists()

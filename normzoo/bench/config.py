@@ -374,7 +374,7 @@ def parse_config(raw: Any) -> Config:
     norms = _parse_norms(raw.get("norms", ["batch"]), problems)
     stats, stats_problems = parse_stats(
         raw.get("stats"),
-        sorted({n.name for n in norms} | {n.label for n in norms}),
+        norms,
         sorted({*sections["eval"].stats_modes, *sections["eval"].condition_modes}),
         _grid_values(sections["train"], sections["eval"]),
     )

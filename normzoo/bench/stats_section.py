@@ -11,14 +11,25 @@ stats:
 Holm corrects over every comparison the family expands to, across conditions; everything else
 the report prints is exploratory. Without ``primary`` the family is every norm vs ``batch``
 (or the first norm) at every train condition on clean i.i.d. test batches of the largest size.
+
+A side names two stats modes exactly as ``eval.stats_modes`` does, or a norm as ``norms:`` does:
+by name or alias (``gn``, ``Group-Norm``), or by label with options (``gn(groups=8)``) where a
+name alone is ambiguous. The parsed section keeps each comparison in canonical form
+(``group(groups=8) vs batch``): that is what is stored with the runs and what the report shows.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from normzoo.bench.validate import suggest
+
+if TYPE_CHECKING:
+    from normzoo.bench.config import NormSpec
 
 WHERE_KEYS = (
     "train_batch_size",
@@ -30,6 +41,7 @@ WHERE_KEYS = (
     "test_composition",
 )
 STATS_KEYS = ("primary", "alpha", "equivalence_margin")
+_SIDE = re.compile(r"^([^()]+?)\s*(?:\((.*)\))?$")  # name, or name(key=value,...)
 
 
 @dataclass(frozen=True)
@@ -87,11 +99,16 @@ def parse_comparison(text: str) -> Comparison:
 
 
 def parse_stats(
-    raw: Any, norms: list[str], stats_modes: list[str], values: dict[str, list[str]] | None = None
+    raw: Any,
+    norms: Sequence[NormSpec],
+    stats_modes: list[str],
+    values: dict[str, list[str]] | None = None,
 ) -> tuple[StatsSection, list]:
-    """The ``stats:`` mapping -> (StatsSection, problems); names must be norms or stats modes.
+    """The ``stats:`` mapping -> (StatsSection, problems); sides must be norms or stats modes.
 
-    ``values`` maps a ``where`` key to the values the config's grid has (checked when given).
+    ``norms`` are the config's parsed norms; each comparison is kept in canonical form (norm
+    aliases resolved with :func:`resolve_norm`, stats modes as written). ``values`` maps a
+    ``where`` key to the values the config's grid has (checked when given).
     """
     problems: list[str] = []
     if raw is None:
@@ -120,6 +137,8 @@ def parse_stats(
     if not isinstance(primary, list | tuple):
         problems.append("stats.primary must be a list of 'A vs B' strings")
         primary = []
+    canonical: list[str] = []
+    seen: dict[tuple, str] = {}  # (sides, where) -> the entry as written
     for text in primary:
         try:
             comparison = parse_comparison(text)
@@ -135,12 +154,105 @@ def parse_stats(
                     f"this config's grid; accepted: {accepted}"
                 )
         sides = {comparison.a, comparison.b}
-        if not (sides <= set(norms) or sides <= set(stats_modes)):
+        if not sides <= set(stats_modes):
+            try:
+                comparison = replace(
+                    comparison,
+                    a=resolve_norm(comparison.a, norms, stats_modes),
+                    b=resolve_norm(comparison.b, norms, stats_modes),
+                )
+            except ValueError as error:
+                problems.append(
+                    f"stats.primary entry {text!r}: {error}; both sides must be norms of this "
+                    f"config or both stats modes of eval.stats_modes {sorted(stats_modes)}"
+                )
+                continue
+            if comparison.a == comparison.b:
+                problems.append(
+                    f"stats.primary entry {text!r} compares '{comparison.a}' with itself; "
+                    "name two different norms"
+                )
+                continue
+        identity = (frozenset((comparison.a, comparison.b)), comparison.where)
+        if identity in seen:
             problems.append(
-                f"stats.primary entry {text!r}: both sides must be norms of this config "
-                f"{sorted(norms)} or both stats modes of eval.stats_modes {sorted(stats_modes)}"
+                f"stats.primary entry {text!r} is the same comparison as "
+                f"{seen[identity]!r} ('{comparison.label}'); list each comparison once"
             )
+            continue
+        seen[identity] = text
+        canonical.append(comparison.label)
     section = StatsSection(
-        tuple(str(p) for p in primary), float(alpha), None if margin is None else float(margin)
+        tuple(canonical), float(alpha), None if margin is None else float(margin)
     )
     return section, problems
+
+
+def resolve_norm(side: str, norms: Sequence[NormSpec], stats_modes: Sequence[str] = ()) -> str:
+    """A norm side of a comparison -> the canonical name or label it has in ``norms``.
+
+    ``gn`` -> ``group`` and ``gn(groups=8)`` -> ``group(groups=8)``, as the ``norms:`` section
+    canonicalises names. A bare name must name one norm of the config (or the one without
+    options, as the report resolves it); options must equal one norm's options exactly.
+    Raises ValueError naming the norms the config offers and the closest match (among them and
+    ``stats_modes``).
+    """
+    from normzoo.registry import canonical_name
+
+    match = _SIDE.match(side.strip())
+    try:
+        name = canonical_name(match[1]) if match else None
+    except ValueError:
+        name = None
+    written = match and match[2]  # the options text, None for a bare name
+    candidates = [n for n in norms if n.name == name]
+    if name and written is None:
+        if len(candidates) == 1 or any(not n.options for n in candidates):
+            return name
+        if candidates:
+            raise ValueError(
+                f"'{side}' names {len(candidates)} norms of this config "
+                f"{[n.label for n in candidates]}; name one by its label"
+            )
+    elif name:
+        options = _parse_options(written)
+        for spec in candidates:
+            if options is not None and _same_options(options, spec.options):
+                return spec.label
+    canonical = side if not name else name if written is None else f"{name}({written})"
+    labels = [n.label for n in norms]
+    offered = list(dict.fromkeys([*labels, *(n.name for n in norms), *stats_modes]))
+    raise ValueError(
+        f"'{side}' is not a norm of this config{suggest(canonical, offered)}; norms: {labels}"
+    )
+
+
+def _parse_options(text: str) -> dict[str, str] | None:
+    """``key=value,key=value`` -> {key: value text}; None if it does not read so."""
+    options = {}
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip() or key.strip() in options:
+            return None
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _same_options(written: dict[str, str], options: dict) -> bool:
+    return set(written) == set(options) and all(
+        _same_value(text, options[key]) for key, text in written.items()
+    )
+
+
+def _same_value(text: str, value: Any) -> bool:
+    """Whether an option value written in a label (``8``, ``1e-5``, ``true``) equals ``value``."""
+    if text == str(value):
+        return True
+    if isinstance(value, bool):
+        return text.lower() == str(value).lower()
+    if isinstance(value, int | float):
+        try:
+            return float(text) == value
+        except ValueError:
+            return False
+    return False

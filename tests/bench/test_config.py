@@ -1,10 +1,12 @@
 """Config loading and validation: shipped configs pass --dry-run; all problems in one error."""
 
+import json
 from pathlib import Path
 
 import pytest
 
 from normzoo.bench.config import apply_override, load_config, parse_config
+from normzoo.bench.store import config_json
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -142,6 +144,23 @@ def test_norm_names_are_canonical_and_aliases_are_not_trained_twice(tiny_config_
         ["norms=[{name: gn, options: {groups: 4}}, {name: group, options: {groups: 8}}]"],
     )
     assert [n.label for n in twice.norms] == ["group(groups=4)", "group(groups=8)"]
+
+
+def test_primary_sides_are_canonical_like_norms_and_the_stored_config_reads_back(
+    tiny_config_path,
+):
+    norms = "norms=[BN, {name: gn, options: {groups: 4}}, {name: Group-Norm, options: {groups: 8}}]"
+    primary = "stats={primary: ['GN(groups=8) vs bn', 'gn(groups=4) vs group_norm(groups=8)']}"
+    config = load_config(tiny_config_path, [norms, primary])
+    assert config.stats.primary == (
+        "group(groups=8) vs batch",
+        "group(groups=4) vs group(groups=8)",
+    )
+    # the form stored with each run reads back to the same config (what `normzoo report` does)
+    assert parse_config(json.loads(config_json(config.to_dict()))) == config
+    # a name alone, of two norms with different options, names neither
+    with pytest.raises(ValueError, match="'gn' names 2 norms of this config"):
+        load_config(tiny_config_path, [norms, "stats={primary: [gn vs bn]}"])
 
 
 def test_instance_norm_aliases_are_recognised(tiny_raw):
