@@ -43,9 +43,9 @@ class Classifier(L.LightningModule):
         self.train_config = train
         self.train_batch_size = train_batch_size
         self.log_every = log_every
-        self._reset_epoch_sums()
-        self._first_bad_step: torch.Tensor | None = None  # device scalar, -1 while all finite
-        self._first_bad_loss: torch.Tensor | None = None
+        # per epoch, on the device: [sum of loss * batch size, correct predictions, samples]
+        self._tally: torch.Tensor | None = None
+        self._checked_step = 0  # the last step whose losses were checked finite
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Under DDP each process trains on its slice of the global batch (bench/ddp.py)."""
@@ -58,57 +58,47 @@ class Classifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def _reset_epoch_sums(self) -> None:
-        self._loss_sum: torch.Tensor | float = 0.0
-        self._correct_sum: torch.Tensor | int = 0
-        self._seen = 0
-
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         x, y = batch
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)
-        detached = loss.detach()
-        correct = (logits.detach().argmax(1) == y).sum()
-        self._loss_sum = self._loss_sum + detached * len(y)
-        self._correct_sum = self._correct_sum + correct
-        self._seen += len(y)
-        self._track_finite(detached)
+        with torch.no_grad():  # a few in-place device ops: no host sync, no module setattr
+            if self._tally is None:
+                self._tally = torch.zeros(3, dtype=torch.float32, device=loss.device)
+            correct = (logits.argmax(1) == y).sum()
+            self._tally.add_(torch.stack((loss * len(y), correct, correct.new_tensor(len(y)))))
         # Lightning hands step metrics to the loggers when (step + 1) % log_every_n_steps == 0
         if (self.global_step + 1) % self.log_every == 0:
             self._check_finite()
-            self.log("train/loss", detached, on_step=True, on_epoch=False, batch_size=len(y))
+            self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, batch_size=len(y))
             self.log("train/acc", correct / len(y), on_step=True, on_epoch=False, batch_size=len(y))
             self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
         return loss
 
-    def _track_finite(self, loss: torch.Tensor) -> None:
-        """Remember the first non-finite loss and its step, on the device (no host sync)."""
-        if self._first_bad_step is None:
-            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
-            self._first_bad_loss = torch.zeros((), dtype=loss.dtype, device=loss.device)
-        first = (self._first_bad_step < 0) & ~torch.isfinite(loss)
-        self._first_bad_step = torch.where(first, self.global_step, self._first_bad_step)
-        self._first_bad_loss = torch.where(first, loss, self._first_bad_loss)
-
     def _check_finite(self) -> None:
-        if self._first_bad_step is None:
+        """Raise DivergedError if a loss since the last check was not finite: the epoch's loss
+        sum is then not finite (NaN and inf propagate through the sum). The one host sync, at
+        logging intervals and epoch end only."""
+        if self._tally is None:
             return
-        step = int(self._first_bad_step)  # the one host sync, at logging intervals only
-        if step >= 0:
+        total = float(self._tally[0])
+        if not math.isfinite(total):
             raise DivergedError(
-                f"loss became {float(self._first_bad_loss)} at step {step}"
-                f" (checked at step {self.global_step}, epoch {self.current_epoch});"
+                f"loss became {total} at a step in {self._checked_step + 1}..{self.global_step + 1}"
+                f" (epoch {self.current_epoch});"
                 " lower train.lr or use a batch-independent norm for this batch size"
             )
+        self._checked_step = self.global_step + 1
 
     def on_train_epoch_end(self) -> None:
         self._check_finite()
-        if self._seen:
-            self.log("train/epoch_loss", self._loss_sum / self._seen)
-            self.log("train/epoch_acc", self._correct_sum / self._seen)
-        self._reset_epoch_sums()
+        if self._tally is not None:
+            loss_sum, correct, seen = self._tally
+            self.log("train/epoch_loss", loss_sum / seen)
+            self.log("train/epoch_acc", correct / seen)
+            self._tally.zero_()
 
     def on_validation_epoch_start(self) -> None:
         self._val_correct: torch.Tensor | int = 0

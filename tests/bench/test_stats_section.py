@@ -61,7 +61,9 @@ def test_stats_section_does_not_change_run_keys():
     assert declared.stats.comparisons == (Comparison("layer", "batch"),)
 
 
-@pytest.mark.parametrize("name", ["quick", "study_batch_size", "study_renorm", "study_shift"])
+@pytest.mark.parametrize(
+    "name", ["quick", "study_batch_size", "study_renorm", "study_shift", "study_zoo"]
+)
 def test_shipped_configs_declare_their_primary_family(name):
     config = load_config(CONFIGS / f"{name}.yaml")
     assert config.stats.primary and config.stats.alpha == 0.05
