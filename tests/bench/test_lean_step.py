@@ -47,3 +47,55 @@ def test_training_step_syncs_only_at_logging_intervals(tiny_config_path, monkeyp
     assert counts["syncs"] == intervals
     losses = [c for c in outcome.curves if c["metric"] == "train/loss"]
     assert [c["step"] for c in losses] == [9, 19, 29, 39]
+
+
+def test_lightning_step_computes_exactly_what_a_plain_torch_loop_computes(tiny_config_path):
+    """The Classifier drives its optimizer (manual optimization); its training must be the
+    plain loop forward -> zero_grad -> backward -> optimizer step -> scheduler step, bit for bit
+    (weights, running statistics, optimizer state), as Lightning's automatic optimization did."""
+    import torch.nn.functional as F
+
+    steps = 23
+    config = load_config(tiny_config_path, [f"train.max_steps={steps}", "norms=[batch]"])
+    run = expand_runs(config)[0]
+    trained = {}
+    build = bench_module.build_module
+
+    def keep(*args, **kwargs):
+        trained["module"] = build(*args, **kwargs)
+        return trained["module"]
+
+    bench_module.build_module = keep
+    try:
+        bench_module.train_run(run, config, _datamodule(run, config))
+    finally:
+        bench_module.build_module = build
+    ours = trained["module"]
+
+    datamodule = _datamodule(run, config)
+    datamodule.setup("fit")
+    plain = build(run, config, datamodule)
+    plain.trainer = type("T", (), {"estimated_stepping_batches": steps})()
+    conf = plain.configure_optimizers()
+    optimizer, scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    done = 0
+    while done < steps:
+        for x, y in datamodule.train_dataloader():
+            loss = F.cross_entropy(plain.model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            done += 1
+            if done == steps:
+                break
+    state, reference = ours.model.state_dict(), plain.model.state_dict()
+    assert state.keys() == reference.keys()
+    for name in state:
+        assert torch.equal(state[name], reference[name]), name
+    assert int(state["features.1.num_batches_tracked"]) == steps
+    ours_opt = ours.trainer.optimizers[0].state_dict()["state"]
+    plain_opt = optimizer.state_dict()["state"]
+    for key in plain_opt:
+        for field_name, value in plain_opt[key].items():
+            assert torch.equal(ours_opt[key][field_name], value), (key, field_name)
