@@ -183,8 +183,9 @@ def _zoo_comparison(result) -> list[str]:
         "(0.7-1.0 points at large batches) and group norm by more than 1 point at small "
         "batches (ResnetV2-50 and InceptionV3 on ImageNet). Liu et al. (2020) report that "
         "EvoNorm-S0 beats BN-ReLU by a wide margin at small batches (+7.8 points on ResNet-50, "
-        "+7.3 on MobileNetV2, as the authors summarise their Table 4) and GN-ReLU, without claiming it beats batch norm "
-        "at large batches. We test those directions with the same norms at train batch 2 and 8 "
+        "+7.3 on MobileNetV2, as the authors summarise their Table 4) and GN-ReLU, without "
+        "claiming it beats batch norm at large batches. We test those directions with the "
+        "same norms at train batch 2 and 8 "
         "(small) and 32 (the papers' standard per-GPU batch):",
         "",
         "| comparison | train batch size | paper (direction) | ours a − b [CI] | Holm p | ours |",
