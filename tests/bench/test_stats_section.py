@@ -62,7 +62,8 @@ def test_stats_section_does_not_change_run_keys():
 
 
 @pytest.mark.parametrize(
-    "name", ["quick", "study_batch_size", "study_renorm", "study_shift", "study_zoo"]
+    "name",
+    ["quick", "study_batch_size", "study_renorm", "study_shift", "study_zoo", "study_zoo_long"],
 )
 def test_shipped_configs_declare_their_primary_family(name):
     config = load_config(CONFIGS / f"{name}.yaml")
