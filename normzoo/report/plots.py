@@ -39,6 +39,11 @@ def _figure(width: float, height: float) -> Figure:
     return figure
 
 
+def _legend_label(label: str, width: int = 26) -> str:
+    """A legend entry wrapped after commas of its options so the legend fits beside the axes."""
+    return textwrap.fill(label.replace(",", ", "), width, break_long_words=True).replace(", ", ",")
+
+
 def plot_curves(
     curves: pd.DataFrame,
     path: Path,
@@ -61,19 +66,22 @@ def plot_curves(
     rows = math.ceil(len(panels) / columns)
     title = textwrap.fill(title, 95)
     title_height = 0.3 * (title.count("\n") + 1) + 0.35
-    width, height = 4.2 * columns + 1.9, 3.3 * rows + 0.6 + title_height
+    lines = sorted(curves["line"].unique(), key=natural_key)
+    names = {line: _legend_label(str(line)) for line in lines}
+    longest = max((len(row) for name in names.values() for row in name.splitlines()), default=8)
+    legend_width = max(1.9, 0.075 * longest + 0.75)  # inches, at the legend's 9 pt font
+    width, height = 4.2 * columns + legend_width, 3.3 * rows + 0.6 + title_height
     figure = _figure(width, height)
     axes = figure.subplots(rows, columns, squeeze=False, sharey=True)
     # A fixed layout: constrained layout costs seconds per figure on busy machines.
     figure.subplots_adjust(
         left=0.75 / width,
-        right=1 - 1.9 / width,
+        right=1 - legend_width / width,
         bottom=0.55 / height,
         top=1 - (title_height + 0.3) / height,
         wspace=0.12,
         hspace=0.55,
     )
-    lines = sorted(curves["line"].unique(), key=natural_key)
     palette = colormaps["tab10"]
     for ax, panel in zip(axes.flat, panels, strict=False):
         data = curves[curves["panel"] == panel]
@@ -89,7 +97,7 @@ def plot_curves(
                 d["x"],
                 d["mean"],
                 color=color,
-                label=str(line),
+                label=names[line],
                 marker=_MARKERS[i % len(_MARKERS)],
                 ms=6 - 0.6 * (i % 4),
                 mfc="none",
@@ -130,9 +138,20 @@ def plot_critical_difference(result: RankTestResult, path: Path, title: str = ""
     half = math.ceil(k / 2)
     depth = 0.45 * max(half, k - half) + 0.3
     height = 1.9 + 0.9 * depth
-    figure = _figure(9.0, height)
+    texts = [
+        f" {name} ({rank:.2f}) " if i < half else f" ({rank:.2f}) {name} "
+        for i, (name, rank) in enumerate(zip(names, ranks, strict=True))
+    ]
+    # Physical sizes (inches): a fixed width per rank, and margins that fit the longest label
+    # on each side (9 pt text is about 0.075 in per character), so no label is cut off.
+    per_rank, per_char = 0.75, 0.075
+    right_in = per_char * max(len(t) for t in texts[:half]) + 0.15  # best half, on the right
+    left_in = per_char * max((len(t) for t in texts[half:]), default=0) + 0.15
+    width = per_rank * (k - 1 + 0.8) + left_in + right_in
+    figure = _figure(max(width, 6.0), height)
     ax = figure.subplots()
-    ax.set_xlim(k + 2.0, -1.0)  # rank 1 (best) on the right, as in Demšar's figures
+    # rank 1 (best) on the right, as in Demšar's figures
+    ax.set_xlim(k + 0.4 + left_in / per_rank, 0.6 - right_in / per_rank)
     ax.set_ylim(-depth, 1.65)
     ax.axis("off")
     ax.hlines(0, 1, k, color="black", lw=1)
@@ -142,7 +161,7 @@ def plot_critical_difference(result: RankTestResult, path: Path, title: str = ""
     cd = result.critical_difference
     ax.hlines(1.2, 1, 1 + cd, color="black", lw=2)
     ax.text(1 + cd / 2, 1.3, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=9)
-    for i, (name, rank) in enumerate(zip(names, ranks, strict=True)):
+    for i, (text, rank) in enumerate(zip(texts, ranks, strict=True)):
         best_side = i < half
         level = -(i + 1) * 0.45 if best_side else -(k - i) * 0.45
         x_text = 0.6 if best_side else k + 0.4
@@ -150,7 +169,7 @@ def plot_critical_difference(result: RankTestResult, path: Path, title: str = ""
         ax.text(
             x_text,
             level,
-            f" {name} ({rank:.2f}) " if best_side else f" ({rank:.2f}) {name} ",
+            text,
             ha="left" if best_side else "right",
             va="center",
             fontsize=9,
@@ -171,6 +190,6 @@ def plot_critical_difference(result: RankTestResult, path: Path, title: str = ""
             "(descriptive: no test)"
         )
     ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize=9)
-    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.03, top=1 - 0.7 / height)
+    figure.subplots_adjust(left=0.0, right=1.0, bottom=0.03, top=1 - 0.7 / height)
     figure.savefig(path, dpi=100)
     return path
