@@ -134,6 +134,8 @@ class ExecutionSection:
     executor: str = "local"
     submitit: dict = field(default_factory=dict)
     ddp_devices: int = 1  # processes per run (Lightning DDP, zoo batch layers synced)
+    # a resumable checkpoint of a run in training every N epochs (0: none); see bench/checkpoint.py
+    checkpoint_every_epochs: int = 1
 
 
 @dataclass(frozen=True)

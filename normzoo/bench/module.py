@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -109,6 +111,12 @@ class Classifier(L.LightningModule):
             self.log("train/epoch_loss", loss_sum / seen)
             self.log("train/epoch_acc", correct / seen)
             self._tally.zero_()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["checked_step"] = self._checked_step  # the divergence message's step range
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._checked_step = checkpoint.get("checked_step", 0)
 
     def on_validation_epoch_start(self) -> None:
         self._val_correct: torch.Tensor | int = 0
@@ -235,7 +243,8 @@ def build_module(run: Run, config: Config, datamodule: L.LightningDataModule) ->
 
 
 def build_trainer(config: Config, loggers: list[Logger], **overrides) -> L.Trainer:
-    """The Trainer of a benchmark run: no checkpoints, bars or summaries; ``loggers`` log."""
+    """The Trainer of a benchmark run: no bars or summaries, no checkpoints but the resumable
+    ones of `EpochCheckpoint` (passed in ``callbacks``); ``loggers`` log."""
     max_steps = config.train.max_steps
     options = dict(
         accelerator="auto",
@@ -259,24 +268,48 @@ def train_run(
     config: Config,
     datamodule: L.LightningDataModule,
     loggers: list[Logger] = (),
+    checkpoint: Path | None = None,
 ) -> TrainOutcome:
     """Seed, build the backbone with the run's norm, and fit it with Lightning.
 
     ``loggers`` (e.g. a ``WandbLogger``) receive the curves live, besides the store's recorder.
     With ``execution.ddp_devices`` > 1 the run trains with Lightning DDP (see bench/ddp.py).
+    With a ``checkpoint`` path and ``execution.checkpoint_every_epochs`` an epoch-limited run
+    writes a resumable checkpoint there every N epochs, and resumes from a checkpoint of this run
+    found there: the result is bit-identical to an uninterrupted run (bench/checkpoint.py).
     """
     from normzoo.bench import ddp
+    from normzoo.bench.checkpoint import EpochCheckpoint, resumable
 
+    every = config.execution.checkpoint_every_epochs
+    # Only epoch-limited fits: Lightning restores a step-limited fit as restarting mid-epoch and
+    # shifts its logged steps and loop counters, so its resume would not be exact.
+    checkpoint = checkpoint if every and not config.train.max_steps else None
     devices = config.execution.ddp_devices
     if devices > 1 and not ddp.inside():
-        return ddp.launch(train_run, devices, run, config, datamodule, loggers=loggers)
+        if checkpoint is not None:
+            resumable(checkpoint, run.key)  # a stale one is removed before the ranks look
+        rank = functools.partial(train_run, checkpoint=checkpoint)
+        return ddp.launch(rank, devices, run, config, datamodule, loggers=loggers)
     quiet_lightning()
     module = build_module(run, config, datamodule)
     recorder = CurveRecorder()
-    trainer = build_trainer(config, [recorder, *loggers], **ddp.trainer_options(devices))
+    saver, resume_from = None, None
+    if checkpoint is not None:
+        resume_from = resumable(checkpoint, run.key)
+        saver = EpochCheckpoint(checkpoint, every, run.key, recorder)
+    trainer = build_trainer(
+        config,
+        [recorder, *loggers],
+        callbacks=[saver] if saver else [],
+        enable_checkpointing=saver is not None,
+        **ddp.trainer_options(devices),
+    )
+    if resume_from is not None:
+        log.info("%s: resuming from %s", run.name, resume_from)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
-    seconds = time.perf_counter() - start
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    seconds = time.perf_counter() - start + (saver.seconds_before if saver else 0.0)
     if "val/acc" not in trainer.callback_metrics:  # max_steps ended before the first epoch did
         trainer.validate(module, datamodule=datamodule, verbose=False)
     val = trainer.callback_metrics.get("val/acc")

@@ -27,6 +27,7 @@ KNOWN_FILES = (
     "runs.csv",
     "evaluations.csv",
     "weights",
+    "checkpoints",
 )
 
 

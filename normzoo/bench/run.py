@@ -24,6 +24,7 @@ from normzoo.bench.config import Config
 from normzoo.bench.grid import Run, TestCondition, expand_conditions, expand_runs
 from normzoo.bench.store import EVAL_KEY, STORE_NAME, VERSION_COLUMNS, Store, now
 from normzoo.bench.worker import (
+    CHECKPOINTS_DIR,
     WEIGHTS_DIR,
     Evaluated,
     Finished,
@@ -32,6 +33,7 @@ from normzoo.bench.worker import (
     TaskDone,
     Trained,
     WorkerDied,
+    checkpoint_path,
     code_versions,
     default_workers,
     gpu_count,
@@ -240,6 +242,7 @@ class _Writer:
         """Store one message; True when a task ended (for the progress bar)."""
         if isinstance(message, Trained):
             self.store.write_run(message.row, (), message.curves)
+            checkpoint_path(self.out_dir, message.run_key).unlink(missing_ok=True)  # stored now
             run = self.runs[message.run_key]
             if message.row["status"] == "ok":
                 self.summary.trained.add(run.key)
@@ -342,9 +345,13 @@ def run_grid(
     out_dir = Path(out_dir)
     runs = {run.key: run for run in expand_runs(config)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    claim(out_dir, [STORE_NAME, f"{STORE_NAME}-wal", f"{STORE_NAME}-shm", WEIGHTS_DIR])
+    claim(
+        out_dir,
+        [STORE_NAME, f"{STORE_NAME}-wal", f"{STORE_NAME}-shm", WEIGHTS_DIR, CHECKPOINTS_DIR],
+    )
     store = Store(out_dir)
     plan = plan_grid(config, out_dir, store, retry_failed, rerun_other_versions)
+    _remove_stale_checkpoints(out_dir, store, plan)
     summary = Summary(total=len(runs), skipped=len(runs) - len({t.run.key for t in plan.tasks}))
     log.info(plan.line())
     gpus = gpu_count()
@@ -406,6 +413,18 @@ def run_grid(
     _final_state(summary, store, runs, config, out_dir)
     store.close()
     return summary
+
+
+def _remove_stale_checkpoints(out_dir: Path, store: Store, plan: Plan) -> None:
+    """Remove the checkpoints of runs whose training is stored and not planned again (a parent
+    killed between storing a run and removing its checkpoint leaves one); a failed run keeps its
+    checkpoint for ``--retry-failed``."""
+    training = {task.run.key for task in plan.tasks if task.train}
+    statuses = store.statuses()
+    for path in (out_dir / CHECKPOINTS_DIR).glob("*.ckpt"):
+        key = path.stem
+        if key not in training and statuses.get(key) in ("ok", "diverged"):
+            path.unlink(missing_ok=True)
 
 
 def grid_status(config: Config, out_dir: str | Path) -> Summary:

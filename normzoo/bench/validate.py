@@ -212,6 +212,7 @@ FIELD_RULES: dict[str, Rule] = {
     "execution.executor": _choice(schema.EXECUTORS, "executor"),
     "execution.submitit": Rule("mapping"),
     "execution.ddp_devices": _int(hint=" (processes per run; 1: no DDP)"),
+    "execution.checkpoint_every_epochs": _int(0, hint=" (0: no mid-run checkpoints)"),
 }
 
 

@@ -31,6 +31,7 @@ from normzoo.bench.store import config_json, now
 log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = "weights"
+CHECKPOINTS_DIR = "checkpoints"  # of runs in training (normzoo.bench.checkpoint)
 
 __all__ = ["TaskDone", "WorkerDied"]
 
@@ -199,6 +200,11 @@ def weights_path(out_dir: str | Path, run_key: str) -> Path:
     return Path(out_dir) / WEIGHTS_DIR / f"{run_key}.safetensors"
 
 
+def checkpoint_path(out_dir: str | Path, run_key: str) -> Path:
+    """Where a run in training keeps its latest resumable checkpoint."""
+    return Path(out_dir) / CHECKPOINTS_DIR / f"{run_key}.ckpt"
+
+
 def save_weights(model, path: Path) -> None:
     """Write ``model``'s state dict atomically (a kill leaves the old file or none)."""
     from safetensors.torch import save_file
@@ -291,7 +297,9 @@ def execute_task(task: Task, config: Config, out_dir: str, tracker=None) -> Iter
     try:
         datamodule = _datamodule(run, config)
         if task.train:
-            outcome = train_run(run, config, datamodule, [logger] if logger else [])
+            loggers = [logger] if logger else []
+            # resumes from the run's checkpoint when a killed or requeued attempt left one
+            outcome = train_run(run, config, datamodule, loggers, checkpoint_path(out_dir, run.key))
             save_weights(outcome.model, path)
             row.update(val_accuracy=outcome.val_accuracy, train_seconds=outcome.seconds)
             yield Trained(run.key, dict(row), outcome.curves)

@@ -126,6 +126,8 @@ class NormzooDataModule(pl.LightningDataModule):
         self.dataset_options = dict(dataset_options or {})
         self.splits: ImageSplits | None = None
         self._clean_test: torch.Tensor | None = None
+        self._train_generator: torch.Generator | None = None  # of the i.i.d. train order
+        self._restored_generator_state: torch.Tensor | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Load the dataset once and split validation off the train images by ``seed``."""
@@ -183,13 +185,30 @@ class NormzooDataModule(pl.LightningDataModule):
                 data.labels, self.train_batch_size, self.train_classes, self.seed
             )
         else:
+            # one generator for the whole fit: epoch e's order continues where epoch e-1's ended
             generator = torch.Generator().manual_seed(self.seed)
+            if self._restored_generator_state is not None:  # resuming a fit (load_state_dict)
+                generator.set_state(self._restored_generator_state)
+                self._restored_generator_state = None
+            self._train_generator = generator
             sampler = BatchSampler(
                 RandomSampler(range(len(data)), generator=generator),
                 self.train_batch_size,
                 drop_last=True,
             )
         return self._loader(data, sampler)
+
+    def state_dict(self) -> dict:
+        """What a resumed fit needs to continue the train order exactly (Lightning saves it in
+        its checkpoints): the i.i.d. sampler's generator state. The skewed samplers need
+        nothing, their order is a function of (seed, epoch) and Lightning sets the epoch."""
+        if self._train_generator is None:
+            return {}
+        return {"train_generator": self._train_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue from a `state_dict`: the next ``train_dataloader`` resumes its order."""
+        self._restored_generator_state = state_dict.get("train_generator")
 
     def val_dataloader(self) -> DataLoader:
         """Sequential batches of the held-out validation images."""
