@@ -8,6 +8,7 @@ Where torch has a fused kernel that computes the same thing (``F.batch_norm``,
 from __future__ import annotations
 
 import math
+import struct
 
 import torch
 import torch.nn.functional as F
@@ -106,9 +107,14 @@ def finite_update_mask(layer: str, x: Tensor, *stats: Tensor) -> Tensor | None:
     update with (no host sync). The statistics are per channel, so the check reads C values,
     not ``x``.
     """
-    ok = torch.stack([torch.isfinite(s).all() for s in stats]).all()
     if _must_mask(x):
-        return ok
+        return torch.stack([torch.isfinite(s).all() for s in stats]).all()
+    if all(s.dtype != torch.float64 for s in stats):
+        # a float64 sum of float32/half values cannot overflow, and NaN/inf propagate: finite
+        # exactly when every value is; one reduction and one read per statistic
+        ok = math.isfinite(sum(float(s.sum(dtype=torch.float64)) for s in stats))
+    else:
+        ok = all(bool(torch.isfinite(s).all()) for s in stats)
     if not ok:
         raise _nonfinite_error(layer, x)
     return None
@@ -160,16 +166,25 @@ def batch_norm(
 
 
 def renorm_limits(
-    step: Tensor, rmax: float, dmax: float, warmup: int, r_ramp: int, d_ramp: int
-) -> tuple[Tensor, Tensor]:
+    step: Tensor | int, rmax: float, dmax: float, warmup: int, r_ramp: int, d_ramp: int
+) -> tuple[Tensor, Tensor] | tuple[float, float]:
     """Clip limits (r_max, d_max) of Batch Renormalization at 0-based training step ``step``.
 
     The paper's schedule (Ioffe 2017, Sec. 4.1), linear in between: plain batch norm
     (r_max = 1, d_max = 0) for ``warmup`` steps; then r_max grows linearly from 1 to ``rmax``
     over ``r_ramp`` steps and, separately, d_max from 0 to ``dmax`` over ``d_ramp`` steps
     (a step function at ``warmup`` when a ramp is 0). Tensor math keeps the schedule free of
-    graph breaks under ``torch.compile``.
+    graph breaks under ``torch.compile``; a Python ``step`` gives Python floats (the eager CPU
+    path, where a dozen scalar tensor ops would cost more than the layer's arithmetic).
     """
+    if not isinstance(step, Tensor):  # Python numbers: the same float64 arithmetic, no tensors
+
+        def frac_number(ramp: int) -> float:
+            if ramp > 0:
+                return min(max((step - warmup) / ramp, 0.0), 1.0)
+            return float(step >= warmup)
+
+        return 1.0 + (rmax - 1.0) * frac_number(r_ramp), dmax * frac_number(d_ramp)
     step = step.to(torch.float64)
 
     def frac(ramp: int) -> Tensor:
@@ -180,6 +195,20 @@ def renorm_limits(
     return 1.0 + (rmax - 1.0) * frac(r_ramp), dmax * frac(d_ramp)
 
 
+def _reciprocal_in(value: float, dtype: torch.dtype) -> float:
+    """``1 / value`` computed in ``dtype`` as the tensor path computes it (float32: the value
+    rounded to float32, divided in float32), as a Python float that the dtype holds exactly.
+    A float32 quotient rounded from the double quotient of float32 operands is the correctly
+    rounded float32 quotient (53 >= 2 * 24 + 2 bits)."""
+    if dtype != torch.float32:
+        return 1.0 / value
+    return _to_float32(1.0 / _to_float32(value))
+
+
+def _to_float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
 def renorm_correction(
     mean_b: Tensor,
     sigma_b: Tensor,
@@ -188,15 +217,23 @@ def renorm_correction(
     eps: float,
     rmax: Tensor | float,
     dmax: Tensor | float,
+    sigma: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Batch Renormalization's ``r = clip(sigma_B / sigma, 1/rmax, rmax)`` and
     ``d = clip((mu_B - mu) / sigma, -dmax, dmax)``, ``sigma = sqrt(running_var + eps)``,
-    without gradient (Ioffe 2017, Algorithm 1), in the dtype of the batch statistics."""
+    without gradient (Ioffe 2017, Algorithm 1), in the dtype of the batch statistics.
+    ``sigma``: that value when the caller has it already."""
     with torch.no_grad():
-        rmax = torch.as_tensor(rmax, dtype=mean_b.dtype, device=mean_b.device)
-        dmax = torch.as_tensor(dmax, dtype=mean_b.dtype, device=mean_b.device)
-        sigma = (running_var.to(mean_b.dtype) + eps).sqrt()
-        r = (sigma_b.detach() / sigma).clamp(1.0 / rmax, rmax)
+        if isinstance(rmax, Tensor):
+            rmax = rmax.to(dtype=mean_b.dtype, device=mean_b.device)
+            rmin = 1.0 / rmax
+        else:  # 1 / rmax as the tensor path rounds it: rmax to the statistics' dtype first
+            rmin = _reciprocal_in(rmax, mean_b.dtype)
+        if isinstance(dmax, Tensor):
+            dmax = dmax.to(dtype=mean_b.dtype, device=mean_b.device)
+        if sigma is None:
+            sigma = (running_var.to(mean_b.dtype) + eps).sqrt()
+        r = (sigma_b.detach() / sigma).clamp(rmin, rmax)
         d = ((mean_b.detach() - running_mean.to(mean_b.dtype)) / sigma).clamp(-dmax, dmax)
     return r, d
 
@@ -214,6 +251,7 @@ def renorm_update_(
     eps: float,
     sigma_update: str = "paper",
     ok: Tensor | None = None,
+    sigma: Tensor | None = None,
 ) -> None:
     """Batch Renormalization's update of the moving averages, in place (no gradient).
 
@@ -224,7 +262,8 @@ def renorm_update_(
     ``"variance_ema"`` (batch norm's update): ``running_var += a * (unbiased var_B -
     running_var)``; sigma is then biased low at a few values per channel.
     ``a = momentum``; ``count`` = values per channel of the batch. ``ok`` (a bool tensor):
-    when False, the buffers keep their values (no host sync).
+    when False, the buffers keep their values (no host sync). ``sigma``:
+    ``sqrt(running_var + eps)`` before the update when the caller has it already.
     """
     if sigma_update not in SIGMA_UPDATES:
         raise ValueError(f"sigma_update={sigma_update!r}; choose one of {SIGMA_UPDATES}")
@@ -233,7 +272,8 @@ def renorm_update_(
         update_running_stats(running_mean, running_var, mean_b, unbiased, momentum, ok)
         return
     with torch.no_grad():
-        sigma = (running_var + eps).sqrt()
+        if sigma is None or sigma.dtype != running_var.dtype:
+            sigma = (running_var + eps).sqrt()
         sigma_b = (var_b.to(running_var.dtype) + eps).sqrt()
         new_var = (sigma.lerp(sigma_b, momentum).square() - eps).clamp_min(0.0)
         ema_update_(running_mean, mean_b, momentum, ok)
@@ -259,10 +299,14 @@ def _renorm_statistics_(
     mean_b, var_b = channel_moments(x)
     invstd_b = (var_b + eps).rsqrt()
     sigma_b = invstd_b.reciprocal()
-    r, d = renorm_correction(mean_b, sigma_b, running_mean, running_var, eps, rmax, dmax)
+    with torch.no_grad():
+        sigma = (running_var.to(mean_b.dtype) + eps).sqrt()  # shared by r, d and the update
+    r, d = renorm_correction(mean_b, sigma_b, running_mean, running_var, eps, rmax, dmax, sigma)
     ok = finite_update_mask("batch renorm", x, mean_b, var_b) if check else None
     count = values_per_channel(x)
-    renorm_update_(running_mean, running_var, mean_b, var_b, count, momentum, eps, sigma_update, ok)
+    renorm_update_(
+        running_mean, running_var, mean_b, var_b, count, momentum, eps, sigma_update, ok, sigma
+    )
     return mean_b, var_b, invstd_b, r, d
 
 
@@ -344,6 +388,21 @@ def batch_renorm(
     :func:`batch_norm` (here the check comes before the update).
     """
     _check_batch_stats(x, "batch renorm")
+    if not (
+        isinstance(rmax, Tensor) or isinstance(dmax, Tensor) or torch.compiler.is_compiling()
+    ):  # eager with Python limits: the same function without the custom op's dispatch
+        mean_b, var_b, invstd_b, r, d = _renorm_statistics_(
+            x.detach(),
+            running_mean,
+            running_var,
+            float(momentum),
+            float(eps),
+            float(rmax),
+            float(dmax),
+            sigma_update,
+            bool(check_finite),
+        )
+        return _RenormAffine.apply(x, weight, bias, mean_b, var_b, invstd_b, r, d, eps)
     rmax = torch.as_tensor(rmax, dtype=torch.float64)
     dmax = torch.as_tensor(dmax, dtype=torch.float64)
     mean_b, var_b, invstd_b, r, d = _renorm_statistics_op(

@@ -406,6 +406,56 @@ def test_cumulative_averages_and_no_running_stats():
     torch.testing.assert_close(plain(x), nn.BatchNorm1d(C, track_running_stats=False)(x))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_eager_number_path_equals_tensor_path_bit_for_bit(dtype, channels_last):
+    """On CPU in eager mode the layer reads its step counter as a number and skips the custom
+    op (fewer scalar ops); the tensor path (accelerators, torch.compile) must give the same
+    bits: outputs, gradients and running buffers, with r and d clipped."""
+    from normzoo import functional as nzf
+
+    layers = [
+        normzoo.create("batch_renorm", 6, warmup=1, r_ramp=2, d_ramp=2, rmax=1.3, dmax=0.4)
+        .to(dtype)
+        .train()
+        for _ in range(2)
+    ]
+    gen = torch.Generator().manual_seed(3)
+    for t in range(6):
+        x = torch.randn(4, 6, 3, 3, generator=gen, dtype=dtype) * (4.0 if t % 2 else 0.25) + 2 * t
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        g = torch.randn(x.shape, generator=gen, dtype=dtype)
+        results = []
+        for layer, as_tensor in zip(layers, (False, True), strict=True):
+            rmax, dmax = layer._limits()
+            assert isinstance(rmax, float)  # the eager CPU path reads numbers
+            if as_tensor:
+                rmax, dmax = (torch.tensor(v, dtype=torch.float64) for v in (rmax, dmax))
+            xi = x.clone().requires_grad_()
+            _, rate = layer._step()
+            y = nzf.batch_renorm(
+                xi,
+                layer.running_mean,
+                layer.running_var,
+                layer.weight,
+                layer.bias,
+                rate,
+                layer.eps,
+                rmax,
+                dmax,
+            )
+            layer._count()
+            y.backward(g)
+            results.append((y, xi.grad, layer.weight.grad.clone(), layer.bias.grad.clone()))
+            layer.weight.grad = layer.bias.grad = None
+        for a, b in zip(*results, strict=True):
+            assert torch.equal(a, b)
+        for name, buffer in layers[0].state_dict().items():
+            assert torch.equal(buffer, layers[1].state_dict()[name]), name
+    # the batch scale alternates (x4, x0.25) and the mean moves: r clipped at both ends, d too
+
+
 def test_compiled_fullgraph_matches_eager_with_backward():
     """No graph breaks (fullgraph=True) in the training step, forward and backward, through AOT
     autograd ("aot_eager"), whose partitioner used to recompute r from running_var after the

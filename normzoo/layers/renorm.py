@@ -118,12 +118,15 @@ class BatchRenorm(BatchNorm):
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         return use_batch_stats, rate
 
-    def _limits(self) -> tuple[Tensor, Tensor]:
-        """Clip limits (r_max, d_max) of the current step; call before :meth:`_count`."""
-        if self.num_batches_tracked is not None:
-            step = self.num_batches_tracked  # steps completed before this one
-        else:
-            step = torch.tensor(self.warmup + max(self.r_ramp, self.d_ramp))
+    def _limits(self) -> tuple[Tensor, Tensor] | tuple[float, float]:
+        """Clip limits (r_max, d_max) of the current step; call before :meth:`_count`. Python
+        floats when the step counter can be read without a device sync or a graph break (a CPU
+        counter in eager mode), else tensors."""
+        step = self.num_batches_tracked  # steps completed before this one
+        if step is None:
+            step = self.warmup + max(self.r_ramp, self.d_ramp)
+        elif step.device.type == "cpu" and not torch.compiler.is_compiling():
+            step = int(step)
         return nzf.renorm_limits(step, self.rmax, self.dmax, self.warmup, self.r_ramp, self.d_ramp)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -140,8 +143,8 @@ class BatchRenorm(BatchNorm):
             self.bias,
             rate,
             self.eps,
-            rmax.to(x.device),
-            dmax.to(x.device),
+            rmax.to(x.device) if isinstance(rmax, Tensor) else rmax,
+            dmax.to(x.device) if isinstance(dmax, Tensor) else dmax,
             self.sigma_update,
             self.check_finite,
         )
