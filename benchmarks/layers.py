@@ -190,6 +190,11 @@ def run(args: argparse.Namespace, shape: tuple[int, ...], channels_last: bool) -
     return rows
 
 
+def _short(title: str, args: argparse.Namespace) -> str:
+    """'shape 32,64,32,32, NCHW, 1 thread(s)' from a section title."""
+    return title.replace(f", {args.dtype}, {args.device}", "")
+
+
 def renorm_target(sections: list[tuple[str, list[dict]]], args: argparse.Namespace) -> list[str]:
     """The issue's target for batch renorm (<= 1.15x batch norm, training forward+backward):
     met or missed where, and the scalar-op count that explains a miss."""
@@ -221,7 +226,7 @@ def renorm_target(sections: list[tuple[str, list[dict]]], args: argparse.Namespa
             "at or under 1.15x in every one."
             if not missed
             else f"over 1.15x in {len(missed)} of {len(rows)}: "
-            + "; ".join(f"{t.split(', ' + args.dtype)[0]} {r['ratio']:.2f}x" for t, r in missed)
+            + "; ".join(f"{_short(t, args)} {r['ratio']:.2f}x" for t, r in missed)
             + "."
         ),
         "",
@@ -294,14 +299,11 @@ def _load() -> str:
 
 
 def _load_note(load_before: str) -> str:
-    """Whether other jobs shared the machine when the run started (1-minute load average)."""
-    try:
-        one_minute = float(load_before.split("/")[0])
-    except ValueError:
-        return "The machine's load is unknown."
-    if one_minute < 0.5:
-        return "The machine was idle when this run started."
-    return f"Other jobs shared the machine when this run started (1-minute load {one_minute:.1f})."
+    """The machine's 1-minute load average when the run started; the run itself adds 1-2."""
+    return (
+        f"1-minute load average when this run started: {load_before.split('/')[0]} (the run "
+        "itself then adds 1 to 2; more means other jobs shared the 2 cores)."
+    )
 
 
 def sweep(args: argparse.Namespace) -> list[tuple[str, list[dict]]]:
