@@ -3,6 +3,10 @@
 import importlib.util
 from pathlib import Path
 
+import torch
+
+import normzoo
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,3 +41,31 @@ def test_markdown_report_has_the_command_the_rows_and_the_renorm_target(tmp_path
     # both layouts by default with --markdown: one section per layout
     assert text.count("## shape 4,8,4,4,") == 2
     assert ("over 1.15x in" in text) or ("at or under 1.15x in every one" in text)
+
+
+def test_renorm_gap_rows_and_kernels_match_the_layer(capsys):
+    """benchmarks/renorm_gap.py: every row is printed, and the bare kernels it times compute
+    batch renorm's gradient (as the layer does at step 0, where r = 1 and d = 0)."""
+    spec = importlib.util.spec_from_file_location("gap", ROOT / "benchmarks" / "renorm_gap.py")
+    gap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gap)
+    gap.main(["--shape", "4,8,3,3", "--repeats", "1", "--min-time", "0.001", "--small-ops", "2"])
+    out = capsys.readouterr().out
+    for row in (
+        "torch BatchNorm2d",
+        "kernels only",
+        "kernels + 2 small ops",
+        "kernels in autograd.Function",
+        "normzoo batch_renorm",
+    ):
+        assert row in out
+    x = torch.randn(4, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn_like(x)
+    layer = normzoo.create("batch_renorm", 8).double()
+    layer(x).backward(dy)
+    expected = x.grad.clone()
+    x.grad = None
+    mean, var = torch.batch_norm_update_stats(x.detach(), None, None, 0.0)
+    invstd = (var + layer.eps).rsqrt()
+    gap._Kernels.apply(x, layer.weight, layer.bias, mean, var, invstd, layer.eps).backward(dy)
+    torch.testing.assert_close(x.grad, expected)
