@@ -32,23 +32,33 @@ import torch
 import normzoo
 
 
+def _normalize(x, weight, bias, mean, var, eps):
+    """Batch renorm's forward kernel: eval-mode batch norm with the batch statistics."""
+    return torch.native_batch_norm(x, weight, bias, mean, var, False, 0.0, eps)[0]
+
+
+def _normalize_backward(dy, x, weight, mean, invstd, eps):
+    """Batch renorm's backward kernel: batch norm's training backward -> (dx, dweight, dbias)."""
+    mask = [True, True, True]
+    return torch.ops.aten.native_batch_norm_backward(
+        dy, x, weight, None, None, mean, invstd, True, eps, mask
+    )
+
+
 class _Kernels(torch.autograd.Function):
-    """Eval-mode batch norm forward, batch norm's training backward: batch renorm's kernels."""
+    """Batch renorm's kernels (:func:`_normalize`, :func:`_normalize_backward`) as a minimal
+    autograd.Function."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean, var, invstd, eps):
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps = eps
-        return torch.native_batch_norm(x, weight, bias, mean, var, False, 0.0, eps)[0]
+        return _normalize(x, weight, bias, mean, var, eps)
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, mean, invstd = ctx.saved_tensors
-        mask = [True, True, True]
-        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
-            dy, x, weight, None, None, mean, invstd, True, ctx.eps, mask
-        )
-        return gx, gw, gb, None, None, None, None
+        return *_normalize_backward(dy, x, weight, mean, invstd, ctx.eps), None, None, None, None
 
 
 def _fns(shape: tuple[int, ...], channels_last: bool, small_ops: int) -> dict:
@@ -59,27 +69,25 @@ def _fns(shape: tuple[int, ...], channels_last: bool, small_ops: int) -> dict:
     xd = x.detach()
     bn = torch.nn.BatchNorm2d(c)
     brn = normzoo.create("batch_renorm", c)
-    w, b = torch.ones(c), torch.zeros(c)
-    grads = {"x": torch.zeros_like(xd)}
+    w, b, eps = torch.ones(c), torch.zeros(c), brn.eps
+    grad_x = torch.zeros_like(xd)  # what autograd's gradient accumulation does, by hand
+
+    def statistics_():
+        mean, var = torch.batch_norm_update_stats(xd, None, None, 0.0)
+        return mean, var, (var + eps).rsqrt()
 
     def kernels(extra: int):
         def fn():
-            mean, var = torch.batch_norm_update_stats(xd, None, None, 0.0)
-            invstd = (var + brn.eps).rsqrt()
+            mean, var, invstd = statistics_()
             for _ in range(extra):
                 mean = mean + 1.0
-            torch.native_batch_norm(xd, w, b, mean, var, False, 0.0, brn.eps)
-            gx = torch.ops.aten.native_batch_norm_backward(
-                dy, xd, w, None, None, mean, invstd, True, brn.eps, [True, True, True]
-            )[0]
-            grads["x"].add_(gx)
+            _normalize(xd, w, b, mean, var, eps)
+            grad_x.add_(_normalize_backward(dy, xd, w, mean, invstd, eps)[0])
 
         return fn
 
     def in_function():
-        mean, var = torch.batch_norm_update_stats(xd, None, None, 0.0)
-        invstd = (var + brn.eps).rsqrt()
-        _Kernels.apply(x, brn.weight, brn.bias, mean, var, invstd, brn.eps).backward(dy)
+        _Kernels.apply(x, brn.weight, brn.bias, *statistics_(), eps).backward(dy)
 
     return {
         "torch BatchNorm2d": lambda: bn(x).backward(dy),

@@ -10,15 +10,16 @@ import normzoo
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _layers():
-    spec = importlib.util.spec_from_file_location("layers", ROOT / "benchmarks" / "layers.py")
+def _benchmark(name: str):
+    """benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_markdown_report_has_the_command_the_rows_and_the_renorm_target(tmp_path):
-    layers = _layers()
+    layers = _benchmark("layers")
     out = tmp_path / "perf.md"
     argv = [
         "--norms",
@@ -46,9 +47,7 @@ def test_markdown_report_has_the_command_the_rows_and_the_renorm_target(tmp_path
 def test_renorm_gap_rows_and_kernels_match_the_layer(capsys):
     """benchmarks/renorm_gap.py: every row is printed, and the bare kernels it times compute
     batch renorm's gradient (as the layer does at step 0, where r = 1 and d = 0)."""
-    spec = importlib.util.spec_from_file_location("gap", ROOT / "benchmarks" / "renorm_gap.py")
-    gap = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gap)
+    gap = _benchmark("renorm_gap")
     gap.main(["--shape", "4,8,3,3", "--repeats", "1", "--min-time", "0.001", "--small-ops", "2"])
     out = capsys.readouterr().out
     for row in (
