@@ -28,9 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list the panels; save nothing")
     args = parser.parse_args(argv)
 
-    from normzoo.bench.config import load_config
-    from normzoo.bench.dashboard import build_dashboard, pick_significance_table, save_dashboard
-    from normzoo.bench.track import Tracker
+    from normzoo.bench.plan.config import load_config
+    from normzoo.bench.record.dashboard import (
+        build_dashboard,
+        pick_significance_table,
+        save_dashboard,
+    )
+    from normzoo.bench.record.track import Tracker
 
     try:
         config = load_config(args.config, args.set)

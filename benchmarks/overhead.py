@@ -5,7 +5,7 @@ python benchmarks/overhead.py --steps 300 --repeats 7 --write reports/overhead.m
 
 Both sides train the same seeded model (the benchmark's backbone with the quick config's norm)
 with the same optimizer, schedule and data loader for the same number of optimizer steps on one
-torch thread (as a benchmark worker does). The Lightning side is `normzoo.bench.module`'s
+torch thread (as a benchmark worker does). The Lightning side is `normzoo.bench.execute.module`'s
 Classifier fitted by the benchmark's Trainer (validation off, the store's curve recorder as its
 logger); the plain side is forward, cross-entropy, backward, optimizer and scheduler steps. The
 two alternate within each repeat (order flipped every repeat); the ratio is of the medians of
@@ -60,7 +60,7 @@ def _optimizers(module, steps: int):
 def plain_loop(run, config, steps: int, warmup: int) -> tuple[float, float]:
     """Seconds for ``warmup + steps`` plain torch training steps of the run's model: (the last
     ``steps`` steps, the whole loop)."""
-    from normzoo.bench.module import build_module
+    from normzoo.bench.execute.module import build_module
 
     datamodule = _datamodule(run, config)
     module = build_module(run, config, datamodule)
@@ -104,7 +104,12 @@ class _StepClock(L.Callback):
 def lightning_loop(run, config, steps: int, warmup: int) -> tuple[float, float]:
     """Seconds of the benchmark's Classifier under the benchmark's Trainer for ``warmup + steps``
     steps: (the last ``steps`` steps, the whole ``trainer.fit``)."""
-    from normzoo.bench.module import CurveRecorder, build_module, build_trainer, quiet_lightning
+    from normzoo.bench.execute.module import (
+        CurveRecorder,
+        build_module,
+        build_trainer,
+        quiet_lightning,
+    )
 
     quiet_lightning()
     datamodule = _datamodule(run, config)
@@ -126,7 +131,7 @@ def lightning_loop(run, config, steps: int, warmup: int) -> tuple[float, float]:
 
 def measure(config, norm: str, steps: int, warmup: int, repeats: int) -> list[dict]:
     """Interleaved timings per train batch size of the config; one row per batch size."""
-    from normzoo.bench.grid import expand_runs
+    from normzoo.bench.plan.grid import expand_runs
 
     runs = [r for r in expand_runs(config) if r.seed == config.train.seeds[0]]
     runs = [r for r in runs if r.norm.name == norm and r.train_composition.name == "iid"]
@@ -234,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from normzoo.bench.config import load_config
+    from normzoo.bench.plan.config import load_config
 
     torch.set_num_threads(args.threads)
     config = load_config(args.config)

@@ -75,9 +75,9 @@ def measure(config: Path, out: Path, extra: list[str]) -> dict:
 
 def render(config_path: Path, out: Path) -> str:
     """The README block for the store in ``out`` (written by ``config_path``)."""
-    from normzoo.bench.config import load_config
-    from normzoo.bench.schema import VERSION_COLUMNS
-    from normzoo.bench.store import Store
+    from normzoo.bench.plan.config import load_config
+    from normzoo.bench.plan.schema import VERSION_COLUMNS
+    from normzoo.bench.record.store import Store
     from normzoo.report import compute_report
     from normzoo.report.tables import markdown_table
 

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from normzoo import stats
-from normzoo.bench.config import load_config
-from normzoo.bench.store import Store
+from normzoo.bench.plan.config import load_config
+from normzoo.bench.record.store import Store
 from normzoo.report import build_report, replace_between
 from normzoo.report.select import TEST_KEYS, TRAIN_KEYS
 

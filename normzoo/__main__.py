@@ -33,10 +33,10 @@ def report(argv: list[str]) -> int:
     from rich.markup import escape
 
     from normzoo import cli
-    from normzoo.bench.config import load_config, parse_config
-    from normzoo.bench.grid import expand_runs
-    from normzoo.bench.presets import resolve_config
-    from normzoo.bench.store import STORE_NAME, Store
+    from normzoo.bench.plan.config import load_config, parse_config
+    from normzoo.bench.plan.grid import expand_runs
+    from normzoo.bench.plan.presets import resolve_config
+    from normzoo.bench.record.store import STORE_NAME, Store
 
     out_dir = Path(args.dir)
     try:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "report":
         return report(rest)
     if command == "presets":
-        from normzoo.bench.presets import presets
+        from normzoo.bench.plan.presets import presets
 
         print("\n".join(presets()))
         return 0

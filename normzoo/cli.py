@@ -16,7 +16,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-DEFAULT_CONFIG = "quick"  # a shipped preset (configs/quick.yaml), see normzoo.bench.presets
+DEFAULT_CONFIG = "quick"  # a shipped preset (configs/quick.yaml), see normzoo.bench.plan.presets
 console = Console()
 if not console.is_terminal:  # logs and pipes: do not squeeze tables into 80 columns
     console = Console(width=160)
@@ -33,7 +33,7 @@ EXIT_STATUSES = """exit status:
 
 
 def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
-    from normzoo.bench.schema import WANDB_MODES
+    from normzoo.bench.plan.schema import WANDB_MODES
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -127,8 +127,8 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
 
 
 def _load(args: argparse.Namespace):
-    from normzoo.bench.config import load_config
-    from normzoo.bench.presets import resolve_config
+    from normzoo.bench.plan.config import load_config
+    from normzoo.bench.plan.presets import resolve_config
 
     overrides = list(args.set)
     if args.workers is not None:
@@ -141,8 +141,8 @@ def _load(args: argparse.Namespace):
 
 
 def _print_grid(config, out_dir: Path, workers: int, dry_run: bool) -> None:
-    from normzoo.bench.cost import estimate_seconds
-    from normzoo.bench.grid import expand_conditions, expand_runs, grid_summary
+    from normzoo.bench.plan.cost import estimate_seconds
+    from normzoo.bench.plan.grid import expand_conditions, expand_runs, grid_summary
 
     counts = grid_summary(config)
     restricted = any(n.train_batch_sizes for n in config.norms)
@@ -201,7 +201,7 @@ def _rich_table(frame):
 
 
 def _report(config, out_dir: Path, run_keys: list[str], tracker) -> None:
-    from normzoo.bench.store import Store
+    from normzoo.bench.record.store import Store
 
     with Store(out_dir) as store:
         csvs = store.export_csv(out_dir, run_keys)
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from normzoo.bench.outdir import OutDirLock, check_out_dir
+    from normzoo.bench.record.outdir import OutDirLock, check_out_dir
     from normzoo.bench.run import Interrupted, interrupt_on_signals
 
     try:
@@ -313,8 +313,8 @@ def _workers(config, args) -> int:
 
 
 def _print_plan(config, out_dir: Path, args) -> None:
+    from normzoo.bench.record.store import Store
     from normzoo.bench.run import plan_grid
-    from normzoo.bench.store import Store
 
     if args.fresh:
         console.print("--fresh would delete what normzoo created in the output dir first")
@@ -326,12 +326,12 @@ def _print_plan(config, out_dir: Path, args) -> None:
 
 def _invoke(config, out_dir: Path, args) -> int:
     """The work under the output dir's lock: fresh, grid, report; returns the exit status."""
-    from normzoo.bench.grid import expand_runs
-    from normzoo.bench.outdir import claim, fresh, listing
+    from normzoo.bench.plan.grid import expand_runs
+    from normzoo.bench.plan.validate import check_files, download_missing
+    from normzoo.bench.record.outdir import claim, fresh, listing
+    from normzoo.bench.record.store import check_store
+    from normzoo.bench.record.track import Tracker
     from normzoo.bench.run import grid_status, run_grid
-    from normzoo.bench.store import check_store
-    from normzoo.bench.track import Tracker
-    from normzoo.bench.validate import check_files, download_missing
 
     if args.fresh:
         deleted = fresh(out_dir)

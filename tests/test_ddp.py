@@ -15,10 +15,10 @@ import yaml
 from torch import nn
 
 import normzoo
-from normzoo.bench import ddp
-from normzoo.bench.config import load_config
+from normzoo.bench.execute import ddp
+from normzoo.bench.plan.config import load_config
+from normzoo.bench.record.store import Store
 from normzoo.bench.run import run_grid
-from normzoo.bench.store import Store
 
 pytestmark = pytest.mark.slow
 GLOBAL_BATCH = 16

@@ -126,7 +126,7 @@ def test_torch_compile(name):
 
 
 def test_configs_accept_the_new_layers():
-    from normzoo.bench.config import load_config
+    from normzoo.bench.plan.config import load_config
 
     norms = (
         "[{name: gbn, options: {virtual_batch_size: 4}}, evonorm_b0, frn,"

@@ -143,7 +143,7 @@ def test_light_dependencies_have_the_lower_bounds_the_code_needs():
     bounds = {
         Requirement(r).name: Requirement(r).specifier for r in pyproject["project"]["dependencies"]
     }
-    uses_create_new = 'reinit="create_new"' in (ROOT / "normzoo/bench/track.py").read_text()
+    uses_create_new = 'reinit="create_new"' in (ROOT / "normzoo/bench/record/track.py").read_text()
     if uses_create_new:
         assert not bounds["wandb"].contains("0.19.9") and bounds["wandb"].contains("0.19.10")
     (setuptools,) = [
@@ -157,7 +157,7 @@ def test_report_command_rebuilds_the_report_from_the_store_alone(tmp_path):
     import yaml
 
     from normzoo.__main__ import main
-    from normzoo.bench.config import load_config
+    from normzoo.bench.plan.config import load_config
     from normzoo.bench.run import run_grid
 
     raw = {
@@ -188,10 +188,10 @@ def _store_without_training(out: Path, raw: dict) -> None:
     0.05 above batch, layer equal to batch); the runs keep ``raw`` itself as their config."""
     import json
 
-    from normzoo.bench.config import parse_config
-    from normzoo.bench.grid import expand_conditions, expand_runs
-    from normzoo.bench.store import Store, now
-    from normzoo.bench.worker import run_row
+    from normzoo.bench.execute.worker import run_row
+    from normzoo.bench.plan.config import parse_config
+    from normzoo.bench.plan.grid import expand_conditions, expand_runs
+    from normzoo.bench.record.store import Store, now
 
     config = parse_config(raw)
     offset = {"batch": 0.0, "group": 0.05, "layer": 0.0}
@@ -247,7 +247,7 @@ def test_report_command_reads_a_stored_config_whose_primary_uses_aliases(tmp_pat
 
 def test_report_command_errors_are_one_line_and_exit_2(tmp_path, capsys):
     from normzoo.__main__ import main
-    from normzoo.bench.store import STORE_NAME, Store
+    from normzoo.bench.record.store import STORE_NAME, Store
 
     empty_store = tmp_path / "empty_store"
     Store(empty_store).close()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from normzoo.bench.store import Store
+from normzoo.bench.record.store import Store
 from normzoo.report import headline_table, replace_between
 
 ROOT = Path(__file__).resolve().parents[1]

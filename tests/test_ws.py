@@ -59,7 +59,7 @@ def test_backbone_conv_errors():
 
 
 def test_config_accepts_conv_ws():
-    from normzoo.bench.config import load_config
+    from normzoo.bench.plan.config import load_config
 
     config = load_config("configs/quick.yaml", overrides=["model.options={conv: ws}"])
     assert config.model.options == {"conv": "ws"}  # validated: every norm's model was built

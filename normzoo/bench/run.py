@@ -1,11 +1,12 @@
 """Execute the grid: train each run once, keep its weights, evaluate it under every test condition.
 
 The parent plans `Task`s from the store (train a run, or evaluate a stored model under the
-conditions it lacks), hands them to an executor (`normzoo.bench.worker`) and writes each message
-into the store as it arrives: `Trained` (one transaction), `Evaluated` (one transaction per
-computed condition), `Finished`. Only the parent writes, so nothing is lost or duplicated; a kill
-loses at most the work in progress. A dead worker costs only its run: recorded failed with the
-signal that killed it, retried once in a fresh worker, then left for ``--retry-failed``.
+conditions it lacks), hands them to an executor (`normzoo.bench.execute.worker`) and writes
+each message into the store as it arrives: `Trained` (one transaction), `Evaluated` (one
+transaction per computed condition), `Finished`. Only the parent writes, so nothing is lost or
+duplicated; a kill loses at most the work in progress. A dead worker costs only its run:
+recorded failed with the signal that killed it, retried once in a fresh worker, then left for
+``--retry-failed``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from normzoo.bench.config import Config
-from normzoo.bench.grid import Run, TestCondition, expand_conditions, expand_runs
-from normzoo.bench.store import EVAL_KEY, STORE_NAME, VERSION_COLUMNS, Store, now
-from normzoo.bench.worker import (
+from normzoo.bench.execute.worker import (
     CHECKPOINTS_DIR,
     WEIGHTS_DIR,
     Evaluated,
@@ -34,13 +32,16 @@ from normzoo.bench.worker import (
     Trained,
     WorkerDied,
     checkpoint_path,
-    code_versions,
     default_workers,
     gpu_count,
     local_results,
     run_row,
     weights_path,
 )
+from normzoo.bench.plan.config import Config
+from normzoo.bench.plan.grid import Run, TestCondition, expand_conditions, expand_runs
+from normzoo.bench.record.provenance import code_versions
+from normzoo.bench.record.store import EVAL_KEY, STORE_NAME, VERSION_COLUMNS, Store, now
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +341,7 @@ def run_grid(
         TimeRemainingColumn,
     )
 
-    from normzoo.bench.outdir import claim
+    from normzoo.bench.record.outdir import claim
 
     out_dir = Path(out_dir)
     runs = {run.key: run for run in expand_runs(config)}
@@ -461,9 +462,9 @@ def _final_state(summary: Summary, store: Store, runs: dict, config: Config, out
 
 
 def submitit_results(tasks: list[Task], config: Config, out_dir: str, tracker=None) -> Iterator:
-    """Tasks as submitit jobs (SLURM or local), stored exactly once: `normzoo.bench.cluster`."""
+    """Tasks as submitit jobs (SLURM or local), stored exactly once (`bench.execute.cluster`)."""
     try:
-        from normzoo.bench.cluster import submitit_results as cluster_results
+        from normzoo.bench.execute.cluster import submitit_results as cluster_results
     except ImportError as error:
         raise ValueError(
             "execution.executor=submitit needs the optional dependency:"

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from normzoo import stats
-from normzoo.bench.stats_section import Comparison, StatsSection
+from normzoo.bench.plan.stats_section import Comparison, StatsSection
 from normzoo.report.select import TEST_KEYS, TRAIN_KEYS, default_test_slice, prefer_stats_mode
 
 CONDITION_KEYS = (*TRAIN_KEYS, *TEST_KEYS)

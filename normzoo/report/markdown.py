@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pandas as pd
 
 from normzoo import stats
+from normzoo.report.model import Report
 from normzoo.report.select import TEST_KEYS, TRAIN_KEYS
 from normzoo.report.tables import condition_columns, display, markdown_table, verdict_summary
-
-if TYPE_CHECKING:
-    from normzoo.report import Report
 
 
 def _method_section(report: Report) -> list[str]:

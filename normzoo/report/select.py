@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from normzoo import stats
-from normzoo.bench.schema import (
+from normzoo.bench.plan.schema import (
     REPORT_EVALUATION_COLUMNS,
     REPORT_RUN_COLUMNS,
     SETTING_KEYS,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from normzoo.bench.store import Store
+from normzoo.bench.record.store import Store
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from wandb_offline import wandb_run
 
-from normzoo.bench.config import load_config
-from normzoo.bench.grid import expand_conditions, expand_runs
-from normzoo.bench.store import Store
-from normzoo.bench.track import offline_run_dirs, setting
+from normzoo.bench.plan.config import load_config
+from normzoo.bench.plan.grid import expand_conditions, expand_runs
+from normzoo.bench.record.store import Store
+from normzoo.bench.record.track import offline_run_dirs, setting
 
 ROOT = Path(__file__).resolve().parents[2]
 

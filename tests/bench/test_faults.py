@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from normzoo.bench.outdir import LOCK_NAME, OutDirLock
+from normzoo.bench.record.outdir import LOCK_NAME, OutDirLock
 
 ROOT = Path(__file__).resolve().parents[2]
 INJECT = Path(__file__).resolve().parent / "fault_inject"

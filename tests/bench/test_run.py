@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 import normzoo.models
-from normzoo.bench.config import load_config
-from normzoo.bench.grid import expand_conditions, expand_runs
+from normzoo.bench.execute.worker import assign_devices, default_workers
+from normzoo.bench.plan.config import load_config
+from normzoo.bench.plan.grid import expand_conditions, expand_runs
+from normzoo.bench.record.store import Store
+from normzoo.bench.record.track import resolve_mode
 from normzoo.bench.run import plan_grid, run_grid
-from normzoo.bench.store import Store
-from normzoo.bench.track import resolve_mode
-from normzoo.bench.worker import assign_devices, default_workers
 
 
 class _Exploding(nn.Module):
@@ -93,16 +93,16 @@ class _Tracker:
 
 
 def test_train_once_evaluate_many(tiny_config_path, tmp_path, monkeypatch):
-    import normzoo.bench.module
+    import normzoo.bench.execute.module
 
     trained = []
-    real_train = normzoo.bench.module.train_run
+    real_train = normzoo.bench.execute.module.train_run
 
     def counting_train(run, *args, **kwargs):
         trained.append(run.key)
         return real_train(run, *args, **kwargs)
 
-    monkeypatch.setattr(normzoo.bench.module, "train_run", counting_train)
+    monkeypatch.setattr(normzoo.bench.execute.module, "train_run", counting_train)
     config = load_config(tiny_config_path, SMALL)
     tracker = _Tracker(broken={"group"})
     first = run_grid(config, tmp_path, workers=1, tracker=tracker, show_progress=False)

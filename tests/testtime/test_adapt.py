@@ -370,9 +370,9 @@ def test_tent_options_errors():
 def test_benchmark_tent_mode_scores_online():
     """bench.evaluate's ``tent`` condition: accuracy and loss of the online outputs (each batch
     scored by the pass that adapts on it), computed here from the transcribed official code."""
-    from normzoo.bench.config import Composition, EvalSection
-    from normzoo.bench.evaluate import evaluate_condition
-    from normzoo.bench.grid import TestCondition
+    from normzoo.bench.execute.evaluate import evaluate_condition
+    from normzoo.bench.plan.config import Composition, EvalSection
+    from normzoo.bench.plan.grid import TestCondition
 
     model = small_cnn()
     gen = torch.Generator().manual_seed(3)

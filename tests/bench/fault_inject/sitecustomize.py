@@ -16,8 +16,8 @@ if _SPECS:
     import sqlite3
     from pathlib import Path
 
-    import normzoo.bench.module as _module
-    import normzoo.bench.worker as _worker
+    import normzoo.bench.execute.module as _module
+    import normzoo.bench.execute.worker as _worker
 
     _DIR = Path(os.environ["NORMZOO_FAULTS_DIR"])
     _OUT = Path(os.environ["NORMZOO_FAULTS_OUT"])

@@ -1,0 +1,1 @@
+"""Execute: process pool, worker, LightningModule, evaluation, checkpoints, cluster, DDP."""

@@ -1,0 +1,125 @@
+"""Evaluate a trained model under every test condition, without retraining, in plain torch."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from normzoo.bench.plan.config import EvalSection
+from normzoo.bench.plan.grid import TestCondition, computed_condition
+from normzoo.bench.plan.schema import CLEAN, parse_stats_mode
+from normzoo.data import IGNORE_INDEX
+from normzoo.models import has_batch_layers
+from normzoo.testtime import Tent, adapt, stats_mode
+
+log = logging.getLogger(__name__)
+
+# All test data (corruption noise, label-skewed order, outliers) uses this seed, so every run of
+# the grid is evaluated on exactly the same test batches.
+EVAL_SEED = 0
+
+
+def device_for_eval() -> torch.device:
+    """The accelerator when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Iterable, device: torch.device) -> tuple[float, float, int]:
+    """(accuracy, mean cross-entropy, n scored) over ``(x, y)`` batches; label -100 = unscored."""
+    correct, loss_sum, n = 0, 0.0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        scored = y != IGNORE_INDEX  # injected outliers have no label and are not scored
+        loss_sum += F.cross_entropy(logits, y, reduction="sum", ignore_index=IGNORE_INDEX).item()
+        correct += (logits.argmax(1)[scored] == y[scored]).sum().item()
+        n += int(scored.sum())
+    if n == 0:
+        raise ValueError(
+            "the test loader yielded no samples; check the dataset and test batch size"
+        )
+    return correct / n, loss_sum / n, n
+
+
+def test_loader(datamodule, condition: TestCondition, ev: EvalSection | None = None):
+    """Test batches of one condition from the datamodule: corrupted on the fly, or read from the
+    CIFAR-10-C files when ``ev.shift_source`` is ``cifar10c`` (same batching either way)."""
+    composition = condition.composition
+    source = {}
+    if ev is not None and ev.shift_source == "cifar10c":
+        source = {"source": "cifar10c", "source_root": ev.shift_root}
+    return datamodule.test_loader(
+        batch_size=condition.test_batch_size,
+        corruption="none" if condition.shift == CLEAN else condition.shift,  # or "mixed"
+        severity=condition.severity,
+        composition=composition.name,
+        alpha=composition.alpha,
+        outliers=composition.k or 0,
+        seed=EVAL_SEED,
+        **source,
+    )
+
+
+def evaluate_condition(
+    model: nn.Module, datamodule, condition: TestCondition, ev: EvalSection, device: torch.device
+) -> tuple[float, float, int]:
+    """(accuracy, loss, n) of ``model`` under one test condition; ``model`` is left unchanged."""
+    loader = test_loader(datamodule, condition, ev)
+    mode = condition.stats_mode
+    model.eval()
+    if mode == "adabn":
+        # adapt() works on a copy: AdaBN re-estimates running statistics on this condition's test
+        # data, then predicts with them.
+        adapted = adapt(model, _inputs_on(loader, device), method="adabn")
+        return predict(adapted.eval(), loader, device)
+    if mode == "tent":
+        # TENT online, as the official code: a copy adapts on each batch (`tent_steps` updates)
+        # and the batch is scored by the outputs of the forward pass that adapts on it.
+        tent = Tent(copy.deepcopy(model), lr=ev.tent_lr, steps=ev.tent_steps)
+        return predict(tent, loader, device)
+    mode, prior = parse_stats_mode(mode)  # mix(prior=N) of a prior sweep
+    if mode == "mix" and prior is None:
+        prior = ev.mix_prior
+    with stats_mode(model, mode, prior=prior):
+        return predict(model, loader, device)
+
+
+def _inputs_on(loader, device: torch.device):
+    for x, _ in loader:
+        yield x.to(device)
+
+
+def evaluate_run(
+    model: nn.Module, datamodule, conditions: list[TestCondition], ev: EvalSection
+) -> list[dict]:
+    """One result row per condition; identical computations (see `computed_condition`) run once."""
+    device = device_for_eval()
+    model = model.to(device).eval()
+    batch_dependent = has_batch_layers(model)
+    largest = max(ev.test_batch_sizes)
+    cache: dict[TestCondition, tuple[float, float, int]] = {}
+    rows = []
+    for condition in conditions:
+        computed = computed_condition(condition, batch_dependent, largest)
+        if computed not in cache:
+            cache[computed] = evaluate_condition(model, datamodule, computed, ev, device)
+            accuracy, loss, _ = cache[computed]
+            log.debug("%s: accuracy %.4f loss %.4f", computed.label, accuracy, loss)
+        accuracy, loss, n = cache[computed]
+        rows.append(
+            {
+                **condition.columns(),
+                "accuracy": accuracy,
+                "loss": loss if math.isfinite(loss) else float("nan"),
+                "n_test": n,
+                "computed_as": computed.label,
+            }
+        )
+    return rows

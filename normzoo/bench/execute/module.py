@@ -1,0 +1,317 @@
+"""Training with Lightning: a LightningModule for any backbone, and `train_run` for one grid run."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import Logger
+from torch import nn
+
+from normzoo.bench.plan.config import Config, TrainSection
+from normzoo.bench.plan.grid import Run
+
+log = logging.getLogger(__name__)
+
+# Steps between logged training points (and divergence checks).
+LOG_EVERY = 10
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss; the run is recorded with status ``diverged``."""
+
+
+class Classifier(L.LightningModule):
+    """Cross-entropy training of ``model`` with the optimizer and schedule of a TrainSection.
+
+    The step never waits for the device: loss and accuracy accumulate in device tensors and are
+    handed to Lightning's loggers (``self.log``) only every ``log_every`` steps and at epoch end,
+    where Lightning converts them to numbers anyway; a non-finite loss is detected there too.
+    """
+
+    def __init__(
+        self, model: nn.Module, train: TrainSection, train_batch_size: int, log_every: int = 10
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.train_config = train
+        self.train_batch_size = train_batch_size
+        self.log_every = log_every
+        # The step drives the optimizer itself (forward, zero_grad, backward, step, scheduler
+        # step: the order of Lightning's automatic optimization, same numbers) and so skips its
+        # closure machinery, about a third of Lightning's per-step cost on CPU.
+        self.automatic_optimization = False
+        # per epoch, on the device: [sum of loss * batch size, correct predictions, samples]
+        self._tally: torch.Tensor | None = None
+        self._checked_step = 0  # the last step whose losses were checked finite
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Under DDP each process trains on its slice of the global batch (bench/ddp.py)."""
+        if self.trainer.training and self.trainer.world_size > 1:
+            from normzoo.bench.execute.ddp import shard
+
+            return shard(batch, self.trainer.global_rank, self.trainer.world_size)
+        return batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        x, y = batch
+        step = self.global_step  # before optimizer.step(), which advances it in manual mode
+        optimizer = self.optimizers()
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+        with torch.no_grad():  # a few in-place device ops: no host sync, no module setattr
+            if self._tally is None:
+                self._tally = torch.zeros(3, dtype=torch.float32, device=loss.device)
+            correct = (logits.argmax(1) == y).sum()
+            self._tally.add_(torch.stack((loss * len(y), correct, correct.new_tensor(len(y)))))
+        # Lightning hands step metrics to the loggers when (step + 1) % log_every_n_steps == 0
+        if (step + 1) % self.log_every == 0:
+            self._check_finite()
+            self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, batch_size=len(y))
+            self.log("train/acc", correct / len(y), on_step=True, on_epoch=False, batch_size=len(y))
+            self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True)
+        self.lr_schedulers().step()  # per step, after logging the rate this step used
+        return loss
+
+    def _check_finite(self) -> None:
+        """Raise DivergedError if a loss since the last check was not finite: the epoch's loss
+        sum is then not finite (NaN and inf propagate through the sum). The one host sync, at
+        logging intervals and epoch end only."""
+        if self._tally is None:
+            return
+        total = float(self._tally[0])
+        if not math.isfinite(total):
+            raise DivergedError(
+                f"loss became {total} at a step in {self._checked_step + 1}..{self.global_step}"
+                f" (epoch {self.current_epoch});"
+                " lower train.lr or use a batch-independent norm for this batch size"
+            )
+        self._checked_step = self.global_step
+
+    def on_train_epoch_end(self) -> None:
+        self._check_finite()
+        if self._tally is not None:
+            loss_sum, correct, seen = self._tally
+            self.log("train/epoch_loss", loss_sum / seen)
+            self.log("train/epoch_acc", correct / seen)
+            self._tally.zero_()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["checked_step"] = self._checked_step  # the divergence message's step range
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._checked_step = checkpoint.get("checked_step", 0)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_correct: torch.Tensor | int = 0
+        self._val_total = 0
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self._val_correct = self._val_correct + (self.model(x).argmax(1) == y).sum()
+        self._val_total += len(y)
+
+    def on_validation_epoch_end(self) -> None:
+        correct = torch.as_tensor(self._val_correct, dtype=torch.float32, device=self.device)
+        self.log("val/acc", correct / max(self._val_total, 1))
+
+    def configure_optimizers(self):
+        cfg = self.train_config
+        lr = cfg.lr
+        if cfg.lr_scaling == "linear":  # Goyal et al. 2017: lr proportional to batch size
+            lr = cfg.lr * self.train_batch_size / cfg.lr_reference_batch_size
+        decay = [p for p in self.model.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]  # norm affine and biases
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0
+            )
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        if cfg.schedule == "cosine":
+            factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
+        elif cfg.schedule == "step":
+            factor = lambda step: 0.1 ** ((step >= total // 2) + (step >= 3 * total // 4))  # noqa: E731
+        else:
+            factor = lambda step: 1.0  # noqa: E731
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+class CurveRecorder(Logger):
+    """A Lightning logger that keeps every logged metric as a curve row for the results store.
+
+    Rows are ``{step, epoch, metric, value}``; the parent process writes them to the store's
+    ``curves`` table, so the curves exist with or without W&B.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict] = []
+
+    @property
+    def name(self) -> str:
+        return "curves"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        """Inputs live in the runs table; nothing to record here."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        metrics = dict(metrics)
+        epoch = metrics.pop("epoch", None)
+        for metric, value in metrics.items():
+            self.rows.append(
+                {
+                    "step": int(step or 0),
+                    "epoch": None if epoch is None else int(epoch),
+                    "metric": metric,
+                    "value": float(value),
+                }
+            )
+
+
+@dataclass
+class TrainOutcome:
+    """A trained model plus what training measured."""
+
+    model: nn.Module
+    val_accuracy: float
+    seconds: float
+    curves: list[dict] = field(default_factory=list)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's per-fit banners (GPU available, model summary tips) inside workers."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*number of training batches.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+    # DDP: every rank validates on the whole validation set, so there is nothing to sync
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+
+
+def build_run_model(run: Run, config: Config, datamodule: L.LightningDataModule) -> nn.Module:
+    """The run's backbone with its norm, shaped for the datamodule's classes and channels."""
+    from normzoo.models import build_model
+
+    datamodule.setup("fit")
+    return build_model(
+        config.model.backbone,
+        run.norm.name,
+        datamodule.num_classes,
+        datamodule.in_channels,
+        run.norm.options,
+        **config.model.options,
+    )
+
+
+def build_module(run: Run, config: Config, datamodule: L.LightningDataModule) -> Classifier:
+    """Seed, and build the backbone with the run's norm inside a Classifier."""
+    L.seed_everything(run.seed, workers=True, verbose=False)
+    model = build_run_model(run, config, datamodule)
+    return Classifier(model, config.train, run.train_batch_size, log_every=LOG_EVERY)
+
+
+def build_trainer(config: Config, loggers: list[Logger], **overrides) -> L.Trainer:
+    """The Trainer of a benchmark run: no bars or summaries, no checkpoints but the resumable
+    ones of `EpochCheckpoint` (passed in ``callbacks``); ``loggers`` log."""
+    max_steps = config.train.max_steps
+    options = dict(
+        accelerator="auto",
+        devices=1,
+        max_epochs=-1 if max_steps else config.train.epochs,
+        max_steps=max_steps or -1,
+        enable_checkpointing=False,
+        logger=loggers or False,
+        log_every_n_steps=LOG_EVERY,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic="warn",
+    )
+    options.update(overrides)
+    return L.Trainer(**options)
+
+
+def train_run(
+    run: Run,
+    config: Config,
+    datamodule: L.LightningDataModule,
+    loggers: list[Logger] = (),
+    checkpoint: Path | None = None,
+) -> TrainOutcome:
+    """Seed, build the backbone with the run's norm, and fit it with Lightning.
+
+    ``loggers`` (e.g. a ``WandbLogger``) receive the curves live, besides the store's recorder.
+    With ``execution.ddp_devices`` > 1 the run trains with Lightning DDP (see bench/ddp.py).
+    With a ``checkpoint`` path and ``execution.checkpoint_every_epochs`` an epoch-limited run
+    writes a resumable checkpoint there every N epochs, and resumes from a checkpoint of this run
+    found there: the result is bit-identical to an uninterrupted run (bench/checkpoint.py).
+    """
+    from normzoo.bench.execute import ddp
+    from normzoo.bench.execute.checkpoint import EpochCheckpoint, resumable
+
+    every = config.execution.checkpoint_every_epochs
+    # Only epoch-limited fits: Lightning restores a step-limited fit as restarting mid-epoch and
+    # shifts its logged steps and loop counters, so its resume would not be exact.
+    checkpoint = checkpoint if every and not config.train.max_steps else None
+    devices = config.execution.ddp_devices
+    if devices > 1 and not ddp.inside():
+        if checkpoint is not None:
+            resumable(checkpoint, run.key)  # a stale one is removed before the ranks look
+        rank = functools.partial(train_run, checkpoint=checkpoint)
+        return ddp.launch(rank, devices, run, config, datamodule, loggers=loggers)
+    quiet_lightning()
+    module = build_module(run, config, datamodule)
+    recorder = CurveRecorder()
+    saver, resume_from = None, None
+    if checkpoint is not None:
+        resume_from = resumable(checkpoint, run.key)
+        saver = EpochCheckpoint(checkpoint, every, run.key, recorder)
+    trainer = build_trainer(
+        config,
+        [recorder, *loggers],
+        callbacks=[saver] if saver else [],
+        enable_checkpointing=saver is not None,
+        **ddp.trainer_options(devices),
+    )
+    if resume_from is not None:
+        log.info("%s: resuming from %s", run.name, resume_from)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    seconds = time.perf_counter() - start + (saver.seconds_before if saver else 0.0)
+    if "val/acc" not in trainer.callback_metrics:  # max_steps ended before the first epoch did
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    val = trainer.callback_metrics.get("val/acc")
+    val_accuracy = float(val) if val is not None else float("nan")
+    return TrainOutcome(module.model.cpu().eval(), val_accuracy, seconds, recorder.rows)

@@ -1,0 +1,313 @@
+"""What runs in a worker: one `Task` (train a run and/or evaluate it), streamed as messages.
+
+`execute_task` is a generator of `Trained`, `Evaluated` (one per computed condition) and
+`Finished`; executors run it where they like and hand the messages to the parent, which alone
+writes the store (`normzoo.bench.run`). An executor is a function
+``(tasks, config, out_dir) -> Iterator[message]`` that also yields `TaskDone` after each task
+and `WorkerDied` for a task whose process died: `in_process_results`, `local_results`
+(spawned workers, GPUs round-robin); `normzoo.bench.run` picks the submitit one.
+
+Every run records provenance (`code_versions`, `device_name`); weights are kept as safetensors
+(loading executes no code), so evaluating a stored run never retrains it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from normzoo.bench.execute.pool import TaskDone, WorkerDied, pool_results
+from normzoo.bench.plan.config import Config
+from normzoo.bench.plan.grid import Run, TestCondition, computed_condition
+from normzoo.bench.record.provenance import code_versions, device_name
+from normzoo.bench.record.store import config_json, now
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = "weights"
+CHECKPOINTS_DIR = "checkpoints"  # of runs in training (normzoo.bench.execute.checkpoint)
+
+__all__ = ["TaskDone", "WorkerDied"]
+
+
+# ---- what flows from executors to the parent -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    """Train ``run`` (when ``train``) and evaluate it under ``conditions``."""
+
+    run: Run
+    conditions: tuple[TestCondition, ...]
+    train: bool = True
+
+
+@dataclass
+class Trained:
+    """A run's row after training (status ok with weights saved, or failed/diverged)."""
+
+    run_key: str
+    row: dict
+    curves: list[dict] = field(default_factory=list)  # rows of the store's curves table
+    wandb_logged: bool = False  # a failed/diverged run's live W&B run was finished with it
+
+
+@dataclass
+class Evaluated:
+    """Evaluation rows of one computed condition of a stored run."""
+
+    run_key: str
+    rows: list[dict]
+
+
+@dataclass
+class Finished:
+    """A task ended; ``error`` says why its evaluation failed (the run is then ``failed``)."""
+
+    run_key: str
+    eval_seconds: float
+    error: str | None = None
+    wandb_logged: bool = False  # the live W&B run of the training holds everything
+
+
+@dataclass
+class RunResult:
+    """A finished run as the W&B tracker logs it: run row, evaluation rows, training curves."""
+
+    run: Run
+    row: dict
+    evaluations: list[dict] = field(default_factory=list)
+    curves: list[dict] = field(default_factory=list)
+    weights: Path | None = None
+
+    @property
+    def status(self) -> str:
+        return self.row["status"]
+
+
+# ---- devices ---------------------------------------------------------------------------------
+
+
+def gpu_count() -> int:
+    """Visible CUDA devices (0 without CUDA); does not initialize CUDA in this process."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def default_workers(gpus: int | None = None, workers_per_gpu: int = 1) -> int:
+    """``workers_per_gpu`` per visible GPU on a GPU machine, else one worker per CPU core."""
+    gpus = gpu_count() if gpus is None else gpus
+    if gpus:
+        return gpus * workers_per_gpu
+    return os.cpu_count() or 1
+
+
+def assign_devices(workers: int, gpus: int, visible: str | None = None) -> list[str | None]:
+    """The GPU of each worker, round-robin over the visible ones (None: CPU).
+
+    ``visible`` is the parent's ``CUDA_VISIBLE_DEVICES``; a worker's value is one of its entries,
+    so worker i sees exactly one GPU as ``cuda:0``.
+    """
+    if gpus <= 0:
+        return [None] * workers
+    ids = (
+        [v.strip() for v in visible.split(",")][:gpus] if visible else [str(i) for i in range(gpus)]
+    )
+    return [ids[i % len(ids)] for i in range(workers)]
+
+
+def setup_worker(slot: tuple[str | None, int]) -> None:
+    """Per-worker set-up from its slot ``(gpu, threads)``: its one GPU (set before CUDA starts),
+    its torch threads, quiet logging."""
+    import torch
+
+    gpu, threads = slot
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)
+
+
+# ---- one task, in whatever process runs it ---------------------------------------------------
+
+
+def weights_path(out_dir: str | Path, run_key: str) -> Path:
+    """Where a finished run's weights live (safetensors: loading executes no code)."""
+    return Path(out_dir) / WEIGHTS_DIR / f"{run_key}.safetensors"
+
+
+def checkpoint_path(out_dir: str | Path, run_key: str) -> Path:
+    """Where a run in training keeps its latest resumable checkpoint."""
+    return Path(out_dir) / CHECKPOINTS_DIR / f"{run_key}.ckpt"
+
+
+def save_weights(model, path: Path) -> None:
+    """Write ``model``'s state dict atomically (a kill leaves the old file or none)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    save_file(state, str(partial))
+    os.replace(partial, path)
+
+
+def _datamodule(run: Run, config: Config):
+    from normzoo.data import NormzooDataModule
+
+    composition = run.train_composition
+    return NormzooDataModule(
+        dataset=config.data.dataset,
+        root=config.data.root,
+        train_batch_size=run.train_batch_size,
+        train_composition=composition.name,
+        train_alpha=composition.alpha if composition.alpha is not None else 1.0,
+        train_classes=composition.k if composition.name == "classes" else None,
+        val_fraction=config.data.val_fraction,
+        seed=run.seed,
+        num_workers=0,
+        dataset_options=dict(config.data.options),
+    )
+
+
+def _load_model(run: Run, config: Config, datamodule, path: Path):
+    from safetensors.torch import load_file
+
+    from normzoo.bench.execute.module import build_run_model
+
+    model = build_run_model(run, config, datamodule)
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def run_row(run: Run, config: Config) -> dict:
+    """A run's row before training: identity, config, provenance; results still empty."""
+    return {
+        **run.columns(config.experiment.name),
+        "status": "ok",
+        "error": None,
+        "val_accuracy": None,
+        "train_seconds": None,
+        "eval_seconds": None,
+        "config_hash": config.hash,
+        "config_json": config_json(config.to_dict()),
+        "started_at": now(),
+        "finished_at": None,
+        **code_versions(),
+        "device": device_name(),
+    }
+
+
+def _train_logger(tracker, run: Run, config: Config):
+    """The run's live W&B logger, or None (disabled, or W&B failed: the parent logs it later)."""
+    if tracker is None:
+        return None
+    try:
+        return tracker.train_logger(run, config)
+    except Exception as error:  # W&B trouble never stops training
+        log.warning("W&B init for %s failed (%s); logging it after the run", run.name, error)
+        return None
+
+
+def _finish_logger(tracker, logger, run: Run, row: dict, evaluations: list, weights=None) -> bool:
+    if tracker is None or logger is None:
+        return False
+    return bool(tracker.finish_run(logger, run, row, evaluations, weights))
+
+
+def execute_task(task: Task, config: Config, out_dir: str, tracker=None) -> Iterator:
+    """Train (if asked) and evaluate one run, yielding `Trained`, `Evaluated`s and `Finished`.
+
+    Never raises for a failing run: errors become a failed/diverged `Trained` row or a
+    `Finished` with an error. Evaluations are yielded per computed condition. With a tracker,
+    training logs live to the run's W&B run, which then gets the results (``wandb_logged``).
+    """
+    from normzoo.bench.execute.evaluate import evaluate_run
+    from normzoo.bench.execute.module import DivergedError, train_run
+    from normzoo.models import has_batch_layers
+
+    run = task.run
+    path = weights_path(out_dir, run.key)
+    row = run_row(run, config)
+    logger = _train_logger(tracker, run, config) if task.train else None
+    try:
+        datamodule = _datamodule(run, config)
+        if task.train:
+            loggers = [logger] if logger else []
+            # resumes from the run's checkpoint when a killed or requeued attempt left one
+            outcome = train_run(run, config, datamodule, loggers, checkpoint_path(out_dir, run.key))
+            save_weights(outcome.model, path)
+            row.update(val_accuracy=outcome.val_accuracy, train_seconds=outcome.seconds)
+            yield Trained(run.key, dict(row), outcome.curves)
+            model = outcome.model
+        else:
+            model = _load_model(run, config, datamodule, path)
+    except Exception as error:  # one failing run must never stop the grid
+        if isinstance(error, DivergedError):
+            row.update(status="diverged", error=str(error), finished_at=now())
+        else:
+            log.debug("run %s failed:\n%s", run.name, traceback.format_exc())
+            row.update(status="failed", error=f"{type(error).__name__}: {error}", finished_at=now())
+        if task.train:
+            logged = _finish_logger(tracker, logger, run, row, [])
+            yield Trained(run.key, row, wandb_logged=logged)
+        else:
+            yield Finished(run.key, 0.0, f"loading weights: {row['error']}")
+        return
+    start = time.perf_counter()
+    evaluations: list[dict] = []
+    error_text = None
+    try:
+        batch_dependent = has_batch_layers(model)
+        largest = max(config.eval.test_batch_sizes)
+        groups: dict[TestCondition, list[TestCondition]] = {}
+        for condition in task.conditions:
+            computed = computed_condition(condition, batch_dependent, largest)
+            groups.setdefault(computed, []).append(condition)
+        for group in groups.values():
+            rows = evaluate_run(model, datamodule, group, config.eval)
+            for evaluation in rows:
+                evaluation["run_key"] = run.key
+            evaluations += rows
+            yield Evaluated(run.key, rows)
+    except Exception as error:
+        log.debug("evaluating %s failed:\n%s", run.name, traceback.format_exc())
+        error_text = f"evaluation: {type(error).__name__}: {error}"
+        row.update(status="failed", error=error_text)
+    seconds = time.perf_counter() - start
+    row.update(eval_seconds=seconds, finished_at=now())
+    logged = _finish_logger(tracker, logger, run, row, evaluations, path)
+    yield Finished(run.key, seconds, error_text, wandb_logged=logged)
+
+
+# ---- executors: (tasks, config, out_dir) -> Iterator[message] ---------------------------------
+
+
+def in_process_results(tasks: list[Task], config: Config, out_dir: str, tracker=None) -> Iterator:
+    """Run the tasks one after the other in this process (no start-up cost)."""
+    import torch
+
+    torch.set_num_threads(1)
+    for task in tasks:
+        yield from execute_task(task, config, out_dir, tracker)
+        yield TaskDone(task)
+
+
+def local_results(
+    tasks: list[Task], config: Config, out_dir: str, tracker=None, workers: int = 1, gpus: int = 0
+) -> Iterator:
+    """Run the tasks on ``workers`` spawned processes (GPUs assigned round-robin)."""
+    if workers == 1 and gpus <= 1:
+        yield from in_process_results(tasks, config, out_dir, tracker)
+        return
+    devices = assign_devices(workers, gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    # CPU workers: one thread each; GPU workers share the cores
+    threads = max(1, (os.cpu_count() or 1) // workers) if gpus else 1
+    slots = [(device, threads) for device in devices]
+    yield from pool_results(tasks, execute_task, (config, out_dir, tracker), slots, setup_worker)

@@ -1,0 +1,1 @@
+"""Plan: the typed experiment config, presets, grid expansion and cost estimates."""

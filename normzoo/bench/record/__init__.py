@@ -1,0 +1,1 @@
+"""Record: the SQLite store, the output dir, W&B tracking and the dashboard."""

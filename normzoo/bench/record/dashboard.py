@@ -1,0 +1,185 @@
+"""A ready W&B Report for an experiment (wandb-workspaces): the panels a user wants first.
+
+Built from the config alone (the summary names follow `track.condition_key`), so it is the same
+before, during and after the runs; `save_dashboard` uploads it when online. Panels:
+- accuracy vs train batch size, runs grouped (coloured) by norm (clean data, running statistics);
+- accuracy vs test batch size, one panel per stats mode, bars per norm (mean over seeds);
+- accuracy vs severity, one panel per corruption;
+- validation accuracy during training, one line per setting;
+- the headline and significance tables of the summary run.
+"""
+
+from __future__ import annotations
+
+from normzoo.bench.record.track import condition_key
+
+SIGNIFICANCE_TABLES = ("significance_primary", "significance_vs_reference")
+
+
+def _require():
+    try:
+        import wandb_workspaces.reports.v2 as wr
+    except ImportError as error:
+        raise ValueError(
+            "the W&B dashboard needs wandb-workspaces: pip install 'normzoo[dashboard]'"
+        ) from error
+    return wr
+
+
+def _key(shift: str, severity: int, stats_mode: str, batch_size: int, composition: str) -> str:
+    return condition_key(
+        dict(
+            shift=shift,
+            severity=severity,
+            stats_mode=stats_mode,
+            test_batch_size=batch_size,
+            test_composition=composition,
+        )
+    )
+
+
+def train_filter(experiment: str) -> str:
+    """The runset filter of an experiment's training runs.
+
+    Norms are split by grouping on ``norm_label``, not by filters: wandb-workspaces' filter
+    parser rewrites an ``=`` inside a quoted value (``group(groups=8)``) into ``==``.
+    """
+    return f"Config('experiment') == '{experiment}' and Metric('JobType') == 'train'"
+
+
+def summary_filter(experiment: str) -> str:
+    """The runset filter of an experiment's summary run."""
+    return f"Config('experiment') == '{experiment}' and Metric('JobType') == 'summary'"
+
+
+def build_dashboard(
+    config, project: str, entity: str, significance_table: str = SIGNIFICANCE_TABLES[0]
+):
+    """The Report object (not saved) for ``config``'s experiment in ``entity/project``."""
+    wr = _require()
+    experiment = config.experiment.name
+    if any(c in experiment for c in "='\""):
+        raise ValueError(
+            f"experiment name {experiment!r} contains = or quotes, which W&B report filters "
+            "cannot hold; rename experiment.name"
+        )
+    ev = config.eval
+    reference_mode = "running" if "running" in ev.stats_modes else ev.stats_modes[0]
+    largest = max(ev.test_batch_sizes)
+    composition = ev.compositions[0].label
+    clean = _key("clean", 0, reference_mode, largest, composition)
+
+    def runset(name: str, filters: str, groupby=()):
+        return wr.Runset(
+            entity=entity, project=project, name=name, filters=filters, groupby=list(groupby)
+        )
+
+    by_norm = [runset("by norm", train_filter(experiment), ["norm_label"])]
+    bar = dict(groupby="norm_label", groupby_aggfunc="mean", groupby_rangefunc="stderr")
+
+    train_bs = wr.PanelGrid(
+        runsets=by_norm,
+        panels=[
+            wr.ScatterPlot(
+                title=f"accuracy vs train batch size ({clean})",
+                x=wr.Config("train_batch_size"),
+                y=wr.SummaryMetric(clean),
+                log_x=True,
+            )
+        ],
+    )
+    test_bs = wr.PanelGrid(
+        runsets=by_norm,
+        panels=[
+            wr.BarPlot(
+                title=f"accuracy vs test batch size, {mode} statistics (clean, {composition})",
+                metrics=[
+                    wr.SummaryMetric(_key("clean", 0, mode, size, composition))
+                    for size in sorted(ev.test_batch_sizes)
+                ],
+                **bar,
+            )
+            for mode in ev.stats_modes
+        ],
+    )
+    corruptions = [s for s in ev.shifts if s != "clean"]
+    severity = wr.PanelGrid(
+        runsets=by_norm,
+        panels=[
+            wr.BarPlot(
+                title=f"accuracy vs severity: {shift} ({reference_mode}, bs{largest})",
+                metrics=[wr.SummaryMetric(clean)]
+                + [
+                    wr.SummaryMetric(_key(shift, s, reference_mode, largest, composition))
+                    for s in sorted(ev.severities)
+                ],
+                **bar,
+            )
+            for shift in corruptions
+        ],
+    )
+    curves = wr.PanelGrid(
+        runsets=[runset("by setting", train_filter(experiment), ["setting"])],
+        panels=[
+            wr.LinePlot(title="validation accuracy", x="trainer/global_step", y=["val/acc"]),
+            wr.LinePlot(title="training loss", x="trainer/global_step", y=["train/loss"]),
+        ],
+    )
+    tables = wr.PanelGrid(
+        runsets=[runset("summary", summary_filter(experiment))],
+        panels=[
+            wr.WeavePanelSummaryTable(table_name="tables/headline"),
+            wr.WeavePanelSummaryTable(table_name=f"tables/{significance_table}"),
+        ],
+    )
+    description = config.experiment.description or f"normzoo benchmark: {experiment}"
+    return wr.Report(
+        project=project,
+        entity=entity,
+        title=f"normzoo: {experiment}",
+        description=description.strip()[:500],
+        blocks=[
+            wr.H1(f"normzoo: {experiment}"),
+            wr.P(
+                "Accuracy is the mean over seeds (bars: standard error); each training run's "
+                "summary holds every test condition as test/<shift>-<severity>/<stats mode>/"
+                "bs<test batch size>/<composition>."
+            ),
+            wr.H2("Accuracy vs train batch size, per norm"),
+            train_bs,
+            wr.H2("Accuracy vs test batch size, per stats mode"),
+            test_bs,
+            wr.H2("Accuracy vs severity, per corruption"),
+            severity,
+            wr.H2("Training curves"),
+            curves,
+            wr.H2("Headline and significance"),
+            tables,
+        ],
+    )
+
+
+def pick_significance_table(table_names) -> str:
+    """The primary-family significance table when the report has one, else the first
+    significance table."""
+    names = list(table_names)
+    for preferred in SIGNIFICANCE_TABLES:
+        if preferred in names:
+            return preferred
+    others = [n for n in names if n.startswith("significance")]
+    return others[0] if others else SIGNIFICANCE_TABLES[0]
+
+
+def save_dashboard(config, tracker, significance_table: str = SIGNIFICANCE_TABLES[0]) -> str:
+    """Build and save the report (online only); returns its URL."""
+    if tracker.mode != "online":
+        raise ValueError(
+            f"saving a W&B Report needs W&B online (mode is {tracker.mode}); log in with "
+            "`wandb login` or set WANDB_API_KEY, and do not set WANDB_MODE=offline/disabled"
+        )
+    import wandb
+
+    entity = tracker.entity or wandb.Api().default_entity
+    report = build_dashboard(config, tracker.project, entity, significance_table)
+    report.save()
+    return report.url

@@ -1,0 +1,86 @@
+"""The training module's learning-rate rule and schedules, against their closed forms."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from normzoo.bench.execute.module import Classifier
+from normzoo.bench.plan.config import TrainSection
+
+
+class _LearningRates(L.Callback):
+    """The learning rate each optimizer step used (read before the step's scheduler update)."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def _train(train: TrainSection, batch_size: int, steps: int) -> tuple[list[float], Classifier]:
+    torch.manual_seed(0)
+    x = torch.randn(batch_size * steps, 3, 4, 4)
+    y = torch.randint(0, 4, (batch_size * steps,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 4))
+    module = Classifier(model, train, batch_size)
+    rates = _LearningRates()
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[rates],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    return rates.rates, module
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("batch_size", [2, 64])
+def test_linear_scaling_is_proportional_to_the_batch_size(optimizer, batch_size):
+    """Goyal et al. 2017: lr = base_lr * batch / reference batch; 'none' keeps base_lr."""
+    train = TrainSection(
+        optimizer=optimizer,
+        lr=0.1,
+        lr_scaling="linear",
+        lr_reference_batch_size=32,
+        schedule="constant",
+    )
+    rates, _ = _train(train, batch_size, steps=3)
+    assert rates == pytest.approx([0.1 * batch_size / 32] * 3)
+    unscaled, _ = _train(TrainSection(optimizer=optimizer, lr=0.1, schedule="constant"), 8, 3)
+    assert unscaled == pytest.approx([0.1] * 3)
+
+
+def test_cosine_schedule_follows_the_closed_form():
+    total = 12
+    rates, _ = _train(TrainSection(lr=0.2, schedule="cosine"), 4, total)
+    expected = [0.2 * 0.5 * (1 + math.cos(math.pi * t / total)) for t in range(total)]
+    assert rates == pytest.approx(expected)
+
+
+def test_step_schedule_divides_by_ten_at_half_and_three_quarters():
+    total = 16
+    rates, _ = _train(TrainSection(lr=0.4, schedule="step"), 4, total)
+    expected = [0.4 * 0.1 ** ((t >= total // 2) + (t >= 3 * total // 4)) for t in range(total)]
+    assert rates == pytest.approx(expected)
+
+
+def test_weight_decay_spares_norm_affine_and_biases():
+    train = TrainSection(optimizer="sgd", lr=0.1, weight_decay=0.01, schedule="constant")
+    _, module = _train(train, 4, 1)
+    optimizer = module.optimizers().optimizer
+    decayed, spared = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.01 and spared["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"])
+    assert all(p.ndim <= 1 for p in spared["params"])
+    assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
