@@ -26,6 +26,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from normzoo.bench.record.provenance import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 1.10
 
@@ -182,7 +184,7 @@ def markdown(rows: list[dict], args: argparse.Namespace, config) -> str:
         "",
         f"Versions: normzoo {normzoo.__version__}, torch {torch.__version__}, lightning "
         f"{lightning.__version__}, Python {platform.python_version()}. Machine: "
-        f"{platform.machine()}, {platform.processor() or 'cpu'}, {_cores()} cores, "
+        f"{machine()}, "
         "shared with other jobs while measured (timings are noisy; the ratio of medians of "
         "interleaved runs is the robust figure).",
         "",
@@ -217,12 +219,6 @@ def _relative(path: str) -> str:
         return str(Path(path).resolve().relative_to(ROOT))
     except ValueError:
         return path
-
-
-def _cores() -> int:
-    import os
-
-    return os.cpu_count() or 1
 
 
 def main(argv: list[str] | None = None) -> int:

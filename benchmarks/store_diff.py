@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         only_a = sorted(set(rows_a) - set(rows_b), key=repr)[:3]
         only_b = sorted(set(rows_b) - set(rows_a), key=repr)[:3]
         for row in only_a:
-            print("  only in a:", dict(zip(shared, row)))
+            print("  only in a:", dict(zip(shared, row, strict=True)))
         for row in only_b:
-            print("  only in b:", dict(zip(shared, row)))
+            print("  only in b:", dict(zip(shared, row, strict=True)))
     return 0 if same else 1
 
 

@@ -97,7 +97,9 @@ def device_name() -> str:
 
 @functools.cache
 def machine() -> str:
-    """The machine in words: CPU model, core count and OS, e.g. for a report's provenance."""
+    """The machine in words: usable cores, CPU model, memory and OS, e.g. ``2 cores (Intel(R)
+    Xeon(R) ...), 24 GiB RAM, Linux 6.1``; the one description every report and README figure
+    uses."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -106,7 +108,14 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    memory = ""
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f", {kib / 2**20:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cores} cores ({cpu}){memory}, {platform.system()} {platform.release()}"
 
 
 def command_line(argv: list[str] | None = None) -> str:
