@@ -160,7 +160,8 @@ def describe(schema: dict) -> str:
     kind = schema.get("type")
     if kind == "array":
         distinct = "distinct " if schema.get("uniqueItems") else ""
-        return f"a non-empty list of {distinct}values, each {describe(schema.get('items', {}))}"
+        size = "a non-empty list" if schema.get("minItems") else "a list"
+        return f"{size} of {distinct}values, each {describe(schema.get('items', {}))}"
     if kind in ("integer", "number"):
         return _describe_number(schema)
     return {"boolean": "true or false", "object": "a mapping {key: value}"}.get(kind, "text")

@@ -32,7 +32,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic.dataclasses import dataclass as model
 
 from normzoo.bench.plan.fields import number, suggest
@@ -83,6 +83,14 @@ class StatsSection:
     equivalence_margin: number(gt=0) | None = Field(
         None, description="TOST equivalence margin in accuracy (null: no equivalence test)"
     )
+
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _alpha(cls, alpha: Any) -> Any:
+        """The message the config loader gives, also when a report is built with an alpha."""
+        if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not 0 < alpha < 1:
+            raise ValueError(f"stats.alpha={alpha!r} must be a number in (0, 1), e.g. 0.05")
+        return alpha
 
     @property
     def comparisons(self) -> tuple[Comparison, ...]:
@@ -205,21 +213,25 @@ def _entry(
             )
     if {comparison.a, comparison.b} <= set(stats_modes):
         return [comparison]
-    try:
-        sides = [_resolve_side(s, norms, stats_modes) for s in (comparison.a, comparison.b)]
-    except ValueError as error:
-        gone = _removed_side(comparison, norms, stats_modes, removed)
-        if gone is not None:
-            log.warning(
-                "stats.primary: %r dropped from the primary family: the override removed "
-                "norm '%s' from the grid",
-                text,
-                gone,
-            )
-            return []
+    sides, errors, gone = [], [], []
+    for side in (comparison.a, comparison.b):
+        try:
+            sides.append(_resolve_side(side, norms, stats_modes))
+        except ValueError as error:
+            removed_label = _removed(side, removed)
+            (gone if removed_label else errors).append(removed_label or error)
+    if errors:  # a side that was never a norm of the config is an error, removed or not
         problems.append(
-            f"stats.primary entry {text!r}: {error}; both sides must be norms of this "
+            f"stats.primary entry {text!r}: {errors[0]}; both sides must be norms of this "
             f"config or both stats modes of eval.stats_modes {sorted(stats_modes)}"
+        )
+        return []
+    if gone:
+        log.warning(
+            "stats.primary: %r dropped from the primary family: the override removed norm "
+            "'%s' from the grid",
+            text,
+            gone[0],
         )
         return []
     a, b = sides
@@ -245,24 +257,12 @@ def _resolve_side(side: str, norms: Sequence[NormSpec], stats_modes: Sequence[st
     return EVERY if side.strip() == EVERY else resolve_norm(side, norms, stats_modes)
 
 
-def _removed_side(
-    comparison: Comparison,
-    norms: Sequence[NormSpec],
-    stats_modes: Sequence[str],
-    removed: Collection[NormSpec],
-) -> str | None:
-    """The label of a norm the override removed, when every side that is not a norm of the
-    config names one (a typo next to a removed norm is still reported)."""
-    gone = None
-    for side in (comparison.a, comparison.b):
-        try:
-            _resolve_side(side, norms, stats_modes)
-        except ValueError:
-            try:
-                gone = resolve_norm(side, list(removed))
-            except ValueError:
-                return None
-    return gone
+def _removed(side: str, removed: Collection[NormSpec]) -> str | None:
+    """The label of the norm an override removed that ``side`` names, or None."""
+    try:
+        return resolve_norm(side, list(removed)) if removed else None
+    except ValueError:
+        return None
 
 
 def resolve_norm(side: str, norms: Sequence[NormSpec], stats_modes: Sequence[str] = ()) -> str:
