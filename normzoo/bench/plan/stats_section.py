@@ -156,8 +156,10 @@ def parse_stats(
         primary = []
     canonical: list[str] = []
     seen: dict[tuple, str] = {}  # (sides, where) -> the entry as written
+    dropped: dict[str, str] = {}  # entry -> the removed norm it names
     for text in primary:
-        for comparison in _entry(text, norms, stats_modes, values or {}, removed, problems):
+        entry = _entry(text, norms, stats_modes, values or {}, removed, problems, dropped)
+        for comparison in entry:
             identity = (frozenset((comparison.a, comparison.b)), comparison.where)
             if identity in seen:
                 problems.append(
@@ -167,8 +169,14 @@ def parse_stats(
                 continue
             seen[identity] = text
             canonical.append(comparison.label)
-    if primary and not canonical and removed and not problems:
-        log.warning("stats.primary: no comparison is left after the override; using the default")
+    if dropped and not problems:
+        log.warning(
+            "stats.primary narrowed to the norms left by the override: dropped %s (%s)",
+            ", ".join(map(repr, dropped)),
+            "no comparison left: the default family applies"
+            if not canonical
+            else f"removed norms: {', '.join(dict.fromkeys(dropped.values()))}",
+        )
     return StatsSection(tuple(canonical), alpha, margin), problems
 
 
@@ -196,8 +204,10 @@ def _entry(
     values: dict[str, list[str]],
     removed: Collection[NormSpec],
     problems: list[str],
+    dropped: dict[str, str],
 ) -> list[Comparison]:
-    """The canonical comparisons of one ``primary`` entry (several for a ``*`` rule)."""
+    """The canonical comparisons of one ``primary`` entry (several for a ``*`` rule); an entry
+    naming a norm in ``removed`` goes to ``dropped``."""
     try:
         comparison = parse_comparison(text)
     except ValueError as error:
@@ -227,12 +237,7 @@ def _entry(
         )
         return []
     if gone:
-        log.warning(
-            "stats.primary: %r dropped from the primary family: the override removed norm "
-            "'%s' from the grid",
-            text,
-            gone[0],
-        )
+        dropped[text] = gone[0]
         return []
     a, b = sides
     if a == b == EVERY:

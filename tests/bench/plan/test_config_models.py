@@ -121,7 +121,8 @@ def test_readme_override_of_the_quick_preset_validates_and_narrows_the_family(ca
     assert config.stats.primary == ("group vs batch",)
     notes = caplog.text
     assert "keeps the config's options, group(groups=8)" in notes
-    assert "'layer vs batch' dropped from the primary family" in notes
+    assert "stats.primary narrowed to the norms left by the override: dropped" in notes
+    assert "'layer vs batch'" in notes and "removed norms: batch_renorm, layer" in notes
 
 
 def test_an_override_can_ask_for_a_norms_defaults_and_is_told_the_fix():
