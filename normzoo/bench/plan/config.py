@@ -10,6 +10,7 @@ the CLI turns it into exit 2.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -62,8 +63,8 @@ __all__ = [
     "stable_hash",
 ]
 
-# The keys of the specs a section field holds, for did-you-mean on their unknown keys.
-_NESTED = {"compositions": ["name", "alpha", "k"]}
+# The schema of the spec a section field holds a list of (what its parameters accept).
+_NESTED = {"compositions": TypeAdapter(Composition).json_schema()}
 
 
 @cache
@@ -131,9 +132,8 @@ def parse_config(raw: Any, removed_norms: Sequence[NormSpec] = ()) -> Config:
         removed_norms,
     )
     problems.extend(stats_problems)
-    config = Config(norms=norms or (NormSpec("batch"),), stats=stats, **sections)
-    if norms:
-        problems.extend(check_combinations(config))
+    config = Config(norms=norms, stats=stats, **sections)
+    problems.extend(check_combinations(config))
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         raise ValueError(f"invalid benchmark config ({len(problems)} problem(s)):\n{listing}")
@@ -156,7 +156,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raw = {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a config is a mapping of sections, got {type(raw).__name__}")
-    written = read_yaml(text, str(path)) or {}  # the file as written, before the overrides
+    written = copy.deepcopy(raw)  # the file as written, before the overrides
     for assignment in overrides:
         apply_override(raw, assignment)
     removed = overridden_norms(written, raw)

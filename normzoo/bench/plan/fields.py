@@ -50,6 +50,11 @@ def _as_number(value: Any, infinite: bool) -> Any:
     return value
 
 
+def finite_number(value: Any) -> Any:
+    """A finite number as written (no bool, text, NaN or infinity)."""
+    return _as_number(value, infinite=False)
+
+
 def _as_int(value: Any) -> int:
     """An int; an integral float (``3e4``, as YAML reads it) is taken as the int."""
     value = _as_number(value, infinite=False)
@@ -199,12 +204,13 @@ def location(prefix: str, loc: tuple) -> str:
 
 
 def problems(
-    error: ValidationError, prefix: str, raw: dict, schema: dict, nested: dict[str, list[str]]
+    error: ValidationError, prefix: str, raw: dict, schema: dict, nested: dict[str, dict]
 ) -> list[str]:
     """One line per bad field of a section's ``ValidationError``.
 
     ``schema`` is the section's JSON schema (for what a field accepts), ``raw`` the mapping as
-    written (the value shown), ``nested`` the keys of the specs a field holds (compositions).
+    written (the value shown), ``nested`` the JSON schema of the spec a field holds a list of
+    (``compositions``: Composition).
     """
     lines: list[str] = []
     fields = list(schema.get("properties", {}))
@@ -216,7 +222,7 @@ def problems(
         if kind == "normzoo":
             line = err["ctx"]["message"].replace("{where}", location(prefix, loc))
         elif kind in ("unexpected_keyword_argument", "extra_forbidden"):
-            known = nested.get(key, []) if len(loc) > 1 else fields
+            known = nested.get(key, {}).get("properties", {}) if len(loc) > 1 else fields
             line = f"unknown key '{location(prefix, loc)}'{suggest(loc[-1], known)}"
         elif key in done:
             continue
@@ -224,8 +230,10 @@ def problems(
             prop = schema["properties"][key]
             prop = prop.get("items", prop)
             line = f"{where}: {unknown(prop.get('x-noun', 'value'), err['input'], prop['enum'])}"
-        elif len(loc) > 1 and key in nested:
-            line = f"{location(prefix, loc)}={err['input']!r}: {err['msg']}"
+        elif len(loc) > 2 and key in nested:  # a parameter of one spec in a list
+            prop = nested[key]["properties"].get(str(loc[2]), {})
+            words = f"{describe(prop)} ({prop.get('description', '')})"
+            line = f"{location(prefix, loc[:3])}={err['input']!r} must be {words}"
         else:
             prop = schema["properties"].get(key, {})
             line = f"{where}={raw.get(key)!r} must be {describe(prop)}{prop.get('x-hint', '')}"

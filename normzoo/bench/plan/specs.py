@@ -10,12 +10,13 @@ label back into a spec.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
+from normzoo.bench.plan.fields import finite_number, integer
 from normzoo.bench.plan.schema import COMPOSITIONS, EVAL_STATS_MODES, MIX
 
 FROZEN = ConfigDict(extra="forbid")  # with @dataclass(frozen=True): immutable, no unknown keys
@@ -75,8 +76,11 @@ class Composition:
     corruptions. A parameter that does not apply to the composition is rejected."""
 
     name: str = Field("iid", description=f"one of {', '.join(COMPOSITIONS)}")
-    alpha: float | None = Field(None, description="label_skew: Dirichlet concentration >= 0")
-    k: int | None = Field(None, description="classes/outliers: classes or outliers per batch")
+    # alpha is stored as a float whatever was written (as the run keys always hashed it)
+    alpha: Annotated[float, BeforeValidator(finite_number)] | None = Field(
+        None, description="label_skew: Dirichlet concentration >= 0"
+    )
+    k: integer() | None = Field(None, description="classes/outliers: classes or outliers per batch")
 
     @model_validator(mode="after")
     def _parameters_apply(self) -> Composition:

@@ -88,6 +88,11 @@ def test_specs_are_frozen_and_validated():
         ("eval.compositions=[{name: label_skew, alpha: -1}]", "alpha=-1.0 must be a number >= 0"),
         ("eval.compositions=[classes]", "unknown composition 'classes'"),
         ("eval.compositions=[{name: iid, alfa: 1}]", "(did you mean 'alpha'?)"),
+        (
+            "eval.compositions=[{name: label_skew, alpha: '0.5'}]",
+            "eval.compositions[0].alpha='0.5' must be a number or null (label_skew: Dirichlet",
+        ),
+        ("train.compositions=[{name: classes, k: 2.5}]", "train.compositions[0].k=2.5 must be an"),
     ],
 )
 def test_composition_parameters_that_do_not_apply_are_rejected(
