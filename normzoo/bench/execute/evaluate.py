@@ -13,7 +13,7 @@ from torch import nn
 
 from normzoo.bench.plan.config import EvalSection
 from normzoo.bench.plan.grid import TestCondition, computed_condition
-from normzoo.bench.plan.schema import CLEAN, parse_stats_mode
+from normzoo.bench.plan.schema import CLEAN
 from normzoo.data import IGNORE_INDEX
 from normzoo.models import has_batch_layers
 from normzoo.testtime import Tent, adapt, stats_mode
@@ -72,7 +72,7 @@ def evaluate_condition(
 ) -> tuple[float, float, int]:
     """(accuracy, loss, n) of ``model`` under one test condition; ``model`` is left unchanged."""
     loader = test_loader(datamodule, condition, ev)
-    mode = condition.stats_mode
+    mode = condition.stats_mode.name
     model.eval()
     if mode == "adabn":
         # adapt() works on a copy: AdaBN re-estimates running statistics on this condition's test
@@ -84,7 +84,7 @@ def evaluate_condition(
         # and the batch is scored by the outputs of the forward pass that adapts on it.
         tent = Tent(copy.deepcopy(model), lr=ev.tent_lr, steps=ev.tent_steps)
         return predict(tent, loader, device)
-    mode, prior = parse_stats_mode(mode)  # mix(prior=N) of a prior sweep
+    prior = condition.stats_mode.prior  # a point of a mix prior sweep, else the configured one
     if mode == "mix" and prior is None:
         prior = ev.mix_prior
     with stats_mode(model, mode, prior=prior):

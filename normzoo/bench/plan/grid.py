@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from normzoo.bench.plan.config import Composition, Config, NormSpec, stable_hash
+from normzoo.bench.plan.config import Composition, Config, NormSpec, StatsMode, stable_hash
 from normzoo.bench.plan.schema import BATCHWISE_MODES, PER_SAMPLE_MODES
 
 
@@ -58,22 +58,27 @@ class TestCondition:
     __test__ = False  # not a pytest test class
 
     test_batch_size: int
-    stats_mode: str
+    stats_mode: StatsMode  # a plain mode name is taken as StatsMode(name)
     shift: str
     severity: int
     composition: Composition
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stats_mode, str):
+            object.__setattr__(self, "stats_mode", StatsMode(self.stats_mode))
 
     @property
     def label(self) -> str:
         """Readable label, e.g. ``bs8/batch/fog-3/iid``."""
         shift = "clean" if self.shift == "clean" else f"{self.shift}-{self.severity}"
-        return f"bs{self.test_batch_size}/{self.stats_mode}/{shift}/{self.composition.label}"
+        mode = self.stats_mode.label
+        return f"bs{self.test_batch_size}/{mode}/{shift}/{self.composition.label}"
 
     def columns(self) -> dict:
         """The identifying columns of the evaluations table."""
         return {
             "test_batch_size": self.test_batch_size,
-            "stats_mode": self.stats_mode,
+            "stats_mode": self.stats_mode.label,
             "shift": self.shift,
             "severity": self.severity,
             "test_composition": self.composition.label,
@@ -169,15 +174,19 @@ def computed_condition(
     PreciseBN pass normalizes with batch statistics, so it depends on the batches too), and
     outliers change the inputs: those never merge.
     """
-    mode = condition.stats_mode if batch_dependent else "running"
+    mode = condition.stats_mode if batch_dependent else StatsMode("running")
     composition = condition.composition
     if composition.name == "outliers":
         return dataclasses.replace(condition, stats_mode=mode)
+    # A point of a mix prior sweep is not merged (as before the modes were typed): only the
+    # stats modes named in the vocabulary, at the configured prior, are.
+    per_sample = mode.prior is None and mode.name in PER_SAMPLE_MODES
+    batchwise = mode.prior is None and mode.name in BATCHWISE_MODES
     if composition.name == "label_skew" and (
-        mode in PER_SAMPLE_MODES or (mode in BATCHWISE_MODES and condition.test_batch_size == 1)
+        per_sample or (batchwise and condition.test_batch_size == 1)
     ):
         composition = Composition()
-    if mode in PER_SAMPLE_MODES:
+    if per_sample:
         return TestCondition(
             per_sample_batch_size, mode, condition.shift, condition.severity, composition
         )

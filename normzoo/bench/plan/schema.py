@@ -18,17 +18,8 @@ from normzoo.testtime import ADAPT_METHODS, STATS_MODES
 EVAL_STATS_MODES = (*STATS_MODES, *ADAPT_METHODS)
 
 
-def mix_mode(prior: float) -> str:
-    """The stats-mode name of ``mix`` at one prior of a sweep, e.g. ``mix(prior=16)``."""
-    return f"mix(prior={prior:g})"
-
-
-def parse_stats_mode(mode: str) -> tuple[str, float | None]:
-    """(stats mode, prior) of a condition's stats mode: ``mix(prior=4)`` -> ``("mix", 4.0)``."""
-    if mode.startswith("mix(prior=") and mode.endswith(")"):
-        return "mix", float(mode[len("mix(prior=") : -1])
-    return mode, None
-
+MIX = "mix"  # the stats mode whose prior eval.mix_prior sets (a list sweeps it)
+# A stats mode in a result is the label of a `normzoo.bench.plan.specs.StatsMode`.
 
 # Stats modes whose predictions are per-sample functions of the input (the model's statistics do
 # not depend on how the test set is batched); see `grid.computed_condition`.
@@ -38,7 +29,7 @@ BATCHWISE_MODES = ("batch", "mix")
 
 # --- batch compositions ----------------------------------------------------------------------
 # TRAIN_COMPOSITIONS and TEST_COMPOSITIONS are imported above from normzoo.data.shifts, which
-# implements them; a composition's parameters (alpha, k) are parsed by bench.config.Composition.
+# implements them; a composition's parameters (alpha, k) are typed by plan.specs.Composition.
 COMPOSITIONS = tuple(dict.fromkeys((*TRAIN_COMPOSITIONS, *TEST_COMPOSITIONS)))
 
 # --- training -------------------------------------------------------------------------------

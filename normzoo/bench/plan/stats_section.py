@@ -12,6 +12,11 @@ Holm corrects over every comparison the family expands to, across conditions; ev
 the report prints is exploratory. Without ``primary`` the family is every norm vs ``batch``
 (or the first norm) at every train condition on clean i.i.d. test batches of the largest size.
 
+A side may be the rule ``*``: every norm of the grid (``* vs batch`` is each other norm vs
+batch). When ``--set norms=[...]`` removes a norm that an entry names, the entry is dropped with
+a logged note (the family narrows) instead of failing; a name that was never a norm of the
+config is still an error.
+
 A side names two stats modes exactly as ``eval.stats_modes`` does, or a norm as ``norms:`` does:
 by name or alias (``gn``, ``Group-Norm``), or by label with options (``gn(groups=8)``) where a
 name alone is ambiguous. The parsed section keeps each comparison in canonical form
@@ -20,14 +25,20 @@ name alone is ambiguous. The parsed section keeps each comparison in canonical f
 
 from __future__ import annotations
 
+import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from normzoo.bench.plan.specs import NormSpec
-from normzoo.bench.plan.validate import suggest
+from pydantic import Field, field_validator
+from pydantic.dataclasses import dataclass as model
+
+from normzoo.bench.plan.fields import number, suggest
+from normzoo.bench.plan.specs import FROZEN, NormSpec
+
+log = logging.getLogger(__name__)
 
 WHERE_KEYS = (
     "train_batch_size",
@@ -40,6 +51,7 @@ WHERE_KEYS = (
 )
 STATS_KEYS = ("primary", "alpha", "equivalence_margin")
 _SIDE = re.compile(r"^([^()]+?)\s*(?:\((.*)\))?$")  # name, or name(key=value,...)
+EVERY = "*"  # a side that stands for every norm of the grid
 
 
 @dataclass(frozen=True)
@@ -58,11 +70,27 @@ class Comparison:
         return f"{self.a} vs {self.b} where {parts}"
 
 
-@dataclass(frozen=True)
+@model(frozen=True, config=FROZEN)
 class StatsSection:
-    primary: tuple[str, ...] = ()
-    alpha: float = 0.05
-    equivalence_margin: float | None = None
+    """The experiment's declared primary family and its test settings (never changes results)."""
+
+    primary: tuple[str, ...] = Field(
+        (),
+        description="comparisons 'A vs B [where key=value and ...]' (A, B: norms or stats "
+        "modes; '*': every norm); Holm corrects over all of them",
+    )
+    alpha: number(gt=0, lt=1) = Field(0.05, description="significance level")
+    equivalence_margin: number(gt=0) | None = Field(
+        None, description="TOST equivalence margin in accuracy (null: no equivalence test)"
+    )
+
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _alpha(cls, alpha: Any) -> Any:
+        """The message the config loader gives, also when a report is built with an alpha."""
+        if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not 0 < alpha < 1:
+            raise ValueError(f"stats.alpha={alpha!r} must be a number in (0, 1), e.g. 0.05")
+        return alpha
 
     @property
     def comparisons(self) -> tuple[Comparison, ...]:
@@ -101,21 +129,58 @@ def parse_stats(
     norms: Sequence[NormSpec],
     stats_modes: list[str],
     values: dict[str, list[str]] | None = None,
+    removed: Collection[NormSpec] = (),
 ) -> tuple[StatsSection, list]:
     """The ``stats:`` mapping -> (StatsSection, problems); sides must be norms or stats modes.
 
     ``norms`` are the config's parsed norms; each comparison is kept in canonical form (norm
-    aliases resolved with :func:`resolve_norm`, stats modes as written). ``values`` maps a
-    ``where`` key to the values the config's grid has (checked when given).
+    aliases resolved with :func:`resolve_norm`, ``*`` expanded, stats modes as written).
+    ``values`` maps a ``where`` key to the values the config's grid has (checked when given).
+    ``removed``: norms an override took out of the grid; entries naming them are dropped with a
+    logged note.
     """
-    problems: list[str] = []
     if raw is None:
-        return StatsSection(), problems
+        raw = {}
     if not isinstance(raw, dict):
         return StatsSection(), [f"stats must be a mapping with keys {list(STATS_KEYS)}"]
+    problems: list[str] = []
     unknown = sorted(set(raw) - set(STATS_KEYS))
     if unknown:
         problems.append(f"stats: unknown key(s) {unknown}; accepted: {list(STATS_KEYS)}")
+    alpha, margin = _alpha_and_margin(raw, problems)
+    primary = raw.get("primary", [])
+    if isinstance(primary, str):
+        primary = [primary]
+    if not isinstance(primary, list | tuple):
+        problems.append("stats.primary must be a list of 'A vs B' strings")
+        primary = []
+    canonical: list[str] = []
+    seen: dict[tuple, str] = {}  # (sides, where) -> the entry as written
+    dropped: dict[str, str] = {}  # entry -> the removed norm it names
+    for text in primary:
+        entry = _entry(text, norms, stats_modes, values or {}, removed, problems, dropped)
+        for comparison in entry:
+            identity = (frozenset((comparison.a, comparison.b)), comparison.where)
+            if identity in seen:
+                problems.append(
+                    f"stats.primary entry {text!r} is the same comparison as "
+                    f"{seen[identity]!r} ('{comparison.label}'); list each comparison once"
+                )
+                continue
+            seen[identity] = text
+            canonical.append(comparison.label)
+    if dropped and not problems:
+        log.warning(
+            "stats.primary narrowed to the norms left by the override: dropped %s (%s)",
+            ", ".join(map(repr, dropped)),
+            "no comparison left: the default family applies"
+            if not canonical
+            else f"removed norms: {', '.join(dict.fromkeys(dropped.values()))}",
+        )
+    return StatsSection(tuple(canonical), alpha, margin), problems
+
+
+def _alpha_and_margin(raw: dict, problems: list[str]) -> tuple[float, float | None]:
     alpha = raw.get("alpha", 0.05)
     if not isinstance(alpha, int | float) or not 0 < alpha < 1 or isinstance(alpha, bool):
         problems.append(f"stats.alpha={alpha!r} must be a number in (0, 1), e.g. 0.05")
@@ -129,61 +194,80 @@ def parse_stats(
     ):
         problems.append(f"stats.equivalence_margin={margin!r} must be a number > 0, e.g. 0.01")
         margin = None
-    primary = raw.get("primary", [])
-    if isinstance(primary, str):
-        primary = [primary]
-    if not isinstance(primary, list | tuple):
-        problems.append("stats.primary must be a list of 'A vs B' strings")
-        primary = []
-    canonical: list[str] = []
-    seen: dict[tuple, str] = {}  # (sides, where) -> the entry as written
-    for text in primary:
-        try:
-            comparison = parse_comparison(text)
-        except ValueError as error:
-            problems.append(str(error))
-            continue
-        for key, wanted in comparison.where:
-            accepted = (values or {}).get(key)
-            unknown_values = [v for v in wanted if accepted is not None and v not in accepted]
-            if unknown_values:
-                problems.append(
-                    f"stats.primary entry {text!r}: {key}={'|'.join(unknown_values)} is not in "
-                    f"this config's grid; accepted: {accepted}"
-                )
-        sides = {comparison.a, comparison.b}
-        if not sides <= set(stats_modes):
-            try:
-                comparison = replace(
-                    comparison,
-                    a=resolve_norm(comparison.a, norms, stats_modes),
-                    b=resolve_norm(comparison.b, norms, stats_modes),
-                )
-            except ValueError as error:
-                problems.append(
-                    f"stats.primary entry {text!r}: {error}; both sides must be norms of this "
-                    f"config or both stats modes of eval.stats_modes {sorted(stats_modes)}"
-                )
-                continue
-            if comparison.a == comparison.b:
-                problems.append(
-                    f"stats.primary entry {text!r} compares '{comparison.a}' with itself; "
-                    "name two different norms"
-                )
-                continue
-        identity = (frozenset((comparison.a, comparison.b)), comparison.where)
-        if identity in seen:
+    return float(alpha), None if margin is None else float(margin)
+
+
+def _entry(
+    text: Any,
+    norms: Sequence[NormSpec],
+    stats_modes: list[str],
+    values: dict[str, list[str]],
+    removed: Collection[NormSpec],
+    problems: list[str],
+    dropped: dict[str, str],
+) -> list[Comparison]:
+    """The canonical comparisons of one ``primary`` entry (several for a ``*`` rule); an entry
+    naming a norm in ``removed`` goes to ``dropped``."""
+    try:
+        comparison = parse_comparison(text)
+    except ValueError as error:
+        problems.append(str(error))
+        return []
+    for key, wanted in comparison.where:
+        accepted = values.get(key)
+        unknown_values = [v for v in wanted if accepted is not None and v not in accepted]
+        if unknown_values:
             problems.append(
-                f"stats.primary entry {text!r} is the same comparison as "
-                f"{seen[identity]!r} ('{comparison.label}'); list each comparison once"
+                f"stats.primary entry {text!r}: {key}={'|'.join(unknown_values)} is not in "
+                f"this config's grid; accepted: {accepted}"
             )
-            continue
-        seen[identity] = text
-        canonical.append(comparison.label)
-    section = StatsSection(
-        tuple(canonical), float(alpha), None if margin is None else float(margin)
-    )
-    return section, problems
+    if {comparison.a, comparison.b} <= set(stats_modes):
+        return [comparison]
+    sides, errors, gone = [], [], []
+    for side in (comparison.a, comparison.b):
+        try:
+            sides.append(_resolve_side(side, norms, stats_modes))
+        except ValueError as error:
+            removed_label = _removed(side, removed)
+            (gone if removed_label else errors).append(removed_label or error)
+    if errors:  # a side that was never a norm of the config is an error, removed or not
+        problems.append(
+            f"stats.primary entry {text!r}: {errors[0]}; both sides must be norms of this "
+            f"config or both stats modes of eval.stats_modes {sorted(stats_modes)}"
+        )
+        return []
+    if gone:
+        dropped[text] = gone[0]
+        return []
+    a, b = sides
+    if a == b == EVERY:
+        problems.append(f"stats.primary entry {text!r}: at most one side may be '{EVERY}'")
+        return []
+    if EVERY in (a, b):  # every other norm of the grid against the named one
+        labels = [n.label for n in norms]
+        pairs = (
+            [(n, b) for n in labels if n != b] if a == EVERY else [(a, n) for n in labels if n != a]
+        )
+        return [replace(comparison, a=x, b=y) for x, y in pairs]
+    if a == b:
+        problems.append(
+            f"stats.primary entry {text!r} compares '{a}' with itself; name two different norms"
+        )
+        return []
+    return [replace(comparison, a=a, b=b)]
+
+
+def _resolve_side(side: str, norms: Sequence[NormSpec], stats_modes: Sequence[str]) -> str:
+    """The canonical name or label of a norm side, or ``EVERY`` for the rule."""
+    return EVERY if side.strip() == EVERY else resolve_norm(side, norms, stats_modes)
+
+
+def _removed(side: str, removed: Collection[NormSpec]) -> str | None:
+    """The label of the norm an override removed that ``side`` names, or None."""
+    try:
+        return resolve_norm(side, list(removed)) if removed else None
+    except ValueError:
+        return None
 
 
 def resolve_norm(side: str, norms: Sequence[NormSpec], stats_modes: Sequence[str] = ()) -> str:

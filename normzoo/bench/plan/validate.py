@@ -1,224 +1,29 @@
-"""Validation rules of a benchmark config, as data, and the checks that combine fields.
+"""The checks of a benchmark config that combine fields, run after every field is typed.
 
-``FIELD_RULES`` maps every scalar or list field (``section.key``) to a :class:`Rule`; one loop
-(:func:`check_field`) applies them while the config is parsed, so a value is checked once, the
-same way everywhere, and every problem is reported with its field. :func:`check_combinations`
-then checks what depends on several fields (norms against the backbone, batch sizes against the
-dataset, shifts against their source, dataset files on disk). This module knows the config only
-through attribute names; it never imports ``normzoo.bench.plan.config`` (which imports it).
+A field's own type, bounds and allowed values are declared on the config models
+(``normzoo.bench.plan.sections``); :func:`check_combinations` then checks what depends on
+several fields (norms against the backbone, batch sizes against the dataset, shifts against
+their source), each rule a small named function returning its problems, one line each.
+:func:`check_files` checks the dataset files on disk. This module knows the config only through
+attribute names; it never imports ``normzoo.bench.plan.config`` (which imports it).
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
-import math
-from dataclasses import dataclass
 from typing import Any
 
 from normzoo.bench.plan import schema
-from normzoo.data.datasets import DATASETS
+from normzoo.bench.plan.fields import suggest, unknown
 
-MAX_NAME_LENGTH = 100  # experiment names become directory, W&B group and file names
-
-
-def suggest(word: Any, choices: Any) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
-    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
-def unknown(kind: str, value: Any, allowed: Any) -> str:
-    """``unknown <kind> 'value' (did you mean ...); allowed: ...``."""
-    listing = ", ".join(map(str, allowed))
-    return f"unknown {kind} '{value}'{suggest(value, allowed)}; allowed: {listing}"
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What one config field accepts.
-
-    ``kind``: ``int`` (an integral float such as ``3e4`` is taken as the int), ``number``,
-    ``choice`` (one of ``choices``; ``noun`` names it in errors), ``name`` (an experiment name),
-    ``text``, ``bool``, ``mapping``. Bounds: ``low``/``high``, exclusive when ``open_low`` /
-    ``open_high``; NaN is never accepted, infinity only with ``infinite``. ``optional``: null
-    allowed. ``many``: a non-empty list of such values (a single value is taken as a list of one);
-    ``listable``: one value, or a non-empty list of them (stored as a tuple); ``distinct``: a list
-    without repeats. ``hint``: appended to the error (what to use instead).
-    """
-
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-    open_high: bool = False
-    infinite: bool = False
-    choices: tuple = ()
-    noun: str = ""
-    optional: bool = False
-    many: bool = False
-    listable: bool = False
-    distinct: bool = False
-    hint: str = ""
-
-    def describe(self) -> str:
-        """The accepted values in words, e.g. ``an integer >= 1``."""
-        if self.kind in ("int", "number"):
-            what = "an integer" if self.kind == "int" else "a number"
-            low = "" if self.low is None else f"{'>' if self.open_low else '>='} {self.low:g}"
-            high = "" if self.high is None else f"{'<' if self.open_high else '<='} {self.high:g}"
-            if low and high:
-                left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
-                what += f" in {left}{self.low:g}, {self.high:g}{right}"
-            elif low or high:
-                what += f" {low or high}"
-            if self.infinite:
-                what += " (or .inf)"
-        elif self.kind == "name":
-            what = f"a name of 1..{MAX_NAME_LENGTH} printable characters without '/'"
-        elif self.kind == "mapping":
-            what = "a mapping {key: value}"
-        elif self.kind == "bool":
-            what = "true or false"
-        else:
-            what = "text"
-        if self.listable:
-            what += f" or a non-empty list of {'distinct ' if self.distinct else ''}such values"
-        if self.many:
-            what = f"a non-empty list of {'distinct ' if self.distinct else ''}values, each {what}"
-        if self.optional:
-            what += " or null"
-        return what
-
-    def check_one(self, value: Any) -> tuple[Any, bool]:
-        """(value as stored, accepted?) for a single value."""
-        if self.kind == "choice":
-            return value, isinstance(value, str) and value in self.choices
-        if self.kind == "text":
-            return value, isinstance(value, str)
-        if self.kind == "mapping":
-            return value, isinstance(value, dict)
-        if self.kind == "bool":
-            return value, isinstance(value, bool)
-        if self.kind == "name":
-            ok = (
-                isinstance(value, str)
-                and 0 < len(value) <= MAX_NAME_LENGTH
-                and value.isprintable()
-                and "/" not in value
-                and "\\" not in value
-                and not value.startswith(".")
-                and value.strip() == value
-            )
-            return value, ok
-        if not _is_number(value) or math.isnan(value):
-            return value, False
-        if math.isinf(value):
-            return value, self.infinite and self.kind == "number" and value > 0
-        if self.kind == "int":
-            if not float(value).is_integer():
-                return value, False
-            value = int(value)
-        ok = (self.low is None or (value > self.low if self.open_low else value >= self.low)) and (
-            self.high is None or (value < self.high if self.open_high else value <= self.high)
-        )
-        return value, ok
-
-    def check(self, where: str, value: Any) -> tuple[Any, str | None]:
-        """(value as stored, problem or None) for the field ``where``."""
-        if value is None and self.optional:
-            return None, None
-        if self.many or (self.listable and isinstance(value, (list, tuple))):
-            values = list(value) if isinstance(value, (list, tuple)) else [value]
-            checked = [self.check_one(v) for v in values]
-            stored = tuple(v for v, _ in checked)
-            ok = bool(values) and all(ok for _, ok in checked)
-            if ok and self.distinct and len(set(stored)) != len(stored):
-                ok = False
-            if not ok and self.kind == "choice" and values:
-                bad = [v for v, good in checked if not good]
-                if bad:
-                    return stored, f"{where}: {unknown(self.noun, bad[0], self.choices)}"
-            shown = list(value) if isinstance(value, (list, tuple)) else value
-            return stored, None if ok else f"{where}={shown!r} must be {self.describe()}{self.hint}"
-        stored, ok = self.check_one(value)
-        if ok:
-            return stored, None
-        if self.kind == "choice":
-            return stored, f"{where}: {unknown(self.noun, value, self.choices)}"
-        return stored, f"{where}={value!r} must be {self.describe()}{self.hint}"
-
-
-def _int(low: int = 1, **kw: Any) -> Rule:
-    return Rule("int", low=low, **kw)
-
-
-def _choice(choices: tuple, noun: str, **kw: Any) -> Rule:
-    return Rule("choice", choices=choices, noun=noun, **kw)
-
-
-# Every field of the config and what it accepts (compositions and norms are parsed separately,
-# shifts depend on eval.shift_source and are checked in `check_combinations`).
-FIELD_RULES: dict[str, Rule] = {
-    "experiment.name": Rule("name"),
-    "experiment.description": Rule("text"),
-    "data.dataset": _choice(DATASETS, "dataset"),
-    "data.root": Rule("text", optional=True),
-    "data.options": Rule("mapping"),
-    "data.download": Rule("bool", hint=" (opt-in download of cifar10/mnist/CIFAR-10-C)"),
-    "data.val_fraction": Rule("number", low=0, high=1, open_low=True, open_high=True),
-    "model.backbone": Rule("text"),
-    "model.options": Rule("mapping"),
-    "train.batch_sizes": _int(many=True),
-    "train.epochs": _int(),
-    "train.max_steps": _int(optional=True, hint=" (null: epochs decide)"),
-    "train.optimizer": _choice(schema.OPTIMIZERS, "optimizer"),
-    "train.lr": Rule("number", low=0, open_low=True),
-    "train.momentum": Rule("number", low=0, high=1, open_high=True),
-    "train.weight_decay": Rule("number", low=0),
-    "train.schedule": _choice(schema.SCHEDULES, "schedule"),
-    "train.lr_scaling": _choice(schema.LR_SCALINGS, "lr scaling"),
-    "train.lr_reference_batch_size": _int(),
-    "train.seeds": _int(0, many=True, distinct=True, hint=" (or a count n: seeds 0..n-1)"),
-    "eval.test_batch_sizes": _int(many=True),
-    "eval.stats_modes": _choice(schema.EVAL_STATS_MODES, "stats mode", many=True),
-    "eval.mix_prior": Rule(
-        "number",
-        low=0,
-        infinite=True,
-        listable=True,
-        distinct=True,
-        hint=" (pseudo-samples: 0 = batch, .inf = running; a list sweeps them)",
-    ),
-    "eval.shifts": Rule("text", many=True, hint="; use [clean]"),
-    "eval.severities": _int(1, high=5, many=True),
-    "eval.tent_lr": Rule("number", low=0, open_low=True),
-    "eval.tent_steps": _int(),
-    "eval.shift_source": _choice(schema.SHIFT_SOURCES, "shift source"),
-    "eval.shift_root": Rule("text", optional=True),
-    "execution.workers": _int(optional=True, hint=" (null: all cores)"),
-    "execution.wandb": _choice(schema.WANDB_MODES, "W&B mode"),
-    "execution.wandb_project": Rule("text", optional=True, hint=" (null: $WANDB_PROJECT)"),
-    "execution.wandb_entity": Rule("text", optional=True, hint=" (null: $WANDB_ENTITY)"),
-    "execution.wandb_weights": Rule("bool"),
-    "execution.executor": _choice(schema.EXECUTORS, "executor"),
-    "execution.submitit": Rule("mapping"),
-    "execution.ddp_devices": _int(hint=" (processes per run; 1: no DDP)"),
-    "execution.checkpoint_every_epochs": _int(0, hint=" (0: no mid-run checkpoints)"),
-}
-
-
-def check_field(where: str, value: Any) -> tuple[Any, str | None]:
-    """(value as stored, problem or None) of field ``where`` (``section.key``) by its rule."""
-    return FIELD_RULES[where].check(where, value)
+__all__ = [
+    "check_combinations",
+    "check_files",
+    "check_norm",
+    "download_missing",
+    "suggest",
+    "unknown",
+]
 
 
 def check_norm(name: str, options: dict, channels: int = 32) -> str | None:
@@ -251,16 +56,26 @@ def check_norm(name: str, options: dict, channels: int = 32) -> str | None:
 def check_combinations(config: Any) -> list[str]:
     """Problems that involve several fields of a parsed config (all fields already valid)."""
     import normzoo.data
-    from normzoo.models import build_model, check_backbone, has_spatial_dims
-    from normzoo.registry import is_batch_dependent
 
-    problems: list[str] = []
-    data, train, ev = config.data, config.train, config.eval
-    info = None
-    option_problems = normzoo.data.check_options(data.dataset, data.options)
-    problems += [f"data.options: {p}" for p in option_problems]
-    if not option_problems:
-        info = normzoo.data.dataset_info(data.dataset, data.options)
+    data = config.data
+    problems = [
+        f"data.options: {p}" for p in normzoo.data.check_options(data.dataset, data.options)
+    ]
+    info = None if problems else normzoo.data.dataset_info(data.dataset, data.options)
+    problems += _shifts(config)
+    problems += _train_compositions(config, info)
+    problems += _norms(config, info)
+    problems += _batch_sizes(config, info)
+    problems += _execution(config)
+    return problems
+
+
+def _shifts(config: Any) -> list[str]:
+    """Shift names against their source; CIFAR-10-C needs cifar10 and no mixed batches."""
+    import normzoo.data
+
+    data, ev = config.data, config.eval
+    problems = []
     corruptions = normzoo.data.CORRUPTIONS
     if ev.shift_source == "cifar10c":
         corruptions = normzoo.data.CIFAR10C_CORRUPTIONS
@@ -270,24 +85,39 @@ def check_combinations(config: Any) -> list[str]:
             problems.append(
                 f"eval.shift_source=cifar10c needs data.dataset=cifar10 (got '{data.dataset}')"
             )
-    allowed_shifts = (schema.CLEAN, *corruptions)
-    for shift in ev.shifts:
-        if shift not in allowed_shifts:
-            problems.append(f"eval.shifts: {unknown('corruption', shift, allowed_shifts)}")
+    allowed = (schema.CLEAN, *corruptions)
+    problems += [
+        f"eval.shifts: {unknown('corruption', s, allowed)}" for s in ev.shifts if s not in allowed
+    ]
+    return problems
+
+
+def _train_compositions(config: Any, info: Any) -> list[str]:
+    """``classes(k)``: k divides every train batch size and is at most the dataset's classes."""
+    train, problems = config.train, []
     for i, composition in enumerate(train.compositions):
-        if composition.name == "classes":
-            bad = [b for b in train.batch_sizes if b % composition.k]
-            if bad:
-                problems.append(
-                    f"train.compositions[{i}] classes(k={composition.k}) needs train batch sizes"
-                    f" divisible by k (k classes, batch/k samples each); {bad} are not"
-                )
-            if info is not None and composition.k > info.num_classes:
-                problems.append(
-                    f"train.compositions[{i}] classes(k={composition.k}) needs k <= "
-                    f"{info.num_classes} (the classes of {data.dataset})"
-                )
+        if composition.name != "classes":
+            continue
+        bad = [b for b in train.batch_sizes if b % composition.k]
+        if bad:
+            problems.append(
+                f"train.compositions[{i}] classes(k={composition.k}) needs train batch sizes"
+                f" divisible by k (k classes, batch/k samples each); {bad} are not"
+            )
+        if info is not None and composition.k > info.num_classes:
+            problems.append(
+                f"train.compositions[{i}] classes(k={composition.k}) needs k <= "
+                f"{info.num_classes} (the classes of {config.data.dataset})"
+            )
+    return problems
+
+
+def _norms(config: Any, info: Any) -> list[str]:
+    """Each norm against the train batch sizes and the backbone it is built into."""
+    from normzoo.models import check_backbone
+
     backbone = config.model.backbone
+    problems = []
     try:
         check_backbone(backbone)
     except ValueError as error:
@@ -295,56 +125,82 @@ def check_combinations(config: Any) -> list[str]:
         backbone = None
     channels = info.channels if info is not None else 3
     for i, norm in enumerate(config.norms):
-        where = f"norms[{i}] '{norm.label}'"
-        extra = sorted(set(norm.train_batch_sizes or ()) - set(train.batch_sizes))
-        if extra:
-            problems.append(
-                f"{where}: train_batch_sizes {extra} are not in train.batch_sizes "
-                f"{list(train.batch_sizes)}; a norm can only be restricted to some of them"
+        problems += _norm(config, i, norm, backbone, channels)
+    return problems
+
+
+def _norm(config: Any, i: int, norm: Any, backbone: str | None, channels: int) -> list[str]:
+    from normzoo.models import build_model, has_spatial_dims
+    from normzoo.registry import is_batch_dependent
+
+    train, where, problems = config.train, f"norms[{i}] '{norm.label}'", []
+    extra = sorted(set(norm.train_batch_sizes or ()) - set(train.batch_sizes))
+    if extra:
+        problems.append(
+            f"{where}: train_batch_sizes {extra} are not in train.batch_sizes "
+            f"{list(train.batch_sizes)}; a norm can only be restricted to some of them"
+        )
+    if norm.name == "instance" and backbone and not has_spatial_dims(backbone):
+        return [
+            *problems,
+            f"norms[{i}]: instance norm needs spatial dims but backbone '{backbone}' normalizes"
+            " (N, C) features; use a convolutional backbone or drop instance",
+        ]
+    if is_batch_dependent(norm.name) and 1 in (norm.train_batch_sizes or train.batch_sizes):
+        problems.append(
+            f"norms[{i}]: train batch size 1 cannot train batch-dependent norm '{norm.label}'"
+            " (batch statistics of a single sample); drop batch size 1 or this norm"
+        )
+    width = 32  # channels for the layer check when no backbone could be built
+    if backbone:  # the options against every channel width of the backbone
+        try:
+            model = build_model(
+                backbone, norm.name, 10, channels, norm.options, **config.model.options
             )
-        if norm.name == "instance" and backbone and not has_spatial_dims(backbone):
-            problems.append(
-                f"norms[{i}]: instance norm needs spatial dims but backbone '{backbone}' normalizes"
-                " (N, C) features; use a convolutional backbone or drop instance"
-            )
-            continue
-        if is_batch_dependent(norm.name) and 1 in (norm.train_batch_sizes or train.batch_sizes):
-            problems.append(
-                f"norms[{i}]: train batch size 1 cannot train batch-dependent norm '{norm.label}'"
-                " (batch statistics of a single sample); drop batch size 1 or this norm"
-            )
-        width = 32  # channels for the layer check when no backbone could be built
-        if backbone:  # the options against every channel width of the backbone
-            try:
-                model = build_model(
-                    backbone, norm.name, 10, channels, norm.options, **config.model.options
-                )
-            except (ValueError, TypeError) as error:
-                problems.append(f"{where} with backbone '{backbone}': {error}")
-                continue
-            width = next(
-                (m.num_features for m in model.modules() if hasattr(m, "num_features")), width
-            )
-        problem = check_norm(norm.name, norm.options, width)
-        if problem is not None:
-            problems.append(f"{where}: {problem}")
+        except (ValueError, TypeError) as error:
+            return [*problems, f"{where} with backbone '{backbone}': {error}{_fix(norm, error)}"]
+        width = next((m.num_features for m in model.modules() if hasattr(m, "num_features")), width)
+    problem = check_norm(norm.name, norm.options, width)
+    return problems if problem is None else [*problems, f"{where}: {problem}"]
+
+
+def _fix(norm: Any, error: Exception) -> str:
+    """How to fix a norm whose default options do not fit the backbone (group's 32 groups)."""
+    if norm.name == "group" and "groups" not in norm.options and "group_size" not in norm.options:
+        return (
+            "; give group norm options that fit, e.g. 'group(groups=8)' or "
+            "{name: group, options: {groups: 8}}"
+        )
+    return ""
+
+
+def _batch_sizes(config: Any, info: Any) -> list[str]:
+    """Batch sizes against the dataset's splits; outliers(k) needs a test batch larger than k."""
+    ev, problems = config.eval, []
     if info is not None:
-        n_fit = int(info.train_size * (1 - data.val_fraction))
-        for b in train.batch_sizes:
-            if b > n_fit:
-                problems.append(f"train batch size {b} is larger than the training split ({n_fit})")
-        for b in ev.test_batch_sizes:
-            if b > info.test_size:
-                problems.append(
-                    f"test batch size {b} is larger than the test set ({info.test_size})"
-                )
+        n_fit = int(info.train_size * (1 - config.data.val_fraction))
+        problems += [
+            f"train batch size {b} is larger than the training split ({n_fit})"
+            for b in config.train.batch_sizes
+            if b > n_fit
+        ]
+        problems += [
+            f"test batch size {b} is larger than the test set ({info.test_size})"
+            for b in ev.test_batch_sizes
+            if b > info.test_size
+        ]
     for composition in ev.compositions:
         if composition.name == "outliers" and max(ev.test_batch_sizes) <= composition.k:
             problems.append(
                 f"eval.compositions outliers(k={composition.k}) needs a test batch size >"
                 f" {composition.k}; largest is {max(ev.test_batch_sizes)}"
             )
-    ex = config.execution
+    return problems
+
+
+def _execution(config: Any) -> list[str]:
+    """The executor's optional dependency and options; DDP splits every train batch evenly."""
+    ex, problems = config.execution, []
     if ex.executor == "submitit" and importlib.util.find_spec("submitit") is None:
         problems.append(
             "execution.executor=submitit needs the optional dependency:"
@@ -352,8 +208,8 @@ def check_combinations(config: Any) -> list[str]:
         )
     elif ex.executor == "submitit":
         problems.extend(check_submitit_options(ex.submitit))
-    if isinstance(ex.ddp_devices, int) and ex.ddp_devices > 1:
-        odd = [b for b in train.batch_sizes if isinstance(b, int) and b % ex.ddp_devices]
+    if ex.ddp_devices > 1:
+        odd = [b for b in config.train.batch_sizes if b % ex.ddp_devices]
         if odd:
             problems.append(
                 f"train.batch_sizes {odd} cannot be split over execution.ddp_devices="

@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from normzoo.bench.execute.evaluate import evaluate_condition
-from normzoo.bench.plan.config import Composition, EvalSection, load_config
+from normzoo.bench.plan.config import Composition, EvalSection, StatsMode, load_config
 from normzoo.bench.plan.grid import TestCondition, expand_conditions
 from normzoo.models import build_model
 
@@ -29,7 +29,7 @@ def test_prior_sweep_expands_mix_once_per_prior(tiny_config_path):
             "eval.shifts=[clean]",
         ],
     )
-    modes = {c.stats_mode for c in expand_conditions(config)}
+    modes = {c.stats_mode.label for c in expand_conditions(config)}
     assert modes == {"running", "mix(prior=0)", "mix(prior=1)", "mix(prior=16)", "mix(prior=inf)"}
     with pytest.raises(ValueError, match="eval.mix_prior"):
         load_config(tiny_config_path, ["eval.mix_prior=[0, 0]"])
@@ -37,7 +37,9 @@ def test_prior_sweep_expands_mix_once_per_prior(tiny_config_path):
         load_config(tiny_config_path, ["eval.mix_prior=[]"])
 
 
-@pytest.mark.parametrize("end, same_as", [("mix(prior=0)", "batch"), ("mix(prior=inf)", "running")])
+@pytest.mark.parametrize(
+    "end, same_as", [(StatsMode("mix", 0.0), "batch"), (StatsMode("mix", float("inf")), "running")]
+)
 def test_prior_sweep_ends(end, same_as):
     torch.manual_seed(0)
     model = build_model("small_cnn", "batch", 4, 3, {})
@@ -53,4 +55,4 @@ def test_prior_sweep_ends(end, same_as):
 
     sweep, reference = accuracy_and_loss(end), accuracy_and_loss(same_as)
     assert sweep[0] == reference[0] and sweep[1] == pytest.approx(reference[1], rel=1e-5)
-    assert accuracy_and_loss("mix(prior=1)")[1] != pytest.approx(reference[1], rel=1e-6)
+    assert accuracy_and_loss(StatsMode("mix", 1.0))[1] != pytest.approx(reference[1], rel=1e-6)

@@ -99,9 +99,10 @@ def test_primary_sides_resolve_aliases_like_the_norms_section(written, canonical
     assert stored["stats"]["primary"] == [canonical]
     assert config.hash == plain.hash  # the stats section is not part of the run hash
     labels = [n.label for n in config.norms]
+    modes = [m.label for m in config.eval.condition_modes]
     for side in (config.stats.comparisons[0].a, config.stats.comparisons[0].b):
         # every norm side is one the report finds in the data (its own name -> label lookup)
-        assert side in config.eval.condition_modes or resolve_method(side, labels) is not None
+        assert side in modes or resolve_method(side, labels) is not None
 
 
 def test_options_in_a_side_pick_the_norm_whose_label_they_name():
