@@ -23,6 +23,8 @@ def check_input(x: Tensor, num_features: int, layer: str, min_dim: int = 2) -> N
             f"(rank {x.dim()}); add the missing dimensions "
             "(e.g. x.unsqueeze(0) for a single sample)"
         )
+    if x.shape[1] != num_features and x.dim() >= 3 and x.shape[-1] == num_features:
+        raise ValueError(_channels_last_message(x, num_features, layer))
     if x.shape[1] != num_features:
         raise ValueError(
             f"{layer}: input has {x.shape[1]} channels in dim 1 but the layer was built with "
@@ -30,6 +32,23 @@ def check_input(x: Tensor, num_features: int, layer: str, min_dim: int = 2) -> N
             f"channels-last data with x.movedim(-1, 1), or build the layer with "
             f"num_features={x.shape[1]}"
         )
+
+
+def _channels_last_message(x: Tensor, num_features: int, layer: str) -> str:
+    """The error for channels-last input whose last dim holds the layer's channels, e.g. a
+    transformer's (N, L, C) tokens (a ViT's (N, 197, 192): 197 tokens, 192 channels)."""
+    if x.dim() == 3:
+        looks = f"(N, L, C) tokens with C={num_features} channels last (L={x.shape[1]} tokens)"
+    else:
+        looks = f"channels-last (N, *, C) with C={num_features} channels in the last dim"
+    return (
+        f"{layer}: input of shape {tuple(x.shape)} looks like {looks}, but channels-first "
+        f"layers need (N, C, *) with the {num_features} channels in dim 1. Permute around the "
+        f"layer (layer(x.movedim(-1, 1)).movedim(1, -1)), or keep a norm over the last dim "
+        f"where a model normalizes tokens: build it with its own norm_layer and call "
+        f"normzoo.convert(model, name), which replaces channels-first norms and leaves token "
+        f"norms (nn.LayerNorm) alone"
+    )
 
 
 def values_per_channel(x: Tensor) -> int:
