@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def _timm_channel_layernorms() -> tuple[type, ...]:
-    try:
+    try:  # local: `import normzoo` stays free of timm's start-up time (timm loads torchvision)
         from timm.layers import LayerNorm2d
     except ImportError:
         return ()

@@ -28,7 +28,9 @@ def _make_act(act_layer, act_kwargs: dict | None, inplace: bool | None, apply_ac
         return None
     if isinstance(act_layer, nn.Module):
         return act_layer
-    from timm.layers import create_act_layer  # only timm passes activations by name or class
+    # local: only timm passes activations by name or class, and `import normzoo` stays free
+    # of timm's start-up time
+    from timm.layers import create_act_layer
 
     return create_act_layer(act_layer, inplace=bool(inplace), **(act_kwargs or {}))
 
