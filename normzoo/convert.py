@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -114,7 +115,7 @@ def _replacement(old: nn.Module, channels: int, name: str, opts: dict) -> nn.Mod
     return new
 
 
-def convert(model: nn.Module, name: str, **opts) -> nn.Module:
+def convert(model: nn.Module, name: str, **opts: Any) -> nn.Module:
     """Replace every normalization layer of ``model`` (in place) by the zoo layer ``name``.
 
     Replaced: torch's ``BatchNorm*d``, ``SyncBatchNorm``, ``GroupNorm``, ``InstanceNorm*d``,
@@ -132,15 +133,15 @@ def convert(model: nn.Module, name: str, **opts) -> nn.Module:
         **opts: options of the new layer; they override what carries over from the old one.
 
     Returns:
-        ``model`` (or the replacement when ``model`` itself is a norm layer). A model without
-        any convertible layer is returned unchanged, with a logged warning.
+        ``model`` (or the replacement when ``model`` itself is a norm layer). A model
+            without any convertible layer is returned unchanged, with a logged warning.
 
     Raises:
         ValueError: unknown name, or an option value the new layer rejects (e.g. groups not
             dividing a layer's channels).
         TypeError: an option the new layer does not take.
 
-    Example:
+    Examples:
         >>> import torch, normzoo
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())

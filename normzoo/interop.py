@@ -14,6 +14,7 @@ binds the model's activation and the built model holds zoo layers.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from torch import nn
 
@@ -63,7 +64,7 @@ class ZooNormFactory:
         return create_norm_act(norm, num_features, act_layer=act, drop_layer=drop_layer, **opts)
 
 
-def norm_layer(name: str, **opts) -> functools.partial:
+def norm_layer(name: str, **opts: Any) -> functools.partial:
     """A ``norm_layer=`` callable for timm and torchvision models: ``callable(C) -> zoo layer``.
 
     torchvision calls it with the channels; timm resolves it first (``get_norm_layer``
@@ -77,15 +78,15 @@ def norm_layer(name: str, **opts) -> functools.partial:
         **opts: the layer's options, validated now, not at model build time.
 
     Returns:
-        ``functools.partial(ZooNormFactory, norm=name, **opts)``: called with the number of
-        channels (and, from timm, ``act_layer`` etc.) it returns a zoo layer.
+        A ``functools.partial(ZooNormFactory, norm=name, **opts)``, which, called with the
+            number of channels (and, from timm, ``act_layer`` etc.), returns a zoo layer.
 
     Raises:
         ValueError: unknown name (with the closest match).
         TypeError: an option the layer does not take.
         RuntimeError: an installed timm whose norm+act internals differ from the tested ones.
 
-    Example:
+    Examples:
         >>> import torch, torchvision, normzoo
         >>> model = torchvision.models.resnet18(norm_layer=normzoo.norm_layer("group", groups=8))
         >>> type(model.bn1).__name__, model.bn1.num_groups

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -198,7 +199,7 @@ def available() -> list[str]:
     Returns:
         The canonical names, sorted alphabetically.
 
-    Example:
+    Examples:
         >>> import normzoo
         >>> normzoo.available()[:4]
         ['batch', 'batch_renorm', 'evonorm_b0', 'evonorm_s0']
@@ -261,7 +262,7 @@ def check_options(name: str, opts: dict) -> NormSpec:
     return spec
 
 
-def create(name: str, num_features: int, **opts) -> nn.Module:
+def create(name: str, num_features: int, **opts: Any) -> nn.Module:
     """Build the normalization layer ``name`` for ``num_features`` channels.
 
     The factory behind every zoo layer (timm's ``create_*`` style): a name or alias plus
@@ -276,8 +277,8 @@ def create(name: str, num_features: int, **opts) -> nn.Module:
             ``warmup=500`` for ``batch_renorm``, ``device``, ``dtype``).
 
     Returns:
-        The layer, an ``nn.Module`` (a ``torch.nn.modules.batchnorm._BatchNorm`` exactly when
-        the norm is batch-dependent).
+        The layer, an ``nn.Module`` (a ``torch.nn.modules.batchnorm._BatchNorm`` exactly
+            when the norm is batch-dependent).
 
     Raises:
         ValueError: unknown name (with the closest match and the known names), a
@@ -285,7 +286,7 @@ def create(name: str, num_features: int, **opts) -> nn.Module:
             groups not dividing the channels, with the valid values).
         TypeError: an option the layer does not take (with the accepted ones).
 
-    Example:
+    Examples:
         >>> import torch, normzoo
         >>> _ = torch.manual_seed(0)
         >>> gn = normzoo.create("group", 64, groups=8)

@@ -61,7 +61,7 @@ def test_public_function_has_a_structured_docstring_with_an_example(name):
     function = getattr(normzoo, name)
     doc = function.__doc__
     takes_arguments = bool(inspect.signature(function).parameters)
-    sections = ("Args:", "Returns:", "Raises:", "Example:") if takes_arguments else ("Returns:",)
+    sections = ("Args:", "Returns:", "Raises:", "Examples:") if takes_arguments else ("Returns:",)
     for section in sections:
         assert section in doc, f"normzoo.{name}'s docstring has no {section} section"
     assert _has_example(getattr(normzoo, name))
@@ -70,7 +70,7 @@ def test_public_function_has_a_structured_docstring_with_an_example(name):
 @pytest.mark.parametrize("name", normzoo.available())
 def test_registered_layer_class_has_a_structured_docstring_with_an_example(name):
     cls = get_spec(name).cls
-    for section in ("Args:", "Shape:", "Raises:", "Example:"):
+    for section in ("Args:", "Shape:", "Raises:", "Examples:"):
         assert section in cls.__doc__, f"{cls.__name__}'s docstring has no {section} section"
     assert _has_example(cls)
     assert cls.__module__ in MODULES, f"{cls.__module__} is missing from MODULES"

@@ -44,7 +44,7 @@ class BatchNorm(_BatchNorm):
             input that is not ``(N, C, *)`` with C = ``num_features``, a training batch with
             one value per channel, or (on CPU) a training batch with NaN/inf.
 
-    Example:
+    Examples:
         >>> import torch, normzoo
         >>> _ = torch.manual_seed(0)
         >>> bn = normzoo.create("batch", 3)

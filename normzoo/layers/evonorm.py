@@ -65,7 +65,7 @@ class EvoNormB0(_BatchNorm):
             input that is not ``(N, C, *)`` with C = ``num_features``, a training batch with
             one value per channel, or (on CPU) a training batch with NaN/inf.
 
-    Example:
+    Examples:
         >>> import torch, normzoo
         >>> _ = torch.manual_seed(0)
         >>> b0 = normzoo.create("evonorm_b0", 4)
@@ -175,7 +175,7 @@ class EvoNormS0(nn.Module):
             values), or eps <= 0; in the forward, an input that is not ``(N, C, *)`` with
             C = ``num_features``.
 
-    Example:
+    Examples:
         >>> import torch, normzoo
         >>> _ = torch.manual_seed(0)
         >>> s0 = normzoo.create("evonorm_s0", 8, groups=2)

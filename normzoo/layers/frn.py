@@ -58,7 +58,7 @@ class FilterResponseNorm(nn.Module):
         ValueError: on a non-positive ``eps``, or an input that is not ``(N, C, *)`` with
             C = ``num_features``.
 
-    Example:
+    Examples:
         >>> import torch, normzoo
         >>> _ = torch.manual_seed(0)
         >>> frn = normzoo.create("filter_response", 4)

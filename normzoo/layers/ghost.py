@@ -51,7 +51,7 @@ class GhostBatchNorm(BatchNorm):
             one value per channel (also in its last chunk), or (on CPU) a training batch with
             NaN/inf.
 
-    Example:
+    Examples:
         >>> import torch, normzoo
         >>> _ = torch.manual_seed(0)
         >>> gbn = normzoo.create("ghost_batch", 3, virtual_batch_size=4)

@@ -69,7 +69,7 @@ class GroupNorm(nn.GroupNorm):
             values), both given, or eps <= 0; in the forward, an input that is not
             ``(N, C, *)`` with C = ``num_features``, or a group of a single value.
 
-    Example:
+    Examples:
         >>> import torch, normzoo
         >>> _ = torch.manual_seed(0)
         >>> gn = normzoo.create("group", 8, group_size=2)
@@ -132,7 +132,7 @@ class LayerNorm(GroupNorm):
         ValueError: eps <= 0; in the forward, an input that is not ``(N, C, *)`` with
             C = ``num_features``.
 
-    Example:
+    Examples:
         >>> import torch, normzoo
         >>> _ = torch.manual_seed(0)
         >>> ln = normzoo.create("layer", 4)
@@ -173,7 +173,7 @@ class InstanceNorm(GroupNorm):
         ValueError: eps <= 0; in the forward, an input without spatial dims or whose dim 1
             is not ``num_features``.
 
-    Example:
+    Examples:
         >>> import torch, normzoo
         >>> _ = torch.manual_seed(0)
         >>> inorm = normzoo.create("instance", 2)

@@ -30,7 +30,7 @@ class NoNorm(nn.Module):
         ValueError: in the forward, an input that is not ``(N, C, *)`` with
             C = ``num_features``.
 
-    Example:
+    Examples:
         >>> import torch, normzoo
         >>> x = torch.randn(2, 3, 4)
         >>> normzoo.create("none", 3)(x) is x

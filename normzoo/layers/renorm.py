@@ -70,7 +70,7 @@ class BatchRenorm(BatchNorm):
             ``sigma_update``, ``momentum`` given with ``sigma_update="paper"``); in the
             forward, as :class:`~normzoo.layers.batch.BatchNorm`.
 
-    Example:
+    Examples:
         >>> import torch, normzoo
         >>> _ = torch.manual_seed(0)
         >>> brn = normzoo.create("batch_renorm", 3, warmup=0, r_ramp=0, d_ramp=0)

@@ -35,7 +35,7 @@ class RMSNorm(nn.Module):
         ValueError: eps <= 0; in the forward, an input that is not ``(N, C, *)`` with
             C = ``num_features``.
 
-    Example:
+    Examples:
         >>> import torch, normzoo
         >>> _ = torch.manual_seed(0)
         >>> rms = normzoo.create("rms", 4)

@@ -70,7 +70,7 @@ def adapt(
         ValueError: unknown method, no batch layers, no batches, or a bad option value.
         TypeError: an option the method does not take.
 
-    Example:
+    Examples:
         >>> import torch, normzoo
         >>> from torch import nn
         >>> _ = torch.manual_seed(0)

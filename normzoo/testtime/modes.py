@@ -325,8 +325,8 @@ def stats_mode(
         var: ``mix`` only: ``"biased"`` (default) or ``"unbiased"`` batch variance.
 
     Returns:
-        A reusable, re-entrant context manager (:class:`StatsMode`); entering it returns
-        ``model``.
+        A reusable, re-entrant context manager (:class:`StatsMode`); entering it
+            returns ``model``.
 
     Raises:
         ValueError: at the call, for an unknown mode or an option that does not apply to the
@@ -334,7 +334,7 @@ def stats_mode(
             in the forward, for a batch with one value per channel where batch statistics are
             needed.
 
-    Example:
+    Examples:
         >>> import torch, normzoo
         >>> from torch import nn
         >>> _ = torch.manual_seed(0)

@@ -139,7 +139,7 @@ def recompute_stats(
         TypeError: ``method="sequential"`` with a one-shot iterator, or batches that are not
             floating-point tensors.
 
-    Example:
+    Examples:
         >>> import torch, normzoo
         >>> from torch import nn
         >>> _ = torch.manual_seed(0)
