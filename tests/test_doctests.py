@@ -27,6 +27,12 @@ MODULES = [
     "normzoo.layers.frn",
     "normzoo.layers.evonorm",
     "normzoo.layers.rms",
+    "normzoo.functional.checks",
+    "normzoo.functional.moments",
+    "normzoo.functional.batch",
+    "normzoo.functional.renorm",
+    "normzoo.functional.group",
+    "normzoo.functional.rms",
 ]
 
 PUBLIC_API = [

@@ -34,6 +34,17 @@ def batch_norm(
     raises ValueError with the buffers restored; on other devices and under ``torch.compile``,
     where raising needs a host sync every step, the buffers silently keep their previous values
     (the output is NaN, so the loss shows it).
+
+    Examples:
+        >>> import torch
+        >>> from normzoo.functional import batch_norm
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(8, 3, 4, 4)
+        >>> rm, rv = torch.zeros(3), torch.ones(3)
+        >>> y = batch_norm(x, rm, rv, None, None, True, 0.1, 1e-5)
+        >>> ref = torch.nn.functional.batch_norm(x, torch.zeros(3), torch.ones(3), training=True)
+        >>> torch.equal(y, ref), torch.allclose(rm, 0.1 * x.mean(dim=(0, 2, 3)))
+        (True, True)
     """
     if not use_batch_stats:
         return F.batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps)

@@ -12,7 +12,23 @@ __all__ = ["check_input", "values_per_channel", "finite_update_mask"]
 
 
 def check_input(x: Tensor, num_features: int, layer: str, min_dim: int = 2) -> None:
-    """Raise a clear error unless ``x`` is channels-first ``(N, C, *)`` with C == num_features."""
+    """Raise a clear error unless ``x`` is channels-first ``(N, C, *)`` with C == num_features.
+
+    Raises:
+        TypeError: ``x`` is not a tensor.
+        ValueError: fewer than ``min_dim`` dims, or dim 1 is not ``num_features`` (the message
+            recognises channels-last tokens ``(N, L, C)`` and says so).
+
+    Examples:
+        >>> import torch
+        >>> from normzoo.functional import check_input
+        >>> check_input(torch.zeros(2, 3, 5), 3, "BatchNorm")  # fine: returns None
+        >>> try:
+        ...     check_input(torch.zeros(2, 197, 192), 192, "GroupNorm")
+        ... except ValueError as err:
+        ...     print(str(err)[:72])
+        GroupNorm: input of shape (2, 197, 192) looks like (N, L, C) tokens with
+    """
     if not isinstance(x, Tensor):
         raise TypeError(f"{layer}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() < min_dim:

@@ -17,5 +17,14 @@ def group_norm(
     mean and biased variance over its channels and all spatial positions, then a per-channel
     affine transform applies. ``num_groups=1`` is layer norm over (C, *), ``num_groups=C`` is
     instance norm over (*).
+
+    Examples:
+        >>> import torch
+        >>> from normzoo.functional import group_norm
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(2, 4, 3, 3)
+        >>> reference = torch.nn.GroupNorm(2, 4, affine=False)
+        >>> torch.equal(group_norm(x, 2, None, None, 1e-5), reference(x))
+        True
     """
     return F.group_norm(x, num_groups, weight, bias, eps)

@@ -45,6 +45,14 @@ def channel_moments(x: Tensor, correction: int = 0) -> tuple[Tensor, Tensor]:
     precision is computed in float32. When ``x`` requires grad (and grad mode is on) the result
     is differentiable (``torch.var_mean``); otherwise it comes from torch's batch-norm
     statistics kernel (Welford), several times faster on CPU, without gradient.
+
+    Examples:
+        >>> import torch
+        >>> from normzoo.functional import channel_moments
+        >>> x = torch.tensor([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])  # (N, C)
+        >>> mean, var = channel_moments(x, correction=1)
+        >>> mean.tolist(), var.tolist()
+        ([2.0, 20.0], [1.0, 100.0])
     """
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
@@ -73,6 +81,17 @@ def merge_moments(count: Tensor, mean: Tensor, m2: Tensor) -> tuple[Tensor, Tens
     deviations from ``mean_i``; no ``E[x^2] - E[x]^2`` cancellation. ``count``: (k,) values per
     set; ``mean``, ``m2``: (k, C). Returns (n, mean, M2); the variance is ``M2 / (n - correction)``.
     Differentiable in ``mean`` and ``m2``.
+
+    Examples:
+        >>> import torch
+        >>> from normzoo.functional import merge_moments
+        >>> a, b = torch.tensor([[1.0], [3.0]]), torch.tensor([[5.0], [7.0], [9.0]])
+        >>> count = torch.tensor([2, 3])
+        >>> mean = torch.stack([a.mean(0), b.mean(0)])
+        >>> m2 = torch.stack([((a - a.mean(0)) ** 2).sum(0), ((b - b.mean(0)) ** 2).sum(0)])
+        >>> n, merged_mean, merged_m2 = merge_moments(count, mean, m2)
+        >>> int(n), merged_mean.item(), (merged_m2 / (n - 1)).item()  # = torch.cat([a, b])
+        (5, 5.0, 10.0)
     """
     weight = count.to(mean.dtype).view(-1, *([1] * (mean.dim() - 1)))
     total = weight.sum(0)
@@ -95,6 +114,15 @@ def mix_moments(
     adaptation": ``mean = (N*m_src + n*m_batch) / (N+n)``, ``var = (N*v_src + n*v_batch) / (N+n)``
     with ``N = prior`` in [0, inf]: ``N = 0`` gives the batch statistics and ``N = inf`` the source
     statistics, both exactly. Computed in the batch statistics' dtype.
+
+    Examples:
+        >>> import torch
+        >>> from normzoo.functional import mix_moments
+        >>> src_mean, src_var = torch.zeros(2), torch.ones(2)
+        >>> batch_mean, batch_var = torch.full((2,), 4.0), torch.full((2,), 9.0)
+        >>> mean, var = mix_moments(src_mean, src_var, batch_mean, batch_var, prior=12, n=4)
+        >>> mean.tolist(), var.tolist()  # (12 * 0 + 4 * 4) / 16, (12 * 1 + 4 * 9) / 16
+        ([1.0, 1.0], [3.0, 3.0])
     """
     if not (prior >= 0):  # also rejects NaN
         raise ValueError(f"mix_moments: prior must be in [0, inf], got {prior!r}")
@@ -119,7 +147,16 @@ def ema_factor(momentum: float | None, num_batches_tracked: Tensor | int | None)
 def ema_update_(running: Tensor, value: Tensor, factor: float, ok: Tensor | None = None) -> None:
     """In place and without gradient: ``running := (1 - factor) * running + factor * value``, the
     EMA update of a running buffer as torch's batch norm does it. ``ok`` (a bool tensor): where
-    False the buffer keeps its value (a masked update, no host sync)."""
+    False the buffer keeps its value (a masked update, no host sync).
+
+    Examples:
+        >>> import torch
+        >>> from normzoo.functional import ema_update_
+        >>> running = torch.zeros(2)
+        >>> ema_update_(running, torch.tensor([1.0, 2.0]), 0.1)
+        >>> [round(v, 4) for v in running.tolist()]  # 0.9 * 0 + 0.1 * value
+        [0.1, 0.2]
+    """
     with torch.no_grad():
         value = _in_dtype(value, running.dtype)  # no graph under no_grad: no detach needed
         if ok is None:

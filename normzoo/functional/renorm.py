@@ -26,6 +26,11 @@ def renorm_limits(
     (a step function at ``warmup`` when a ramp is 0). Tensor math keeps the schedule free of
     graph breaks under ``torch.compile``; a Python ``step`` gives Python floats (the eager CPU
     path, where a dozen scalar tensor ops would cost more than the layer's arithmetic).
+
+    Examples:
+        >>> from normzoo.functional import renorm_limits
+        >>> [renorm_limits(s, 3.0, 5.0, warmup=10, r_ramp=20, d_ramp=10) for s in (0, 10, 20, 30)]
+        [(1.0, 0.0), (1.0, 0.0), (2.0, 5.0), (3.0, 5.0)]
     """
     if not isinstance(step, Tensor):  # Python numbers: the same float64 arithmetic, no tensors
 

@@ -16,6 +16,13 @@ def rms_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) 
     per-channel ``weight`` (and optional ``bias``); no mean is subtracted. Equals ``F.rms_norm``
     over all non-batch dimensions followed by the per-channel affine, computed with the gain
     folded into one per-(sample, channel) scale.
+
+    Examples:
+        >>> import torch
+        >>> from normzoo.functional import rms_norm
+        >>> x = torch.full((1, 2, 2), 3.0)
+        >>> rms_norm(x, None, None, 0.0).tolist()  # x / sqrt(mean(x^2))
+        [[[1.0, 1.0], [1.0, 1.0]]]
     """
     inv = _mean_square(x, list(range(1, x.dim()))).add(eps).rsqrt()
     return _scaled(x, inv, weight, bias)
