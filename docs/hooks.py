@@ -19,8 +19,8 @@ CONFIG_STAND_IN = """# Config reference
 
 The reference of every config key (type, default, meaning) is generated from the config
 schema into `docs/config.md`; it has not been generated in this checkout. Until it is, the
-shipped presets in `normzoo/configs/` and `normzoo presets show NAME` show every key in use,
-and `normzoo compare CONFIG --dry-run` validates a config and lists every problem at once.
+shipped presets in `normzoo/configs/` show the keys in use, and `normzoo compare CONFIG
+--dry-run` validates a config and lists every problem at once.
 """
 
 
