@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def _timm_channel_layernorms() -> tuple[type, ...]:
-    try:
+    try:  # local: `import normzoo` stays free of timm's start-up time (timm loads torchvision)
         from timm.layers import LayerNorm2d
     except ImportError:
         return ()
@@ -114,13 +115,41 @@ def _replacement(old: nn.Module, channels: int, name: str, opts: dict) -> nn.Mod
     return new
 
 
-def convert(model: nn.Module, name: str, **opts) -> nn.Module:
+def convert(model: nn.Module, name: str, **opts: Any) -> nn.Module:
     """Replace every normalization layer of ``model`` (in place) by the zoo layer ``name``.
 
+    Replaced: torch's ``BatchNorm*d``, ``SyncBatchNorm``, ``GroupNorm``, ``InstanceNorm*d``,
+    timm's norm and norm+act layers (their activation and drop stay in place), timm's
+    channels-first ``LayerNorm2d`` and zoo layers (:func:`norm_channels`). A plain
+    ``nn.LayerNorm`` normalizes the last dim (transformer tokens) and is left alone.
     Affine parameters are kept, and running statistics when both the old and the new layer are
     batch-dependent; eps, momentum and group count carry over unless given in ``opts``. Other
     modules are untouched, so converting a trained model to ``batch`` leaves its eval output
-    unchanged. Returns ``model`` (or the replacement when ``model`` itself is a norm layer).
+    unchanged.
+
+    Args:
+        model: the model to convert in place, or a single norm layer.
+        name: a name from :func:`normzoo.available` or an alias.
+        **opts: options of the new layer; they override what carries over from the old one.
+
+    Returns:
+        ``model`` (or the replacement when ``model`` itself is a norm layer). A model
+            without any convertible layer is returned unchanged, with a logged warning.
+
+    Raises:
+        ValueError: unknown name, or an option value the new layer rejects (e.g. groups not
+            dividing a layer's channels).
+        TypeError: an option the new layer does not take.
+
+    Examples:
+        >>> import torch, normzoo
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+        >>> model = normzoo.convert(model, "group", groups=4)
+        >>> type(model[1]).__name__, model[1].num_groups
+        ('GroupNorm', 4)
+        >>> model(torch.randn(2, 3, 8, 8)).shape
+        torch.Size([2, 8, 6, 6])
     """
     check_options(name, opts)
     channels = norm_channels(model)

@@ -14,6 +14,7 @@ binds the model's activation and the built model holds zoo layers.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from torch import nn
 
@@ -28,7 +29,9 @@ def _make_act(act_layer, act_kwargs: dict | None, inplace: bool | None, apply_ac
         return None
     if isinstance(act_layer, nn.Module):
         return act_layer
-    from timm.layers import create_act_layer  # only timm passes activations by name or class
+    # local: only timm passes activations by name or class, and `import normzoo` stays free
+    # of timm's start-up time
+    from timm.layers import create_act_layer
 
     return create_act_layer(act_layer, inplace=bool(inplace), **(act_kwargs or {}))
 
@@ -61,12 +64,35 @@ class ZooNormFactory:
         return create_norm_act(norm, num_features, act_layer=act, drop_layer=drop_layer, **opts)
 
 
-def norm_layer(name: str, **opts) -> functools.partial:
+def norm_layer(name: str, **opts: Any) -> functools.partial:
     """A ``norm_layer=`` callable for timm and torchvision models: ``callable(C) -> zoo layer``.
 
-    Example: ``timm.create_model("resnet18", norm_layer=normzoo.norm_layer("group", groups=8))``,
-    ``torchvision.models.resnet18(norm_layer=normzoo.norm_layer("batch_renorm", warmup=500))``.
-    Options are validated now, not at model build time.
+    torchvision calls it with the channels; timm resolves it first (``get_norm_layer``
+    unbinds the partial, ``get_norm_act_layer`` binds the model's activation), and both end
+    with zoo layers in the model (:class:`ZooNormFactory`, registered with timm by
+    :mod:`normzoo.timm_compat`). For models that take no ``norm_layer`` (e.g. timm's
+    mobilenetv3) or that are already built, use :func:`normzoo.convert`.
+
+    Args:
+        name: a name from :func:`normzoo.available` or an alias.
+        **opts: the layer's options, validated now, not at model build time.
+
+    Returns:
+        A ``functools.partial(ZooNormFactory, norm=name, **opts)``, which, called with the
+            number of channels (and, from timm, ``act_layer`` etc.), returns a zoo layer.
+
+    Raises:
+        ValueError: unknown name (with the closest match).
+        TypeError: an option the layer does not take.
+        RuntimeError: an installed timm whose norm+act internals differ from the tested ones.
+
+    Examples:
+        >>> import torch, torchvision, normzoo
+        >>> model = torchvision.models.resnet18(norm_layer=normzoo.norm_layer("group", groups=8))
+        >>> type(model.bn1).__name__, model.bn1.num_groups
+        ('GroupNorm', 8)
+        >>> type(model.bn1).__module__
+        'normzoo.layers.group'
     """
     name = canonical_name(name)
     check_options(name, {k: v for k, v in opts.items() if k not in ("device", "dtype")})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -189,7 +190,22 @@ register(
 
 
 def available() -> list[str]:
-    """Canonical names of every registered normalization layer, sorted."""
+    """Canonical names of every registered normalization layer, sorted.
+
+    Each name (or one of its aliases, case-insensitive, ``-`` and ``_`` ignored) is accepted
+    by :func:`create`, :func:`normzoo.norm_layer`, :func:`normzoo.convert` and the benchmark's
+    configs.
+
+    Returns:
+        The canonical names, sorted alphabetically.
+
+    Examples:
+        >>> import normzoo
+        >>> normzoo.available()[:4]
+        ['batch', 'batch_renorm', 'evonorm_b0', 'evonorm_s0']
+        >>> "group" in normzoo.available()
+        True
+    """
     return sorted(_REGISTRY)
 
 
@@ -246,10 +262,40 @@ def check_options(name: str, opts: dict) -> NormSpec:
     return spec
 
 
-def create(name: str, num_features: int, **opts) -> nn.Module:
+def create(name: str, num_features: int, **opts: Any) -> nn.Module:
     """Build the normalization layer ``name`` for ``num_features`` channels.
 
-    Example: ``create("group", 64, groups=8)``; ``create("bn", 64, momentum=None)``.
+    The factory behind every zoo layer (timm's ``create_*`` style): a name or alias plus
+    keyword options gives a module with torch's constructor arguments (``eps``, ``affine``,
+    and for batch-dependent layers ``momentum`` and ``track_running_stats``).
+
+    Args:
+        name: a name from :func:`available` or an alias (``"bn"``, ``"gn"``, ``"brn"``, ...;
+            case-insensitive, ``-`` and ``_`` ignored).
+        num_features: channels C of the channels-first input ``(N, C, *)``.
+        **opts: the layer's constructor options (e.g. ``groups=8`` for ``group``,
+            ``warmup=500`` for ``batch_renorm``, ``device``, ``dtype``).
+
+    Returns:
+        The layer, an ``nn.Module`` (a ``torch.nn.modules.batchnorm._BatchNorm`` exactly
+            when the norm is batch-dependent).
+
+    Raises:
+        ValueError: unknown name (with the closest match and the known names), a
+            ``num_features`` that is not a positive int, or an invalid option value (e.g.
+            groups not dividing the channels, with the valid values).
+        TypeError: an option the layer does not take (with the accepted ones).
+
+    Examples:
+        >>> import torch, normzoo
+        >>> _ = torch.manual_seed(0)
+        >>> gn = normzoo.create("group", 64, groups=8)
+        >>> gn.num_groups, gn.num_features
+        (8, 64)
+        >>> gn(torch.randn(2, 64, 4, 4)).shape
+        torch.Size([2, 64, 4, 4])
+        >>> normzoo.create("bn", 16, momentum=None).momentum is None
+        True
     """
     spec = check_options(name, opts)
     _check_num_features(num_features)

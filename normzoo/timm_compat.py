@@ -26,7 +26,7 @@ def _timm_version() -> str:
     try:
         return importlib.metadata.version("timm")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout of timm
-        import timm
+        import timm  # local: only for a timm without package metadata
 
         return getattr(timm, "__version__", "unknown")
 
@@ -62,7 +62,7 @@ def register_norm_act_type(factory: type) -> bool:
     missing or when, after registration, timm still does not build a zoo layer with the
     requested activation.
     """
-    try:
+    try:  # local: timm is imported only when a model asks for zoo layers (start-up time)
         from timm.layers import create_norm_act, get_norm_act_layer
     except ImportError:
         return False

@@ -1,6 +1,7 @@
 """Filter response norm + TLU against timm's FilterResponseNormTlu2d and the paper's equations."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -107,3 +108,24 @@ def test_bfloat16_as_timm():
     ref = FilterResponseNormTlu2d(C, dtype=torch.bfloat16)
     x = torch.randn(2, C, 5, 5, dtype=torch.bfloat16)
     torch.testing.assert_close(ours(x), ref(x), atol=1e-2, rtol=1e-2)  # bfloat16 rounding
+
+
+def test_input_without_spatial_dims_warns_with_the_fix_and_is_sign_like():
+    """(N, C): nu2 = x^2, so y = weight * x / sqrt(x^2 + eps) + bias -> weight * sign(x) + bias
+    as |x| >> sqrt(eps); the layer says so and names the paper's remedy (learn_eps=True)."""
+    layer = normzoo.create("frn", C, tlu=False)
+    randomize(layer)
+    g = torch.Generator().manual_seed(0)
+    magnitude = (1 + torch.rand(8, C, generator=g)) * 100  # |x| >> sqrt(1e-5)
+    x = magnitude * torch.randint(0, 2, (8, C), generator=g).mul(2).sub(1)
+    with pytest.warns(UserWarning, match=r"\(N, C\) without spatial dims.*learn_eps=True"):
+        y = layer(x)
+    sign_like = layer.weight * torch.sign(x) + layer.bias
+    torch.testing.assert_close(y, sign_like, atol=1e-3, rtol=1e-3)
+
+
+def test_no_warning_with_spatial_dims_or_a_learned_eps():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        normzoo.create("frn", C)(torch.randn(2, C, 3, 3))
+        normzoo.create("frn", C, learn_eps=True)(torch.randn(2, C))

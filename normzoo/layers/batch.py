@@ -23,6 +23,37 @@ class BatchNorm(_BatchNorm):
     A training batch with NaN/inf raises instead of poisoning the running statistics (on CPU;
     on other devices the update is skipped without a host sync; see
     :func:`normzoo.functional.batch_norm`); opt out per layer with ``layer.check_finite = False``.
+
+    Args:
+        num_features: channels C of the input.
+        eps: added to the variance before the square root.
+        momentum: weight of each new batch in the running statistics (torch's convention;
+            ``None``: cumulative average).
+        affine: learn the per-channel ``weight`` and ``bias``.
+        track_running_stats: keep ``running_mean``/``running_var``; without them eval uses
+            batch statistics.
+        device: device of the parameters and buffers.
+        dtype: dtype of the parameters and buffers.
+
+    Shape:
+        - Input: ``(N, C, *)``, any number of spatial dims.
+        - Output: same shape as the input.
+
+    Raises:
+        ValueError: an invalid option (eps <= 0, momentum outside [0, 1]); in the forward, an
+            input that is not ``(N, C, *)`` with C = ``num_features``, a training batch with
+            one value per channel, or (on CPU) a training batch with NaN/inf.
+
+    Examples:
+        >>> import torch, normzoo
+        >>> _ = torch.manual_seed(0)
+        >>> bn = normzoo.create("batch", 3)
+        >>> x = torch.randn(8, 3, 4, 4) * 2 + 5
+        >>> y = bn(x)
+        >>> y.mean(dim=(0, 2, 3)).abs().max().item() < 1e-5
+        True
+        >>> torch.allclose(bn.running_mean, 0.1 * x.mean(dim=(0, 2, 3)))  # 0.9 * 0 + 0.1 * mean
+        True
     """
 
     check_finite = True  # raise on a non-finite training batch; set False on a layer to opt out

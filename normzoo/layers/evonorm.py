@@ -43,6 +43,36 @@ class EvoNormB0(_BatchNorm):
     A training batch with NaN/inf raises as in ``BatchNorm`` (on CPU, ``running_var`` and
     ``num_batches_tracked`` unchanged; masked on other devices); opt out per layer with
     ``layer.check_finite = False``.
+
+    Args:
+        num_features: channels C of the input.
+        eps: added to both variances before the square roots (timm's 1e-3).
+        momentum: weight of each new batch in the running statistics (torch's convention;
+            ``None``: cumulative average).
+        affine: learn the per-channel ``weight`` and ``bias``.
+        track_running_stats: keep ``running_mean``/``running_var``; without them eval uses
+            batch statistics.
+        apply_act: the nonlinearity (``v``); ``False`` leaves ``x * weight + bias``.
+        device: device of the parameters and buffers.
+        dtype: dtype of the parameters and buffers.
+
+    Shape:
+        - Input: ``(N, C, *)``, any number of spatial dims.
+        - Output: same shape as the input.
+
+    Raises:
+        ValueError: an invalid option (eps <= 0, momentum outside [0, 1]); in the forward, an
+            input that is not ``(N, C, *)`` with C = ``num_features``, a training batch with
+            one value per channel, or (on CPU) a training batch with NaN/inf.
+
+    Examples:
+        >>> import torch, normzoo
+        >>> _ = torch.manual_seed(0)
+        >>> b0 = normzoo.create("evonorm_b0", 4)
+        >>> b0(torch.randn(8, 4, 3, 3)).shape
+        torch.Size([8, 4, 3, 3])
+        >>> sorted(b0.state_dict())  # timm's EvoNorm2dB0 keys
+        ['bias', 'running_var', 'v', 'weight']
     """
 
     activation_option = "apply_act"  # the constructor flag that turns its activation off
@@ -125,6 +155,33 @@ class EvoNormS0(nn.Module):
     Normalization and activation in one (it replaces GN-ReLU; ``provides_activation``).
     ``apply_act=False`` as in the reference code and timm (before a residual addition): ``v``
     is absent and the layer is ``x * weight + bias``.
+
+    Args:
+        num_features: channels C of the input.
+        eps: added to the group variance before the square root.
+        affine: learn the per-channel ``weight`` and ``bias``.
+        groups: number of groups (default 32); must divide ``num_features``.
+        group_size: channels per group instead of ``groups`` (not both).
+        apply_act: the nonlinearity (``v``); ``False`` leaves ``x * weight + bias``.
+        device: device of the parameters and buffers.
+        dtype: dtype of the parameters and buffers.
+
+    Shape:
+        - Input: ``(N, C, *)``, any number of spatial dims.
+        - Output: same shape as the input.
+
+    Raises:
+        ValueError: groups or group_size not dividing ``num_features`` (listing the valid
+            values), or eps <= 0; in the forward, an input that is not ``(N, C, *)`` with
+            C = ``num_features``.
+
+    Examples:
+        >>> import torch, normzoo
+        >>> _ = torch.manual_seed(0)
+        >>> s0 = normzoo.create("evonorm_s0", 8, groups=2)
+        >>> x = torch.randn(2, 8, 4, 4)
+        >>> torch.allclose(s0(x)[:1], s0(x[:1]))  # batch-independent
+        True
     """
 
     activation_option = "apply_act"  # the constructor flag that turns its activation off

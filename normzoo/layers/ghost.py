@@ -28,6 +28,38 @@ class GhostBatchNorm(BatchNorm):
     A training batch with NaN/inf in any chunk raises as in :class:`BatchNorm`, and the whole
     batch is undone (running statistics and ``num_batches_tracked`` as before it, also where
     earlier chunks were clean); ``layer.check_finite = False`` opts out.
+
+    Args:
+        num_features: channels C of the input.
+        eps: added to the variance before the square root.
+        momentum: weight of each new batch in the running statistics (torch's convention;
+            ``None``: cumulative average).
+        affine: learn the per-channel ``weight`` and ``bias``.
+        track_running_stats: keep ``running_mean``/``running_var``; without them eval uses
+            batch statistics.
+        virtual_batch_size: samples per ghost batch.
+        device: device of the parameters and buffers.
+        dtype: dtype of the parameters and buffers.
+
+    Shape:
+        - Input: ``(N, C, *)``, any number of spatial dims.
+        - Output: same shape as the input.
+
+    Raises:
+        ValueError: an invalid option (eps <= 0, momentum outside [0, 1]); in the forward, an
+            input that is not ``(N, C, *)`` with C = ``num_features``, a training batch with
+            one value per channel (also in its last chunk), or (on CPU) a training batch with
+            NaN/inf.
+
+    Examples:
+        >>> import torch, normzoo
+        >>> _ = torch.manual_seed(0)
+        >>> gbn = normzoo.create("ghost_batch", 3, virtual_batch_size=4)
+        >>> y = gbn(torch.randn(8, 3, 2, 2))  # two ghost batches of 4 samples
+        >>> int(gbn.num_batches_tracked)  # one running-statistics update per chunk
+        2
+        >>> y[:4].mean(dim=(0, 2, 3)).abs().max().item() < 1e-5  # each chunk: mean 0
+        True
     """
 
     def __init__(

@@ -50,6 +50,34 @@ class GroupNorm(nn.GroupNorm):
 
     Equals ``nn.GroupNorm(groups, num_features)`` (it is one, with torch's state dict).
     ``groups`` defaults to 32 as in the paper; ``group_size`` fixes channels per group instead.
+
+    Args:
+        num_features: channels C of the input.
+        eps: added to the variance before the square root.
+        affine: learn the per-channel ``weight`` and ``bias``.
+        groups: number of groups (default 32); must divide ``num_features``.
+        group_size: channels per group instead of ``groups`` (not both).
+        device: device of the parameters and buffers.
+        dtype: dtype of the parameters and buffers.
+
+    Shape:
+        - Input: ``(N, C, *)``, any number of spatial dims.
+        - Output: same shape as the input.
+
+    Raises:
+        ValueError: groups or group_size not dividing ``num_features`` (listing the valid
+            values), both given, or eps <= 0; in the forward, an input that is not
+            ``(N, C, *)`` with C = ``num_features``, or a group of a single value.
+
+    Examples:
+        >>> import torch, normzoo
+        >>> _ = torch.manual_seed(0)
+        >>> gn = normzoo.create("group", 8, group_size=2)
+        >>> gn.num_groups
+        4
+        >>> x = torch.randn(2, 8, 5, 5)
+        >>> torch.allclose(gn(x), torch.nn.GroupNorm(4, 8)(x), atol=1e-6)
+        True
     """
 
     def __init__(
@@ -88,6 +116,29 @@ class LayerNorm(GroupNorm):
 
     Equals ``nn.GroupNorm(1, C)``, the form the GroupNorm paper compares against. (Not
     ``nn.LayerNorm``, whose affine is per element of the normalized shape.)
+
+    Args:
+        num_features: channels C of the input.
+        eps: added to the variance before the square root.
+        affine: learn the per-channel ``weight`` and ``bias``.
+        device: device of the parameters and buffers.
+        dtype: dtype of the parameters and buffers.
+
+    Shape:
+        - Input: ``(N, C, *)``, any number of spatial dims.
+        - Output: same shape as the input.
+
+    Raises:
+        ValueError: eps <= 0; in the forward, an input that is not ``(N, C, *)`` with
+            C = ``num_features``.
+
+    Examples:
+        >>> import torch, normzoo
+        >>> _ = torch.manual_seed(0)
+        >>> ln = normzoo.create("layer", 4)
+        >>> y = ln(torch.randn(3, 4, 6) * 4 + 1)
+        >>> y.mean(dim=(1, 2)).abs().max().item() < 1e-5  # per sample over (C, *)
+        True
     """
 
     def __init__(
@@ -106,6 +157,29 @@ class InstanceNorm(GroupNorm):
 
     Equals ``nn.GroupNorm(C, C)`` (always batch-independent, affine by default); needs at least
     one spatial dimension, since one value per channel would normalize to zero.
+
+    Args:
+        num_features: channels C of the input.
+        eps: added to the variance before the square root.
+        affine: learn the per-channel ``weight`` and ``bias``.
+        device: device of the parameters and buffers.
+        dtype: dtype of the parameters and buffers.
+
+    Shape:
+        - Input: ``(N, C, *)`` with at least one spatial dim.
+        - Output: same shape as the input.
+
+    Raises:
+        ValueError: eps <= 0; in the forward, an input without spatial dims or whose dim 1
+            is not ``num_features``.
+
+    Examples:
+        >>> import torch, normzoo
+        >>> _ = torch.manual_seed(0)
+        >>> inorm = normzoo.create("instance", 2)
+        >>> y = inorm(torch.randn(3, 2, 5, 5) + 4)
+        >>> y.mean(dim=(2, 3)).abs().max().item() < 1e-5  # per sample and channel
+        True
     """
 
     _min_dim = 3

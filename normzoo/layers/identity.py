@@ -14,6 +14,27 @@ class NoNorm(nn.Module):
 
     ``eps`` and ``affine`` are accepted for a uniform interface and have no effect: the layer
     has no parameters and returns its input unchanged (after checking its shape).
+
+    Args:
+        num_features: channels C of the input (checked in the forward).
+        eps: accepted and ignored.
+        affine: accepted and ignored.
+        device: device accepted and ignored (no parameters).
+        dtype: dtype accepted and ignored (no parameters).
+
+    Shape:
+        - Input: ``(N, C, *)``, any number of spatial dims.
+        - Output: same shape as the input.
+
+    Raises:
+        ValueError: in the forward, an input that is not ``(N, C, *)`` with
+            C = ``num_features``.
+
+    Examples:
+        >>> import torch, normzoo
+        >>> x = torch.randn(2, 3, 4)
+        >>> normzoo.create("none", 3)(x) is x
+        True
     """
 
     def __init__(

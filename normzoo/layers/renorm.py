@@ -41,6 +41,46 @@ class BatchRenorm(BatchNorm):
     d_max 0 -> 5 by step 25,000 (``d_ramp=20000``); scale them to your run length (shorter runs
     never leave warmup with these defaults, and then train exactly like batch norm). Without
     running statistics (``track_running_stats=False``) r = 1, d = 0 always: plain batch norm.
+
+    Args:
+        num_features: channels C of the input.
+        eps: added to the variance before the square root.
+        momentum: ``sigma_update="variance_ema"`` only: batch norm's EMA weight (torch's
+            convention; ``None``: cumulative average).
+        affine: learn the per-channel ``weight`` and ``bias``.
+        track_running_stats: keep ``running_mean``/``running_var``; without them eval uses
+            batch statistics.
+        rmax: the final r_max (>= 1; 1 disables the r correction).
+        dmax: the final d_max (>= 0; 0 disables the d correction).
+        warmup: training steps of plain batch norm.
+        r_ramp: steps over which r_max grows from 1 to ``rmax`` after ``warmup``.
+        d_ramp: steps over which d_max grows from 0 to ``dmax`` after ``warmup``.
+        renorm_momentum: the rate of the paper's moving averages (default 0.01; ``None``:
+            cumulative average).
+        sigma_update: ``"paper"`` (default) or ``"variance_ema"``.
+        device: device of the parameters and buffers.
+        dtype: dtype of the parameters and buffers.
+
+    Shape:
+        - Input: ``(N, C, *)``, any number of spatial dims.
+        - Output: same shape as the input.
+
+    Raises:
+        ValueError: an invalid option (rmax < 1, dmax < 0, negative step counts, an unknown
+            ``sigma_update``, ``momentum`` given with ``sigma_update="paper"``); in the
+            forward, as :class:`~normzoo.layers.batch.BatchNorm`.
+
+    Examples:
+        >>> import torch, normzoo
+        >>> _ = torch.manual_seed(0)
+        >>> brn = normzoo.create("batch_renorm", 3, warmup=0, r_ramp=0, d_ramp=0)
+        >>> x = torch.randn(4, 3, 2, 2)
+        >>> brn(x).shape
+        torch.Size([4, 3, 2, 2])
+        >>> bn = torch.nn.BatchNorm2d(3)  # a trained layer exports to torch's batch norm
+        >>> _ = bn.load_state_dict(brn.state_dict())
+        >>> torch.allclose(bn.eval()(x), brn.eval()(x))
+        True
     """
 
     def __init__(

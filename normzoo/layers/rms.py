@@ -18,6 +18,30 @@ class RMSNorm(nn.Module):
     and its shift); ``bias=True`` adds a learned per-channel shift. Unlike ``nn.RMSNorm`` over
     ``x.shape[1:]``, whose gain has one value per element, the gain is per channel, like the
     zoo's ``layer`` norm, so it fits any spatial size. Batch-independent.
+
+    Args:
+        num_features: channels C of the input.
+        eps: added to the mean square before the square root.
+        affine: learn the per-channel gain ``weight``.
+        bias: also learn a per-channel shift (needs ``affine``).
+        device: device of the parameters and buffers.
+        dtype: dtype of the parameters and buffers.
+
+    Shape:
+        - Input: ``(N, C, *)``, any number of spatial dims.
+        - Output: same shape as the input.
+
+    Raises:
+        ValueError: eps <= 0; in the forward, an input that is not ``(N, C, *)`` with
+            C = ``num_features``.
+
+    Examples:
+        >>> import torch, normzoo
+        >>> _ = torch.manual_seed(0)
+        >>> rms = normzoo.create("rms", 4)
+        >>> y = rms(torch.randn(2, 4, 3, 3) * 7)
+        >>> [round(v, 3) for v in y.square().mean(dim=(1, 2, 3)).tolist()]  # unit mean square
+        [1.0, 1.0]
     """
 
     def __init__(

@@ -53,6 +53,34 @@ def adapt(
     ``batches`` is anything `batch_inputs` accepts (labels, if present, are ignored). The
     original model is untouched unless ``inplace=True`` (otherwise a deepcopy is adapted). The
     returned model is in eval mode with its ``requires_grad`` flags as before.
+
+    Args:
+        model: a model with batch layers (every ``_BatchNorm``); for ``tent`` it must return
+            ``(N, K)`` logits.
+        batches: unlabeled target data, as :func:`~normzoo.testtime.inputs.batch_inputs`
+            accepts it.
+        method: ``"adabn"`` (default) or ``"tent"`` (:data:`ADAPT_METHODS`).
+        inplace: adapt ``model`` itself instead of a deep copy.
+        **opts: the method's options (above).
+
+    Returns:
+        The adapted model (a copy unless ``inplace``), in eval mode.
+
+    Raises:
+        ValueError: unknown method, no batch layers, no batches, or a bad option value.
+        TypeError: an option the method does not take.
+
+    Examples:
+        >>> import torch, normzoo
+        >>> from torch import nn
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), normzoo.create("batch", 4)).eval()
+        >>> target = [torch.randn(4, 3, 8, 8) + 2 for _ in range(3)]  # shifted, unlabeled
+        >>> adapted = normzoo.adapt(model, target, "adabn")
+        >>> adapted is model, adapted.training
+        (False, False)
+        >>> bool((adapted[1].running_mean != model[1].running_mean).all())
+        True
     """
     if method not in ADAPT_METHODS:
         raise ValueError(f"unknown adaptation method {method!r}; choose one of {ADAPT_METHODS}")

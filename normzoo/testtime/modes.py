@@ -313,6 +313,41 @@ def stats_mode(
     on exceptions. Contexts nest (the innermost active mode wins), may exit in any order (online
     buffers end as they were before the first online context), and the returned object may be
     entered again, also while active. ``running``/``mix``/``online`` need running buffers and
-    raise ValueError naming a layer that has none. Bad arguments raise ValueError at the call.
+    raise ValueError naming a layer that has none.
+
+    Args:
+        model: any model; its batch layers (every ``_BatchNorm``) are switched.
+        mode: ``"running"``, ``"batch"``, ``"mix"`` or ``"online"`` (:data:`STATS_MODES`).
+        prior: ``mix`` only (required there): the pseudo-sample count N of the running
+            statistics, in [0, inf].
+        momentum: ``online`` only: the EMA weight of each new batch, in (0, 1]; default the
+            layer's own.
+        var: ``mix`` only: ``"biased"`` (default) or ``"unbiased"`` batch variance.
+
+    Returns:
+        A reusable, re-entrant context manager (:class:`StatsMode`); entering it
+            returns ``model``.
+
+    Raises:
+        ValueError: at the call, for an unknown mode or an option that does not apply to the
+            mode; on entering, for a layer without running buffers (all modes but ``batch``);
+            in the forward, for a batch with one value per channel where batch statistics are
+            needed.
+
+    Examples:
+        >>> import torch, normzoo
+        >>> from torch import nn
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), normzoo.create("batch", 4)).eval()
+        >>> x = torch.randn(1, 3, 8, 8) * 5 + 3  # one shifted test sample
+        >>> with normzoo.stats_mode(model, "mix", prior=16):
+        ...     y = model(x)
+        >>> y.shape
+        torch.Size([1, 4, 6, 6])
+        >>> with normzoo.stats_mode(model, "batch"):  # its own statistics: mean 0 per channel
+        ...     print(model(x).mean(dim=(0, 2, 3)).abs().max().item() < 1e-5)
+        True
+        >>> model[1].running_mean.tolist()  # buffers untouched
+        [0.0, 0.0, 0.0, 0.0]
     """
     return StatsMode(model, mode, prior, momentum, var)

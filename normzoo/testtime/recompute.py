@@ -123,6 +123,34 @@ def recompute_stats(
 
     ``batches``: a tensor (one batch), an ``(x, y, ...)`` tuple (one batch), or an iterable of
     tensors / ``(x, y, ...)`` tuples or lists, e.g. a DataLoader. ``num_batches`` limits each pass.
+
+    Args:
+        model: a model with batch layers (every ``_BatchNorm``) that track running statistics.
+        batches: the data, as :func:`~normzoo.testtime.inputs.batch_inputs` accepts it.
+        num_batches: at most this many batches per pass (None: all).
+        method: ``"precise"`` (default) or ``"sequential"`` (:data:`RECOMPUTE_METHODS`).
+
+    Returns:
+        ``model``, in eval mode, with new ``running_mean`` and ``running_var``.
+
+    Raises:
+        ValueError: unknown method, no batch layers, a layer without running buffers, no
+            batches, or a layer that saw fewer than 2 values per channel.
+        TypeError: ``method="sequential"`` with a one-shot iterator, or batches that are not
+            floating-point tensors.
+
+    Examples:
+        >>> import torch, normzoo
+        >>> from torch import nn
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(normzoo.create("batch", 2))
+        >>> data = [torch.randn(8, 2) * 3 + 1 for _ in range(4)]
+        >>> _ = normzoo.recompute_stats(model, data)
+        >>> everything = torch.cat(data)
+        >>> torch.allclose(model[0].running_mean, everything.mean(0))
+        True
+        >>> torch.allclose(model[0].running_var, everything.var(0))  # unbiased, over all data
+        True
     """
     if method not in RECOMPUTE_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(RECOMPUTE_METHODS)}")

@@ -1,0 +1,274 @@
+"""Batch Renormalization (Ioffe 2017, Algorithm 1): the clip schedule, r and d, the moving
+averages' update, and the training forward at batch norm's cost."""
+
+from __future__ import annotations
+
+import struct
+
+import torch
+from torch import Tensor
+
+from normzoo.functional._common import _in_dtype
+from normzoo.functional.checks import _check_batch_stats, finite_update_mask, values_per_channel
+from normzoo.functional.moments import channel_moments, ema_update_, update_running_stats
+
+__all__ = ["renorm_limits", "renorm_correction", "SIGMA_UPDATES", "renorm_update_", "batch_renorm"]
+
+
+def renorm_limits(
+    step: Tensor | int, rmax: float, dmax: float, warmup: int, r_ramp: int, d_ramp: int
+) -> tuple[Tensor, Tensor] | tuple[float, float]:
+    """Clip limits (r_max, d_max) of Batch Renormalization at 0-based training step ``step``.
+
+    The paper's schedule (Ioffe 2017, Sec. 4.1), linear in between: plain batch norm
+    (r_max = 1, d_max = 0) for ``warmup`` steps; then r_max grows linearly from 1 to ``rmax``
+    over ``r_ramp`` steps and, separately, d_max from 0 to ``dmax`` over ``d_ramp`` steps
+    (a step function at ``warmup`` when a ramp is 0). Tensor math keeps the schedule free of
+    graph breaks under ``torch.compile``; a Python ``step`` gives Python floats (the eager CPU
+    path, where a dozen scalar tensor ops would cost more than the layer's arithmetic).
+
+    Examples:
+        >>> from normzoo.functional import renorm_limits
+        >>> [renorm_limits(s, 3.0, 5.0, warmup=10, r_ramp=20, d_ramp=10) for s in (0, 10, 20, 30)]
+        [(1.0, 0.0), (1.0, 0.0), (2.0, 5.0), (3.0, 5.0)]
+    """
+    if not isinstance(step, Tensor):  # Python numbers: the same float64 arithmetic, no tensors
+
+        def frac_number(ramp: int) -> float:
+            if ramp > 0:
+                return min(max((step - warmup) / ramp, 0.0), 1.0)
+            return float(step >= warmup)
+
+        return 1.0 + (rmax - 1.0) * frac_number(r_ramp), dmax * frac_number(d_ramp)
+    step = step.to(torch.float64)
+
+    def frac(ramp: int) -> Tensor:
+        if ramp > 0:
+            return ((step - warmup) / ramp).clamp(0.0, 1.0)
+        return (step >= warmup).to(torch.float64)
+
+    return 1.0 + (rmax - 1.0) * frac(r_ramp), dmax * frac(d_ramp)
+
+
+def _reciprocal_in(value: float, dtype: torch.dtype) -> float:
+    """``1 / value`` computed in ``dtype`` as the tensor path computes it (float32: the value
+    rounded to float32, divided in float32), as a Python float that the dtype holds exactly.
+    A float32 quotient rounded from the double quotient of float32 operands is the correctly
+    rounded float32 quotient (53 >= 2 * 24 + 2 bits)."""
+    if dtype != torch.float32:
+        return 1.0 / value
+    return _to_float32(1.0 / _to_float32(value))
+
+
+def _to_float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def renorm_correction(
+    mean_b: Tensor,
+    sigma_b: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+    rmax: Tensor | float,
+    dmax: Tensor | float,
+    sigma: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Batch Renormalization's ``r = clip(sigma_B / sigma, 1/rmax, rmax)`` and
+    ``d = clip((mu_B - mu) / sigma, -dmax, dmax)``, ``sigma = sqrt(running_var + eps)``,
+    without gradient (Ioffe 2017, Algorithm 1), in the dtype of the batch statistics.
+    ``sigma``: that value when the caller has it already."""
+    with torch.no_grad():
+        if isinstance(rmax, Tensor):
+            rmax = rmax.to(dtype=mean_b.dtype, device=mean_b.device)
+            rmin = 1.0 / rmax
+        else:  # 1 / rmax as the tensor path rounds it: rmax to the statistics' dtype first
+            rmin = _reciprocal_in(rmax, mean_b.dtype)
+        if isinstance(dmax, Tensor):
+            dmax = dmax.to(dtype=mean_b.dtype, device=mean_b.device)
+        if sigma is None:
+            sigma = (_in_dtype(running_var, mean_b.dtype) + eps).sqrt()
+        # under no_grad the results carry no graph: no detach needed; in-place clamps
+        r = (sigma_b / sigma).clamp_(rmin, rmax)
+        d = (mean_b - _in_dtype(running_mean, mean_b.dtype)).div_(sigma).clamp_(-dmax, dmax)
+    return r, d
+
+
+SIGMA_UPDATES = ("paper", "variance_ema")
+
+
+def renorm_update_(
+    running_mean: Tensor,
+    running_var: Tensor,
+    mean_b: Tensor,
+    var_b: Tensor,
+    count: int,
+    momentum: float,
+    eps: float,
+    sigma_update: str = "paper",
+    ok: Tensor | None = None,
+    sigma: Tensor | None = None,
+) -> None:
+    """Batch Renormalization's update of the moving averages, in place (no gradient).
+
+    ``"paper"`` (Ioffe 2017, Algorithm 1; Keras' ``moving_stddev``): ``mu += a * (mu_B - mu)``
+    and ``sigma += a * (sigma_B - sigma)`` with ``sigma_B = sqrt(var_B + eps)`` (biased batch
+    variance), stored as ``running_var = max(sigma^2 - eps, 0)`` (as Keras does), so that
+    ``sqrt(running_var + eps) = sigma`` and ``nn.BatchNorm2d`` evaluates with (mu, sigma).
+    ``"variance_ema"`` (batch norm's update): ``running_var += a * (unbiased var_B -
+    running_var)``; sigma is then biased low at a few values per channel.
+    ``a = momentum``; ``count`` = values per channel of the batch. ``ok`` (a bool tensor):
+    when False, the buffers keep their values (no host sync). ``sigma``:
+    ``sqrt(running_var + eps)`` before the update when the caller has it already.
+    """
+    if sigma_update not in SIGMA_UPDATES:
+        raise ValueError(f"sigma_update={sigma_update!r}; choose one of {SIGMA_UPDATES}")
+    if sigma_update == "variance_ema":
+        unbiased = var_b * (count / (count - 1))
+        update_running_stats(running_mean, running_var, mean_b, unbiased, momentum, ok)
+        return
+    with torch.no_grad():
+        if sigma is None or sigma.dtype != running_var.dtype:
+            sigma = (running_var + eps).sqrt()
+        sigma_b = (_in_dtype(var_b, running_var.dtype) + eps).sqrt_()
+        new_var = sigma.lerp(sigma_b, momentum).square_().sub_(eps).clamp_min_(0.0)
+        ema_update_(running_mean, mean_b, momentum, ok)
+        running_var.copy_(new_var if ok is None else torch.where(ok, new_var, running_var))
+
+
+def _fold_renorm(weight: Tensor | None, bias: Tensor | None, r: Tensor, d: Tensor):
+    """Scale ``weight * r`` and shift ``weight * d + bias``, in the statistics' dtype."""
+    if weight is None:
+        return r, d if bias is None else d + _in_dtype(bias, d.dtype)
+    weight = _in_dtype(weight, r.dtype)
+    shift = weight * d if bias is None else torch.addcmul(_in_dtype(bias, d.dtype), weight, d)
+    return weight * r, shift
+
+
+def _renorm_statistics_(
+    x, running_mean, running_var, momentum, eps, rmax, dmax, sigma_update, check
+):
+    """Batch renorm's step without the output: batch statistics (one pass over ``x``), r and d
+    from the moving averages before the update, then the update; returns (mu_B, var_B,
+    invstd_B, r, d). An opaque custom op (below), so that compilers keep r and d as computed
+    here and never recompute them from the running buffers, which the step has updated."""
+    mean_b, var_b = channel_moments(x)
+    invstd_b = (var_b + eps).rsqrt()
+    sigma_b = invstd_b.reciprocal()
+    with torch.no_grad():
+        sigma = (_in_dtype(running_var, mean_b.dtype) + eps).sqrt_()  # for r, d and the update
+    r, d = renorm_correction(mean_b, sigma_b, running_mean, running_var, eps, rmax, dmax, sigma)
+    ok = finite_update_mask("batch renorm", x, mean_b, var_b) if check else None
+    count = values_per_channel(x)
+    renorm_update_(
+        running_mean, running_var, mean_b, var_b, count, momentum, eps, sigma_update, ok, sigma
+    )
+    return mean_b, var_b, invstd_b, r, d
+
+
+_renorm_statistics_op = torch.library.custom_op(
+    "normzoo::batch_renorm_statistics_",
+    _renorm_statistics_,
+    mutates_args=("running_mean", "running_var"),
+    schema="(Tensor x, Tensor(a!) running_mean, Tensor(b!) running_var, float momentum, "
+    "float eps, Tensor rmax, Tensor dmax, str sigma_update, bool check) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+)
+
+
+@_renorm_statistics_op.register_fake
+def _(x, running_mean, running_var, momentum, eps, rmax, dmax, sigma_update, check):
+    stat_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    return tuple(x.new_empty(x.shape[1], dtype=stat_dtype) for _ in range(5))
+
+
+class _RenormAffine(torch.autograd.Function):
+    """``y = weight * ((x - mu_B) * invstd_B * r + d) + bias`` with r, d, mu_B, invstd_B
+    constant, as one eval-mode batch-norm kernel call (r and d folded into its scale and
+    shift); the backward is batch norm's training backward from the saved statistics, so the
+    gradient equals plain autograd through Algorithm 1 (stop_gradient on r and d)."""
+
+    # forward(ctx, ...) rather than a separate setup_context: with setup_context,
+    # Function.apply binds its arguments through inspect.signature on every call (~0.1 ms on
+    # a 2-core CPU, as much as batch norm's whole forward at a small shape)
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean_b, var_b, invstd_b, r, d, eps):
+        scale, shift = _fold_renorm(weight, bias, r, d)
+        ctx.save_for_backward(x, weight, mean_b, invstd_b, r, d)
+        ctx.eps = eps
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return torch.native_batch_norm(x, scale, shift, mean_b, var_b, False, 0.0, eps)[0]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight, mean_b, invstd_b, r, d = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        scale = r if weight is None else _in_dtype(weight, r.dtype) * r
+        mask = [need_x, need_w, need_w or need_b]
+        gx, gw_hat, g_sum = torch.ops.aten.native_batch_norm_backward(
+            grad, x, scale, None, None, mean_b, invstd_b, True, ctx.eps, mask
+        )
+        gw = _in_dtype(torch.addcmul(g_sum * d, gw_hat, r), weight.dtype) if need_w else None
+        gb = _in_dtype(g_sum, ctx.bias_dtype) if need_b else None
+        return gx, gw, gb, None, None, None, None, None, None
+
+
+def batch_renorm(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float,
+    eps: float,
+    rmax: Tensor | float,
+    dmax: Tensor | float,
+    sigma_update: str = "paper",
+    check_finite: bool = True,
+) -> Tensor:
+    """Batch Renormalization in training (Ioffe 2017, Algorithm 1).
+
+    ``y = weight * ((x - mu_B) / sigma_B * r + d) + bias`` with
+    ``r = stop_grad(clip(sigma_B / sigma, 1/rmax, rmax))``,
+    ``d = stop_grad(clip((mu_B - mu) / sigma, -dmax, dmax))``,
+    ``sigma_B = sqrt(biased batch var + eps)``, ``sigma = sqrt(running_var + eps)``; r and d use
+    the moving averages from *before* this step's update, which then follows
+    :func:`renorm_update_` (``sigma_update``, rate ``momentum``).
+
+    Implementation, at batch norm's cost: one pass over ``x`` for the batch statistics and the
+    update (:func:`_renorm_statistics_`, a custom op); r and d fold into the per-channel scale and
+    shift of one eval-mode batch-norm kernel call; the backward is batch norm's, from the saved
+    statistics. ``check_finite`` as in
+    :func:`batch_norm` (here the check comes before the update).
+    """
+    _check_batch_stats(x, "batch renorm")
+    if not (
+        isinstance(rmax, Tensor) or isinstance(dmax, Tensor) or torch.compiler.is_compiling()
+    ):  # eager with Python limits: the same function without the custom op's dispatch
+        mean_b, var_b, invstd_b, r, d = _renorm_statistics_(
+            x.detach(),
+            running_mean,
+            running_var,
+            float(momentum),
+            float(eps),
+            float(rmax),
+            float(dmax),
+            sigma_update,
+            bool(check_finite),
+        )
+        return _RenormAffine.apply(x, weight, bias, mean_b, var_b, invstd_b, r, d, eps)
+    rmax = torch.as_tensor(rmax, dtype=torch.float64)
+    dmax = torch.as_tensor(dmax, dtype=torch.float64)
+    mean_b, var_b, invstd_b, r, d = _renorm_statistics_op(
+        x.detach(),
+        running_mean,
+        running_var,
+        float(momentum),
+        float(eps),
+        rmax,
+        dmax,
+        sigma_update,
+        bool(check_finite),
+    )
+    return _RenormAffine.apply(x, weight, bias, mean_b, var_b, invstd_b, r, d, eps)
