@@ -89,7 +89,7 @@ def config_reference() -> str:
         " applies). Lists expand to the grid. Unknown keys and values are rejected before any"
         " run, all at once. Override any key from the command line with"
         " `--set section.key=value` (the value is YAML). Editors validate configs against"
-        " [`configs/config.schema.json`](../configs/config.schema.json).",
+        " `configs/config.schema.json` (in the repository and in the installed package).",
         "",
     ]
     for name, cls in SECTIONS.items():
