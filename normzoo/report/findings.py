@@ -44,11 +44,12 @@ def finding(row: pd.Series, keys: list[str]) -> str:
             f"d_z = {row['cohens_dz']:.2f}; exact sign-flip test Holm p "
             f"{_p(row['permutation_p_adjusted'])}."
         )
-    power = row["power"]
+    mde = row["mde"]
     power_text = (
-        f"power to detect a difference of {row['power_delta']:.3f} is {power:.2f}"
-        if np.isfinite(power)
-        else "power unknown"
+        f"the smallest true difference this test detects with 80% power (at level "
+        f"{row['mde_level']:.3g}, the observed sd) is {mde:.3f}; a smaller one may exist"
+        if np.isfinite(mde)
+        else "minimum detectable effect unknown"
     )
     text = f"{head}: no significant difference, {ci}; {tests}; {power_text}."
     if row.get("equivalence") == stats.EQUIVALENT:

@@ -14,6 +14,10 @@ def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
     rejecting where ``p_adj < alpha`` controls the family-wise error rate at ``alpha``.
     A NaN (a declared comparison that could not be tested) stays NaN but still counts in m,
     as if its p-value were 1: the family size never depends on which p-values are missing.
+
+    Example:
+        >>> holm([0.01, 0.04, float("nan")]).round(3).tolist()
+        [0.03, 0.08, nan]
     """
     p = np.asarray(pvalues, dtype=float)
     if p.ndim != 1:
@@ -36,8 +40,13 @@ def holm_levels(pvalues: Sequence[float] | np.ndarray, alpha: float) -> np.ndarr
 
     Step j (0-based, p ascending) tests at ``alpha / (m - j)``. Rejected hypotheses keep their
     step's level, so their interval excludes 0; the others get the level of the first step that
-    failed, so their interval contains 0 (every later p-value is at least as large). This is the
-    compatible-interval construction of Strassburger & Bretz (2008) in its simplest form.
+    failed, so their interval contains 0 (every later p-value is at least as large). Each
+    interval is at least as wide as the nominal one. It is not the simultaneous compatible
+    interval of Strassburger & Bretz (2008), which this package does not implement.
+
+    Example:
+        >>> holm_levels([0.001, 0.04, 0.2], 0.05).round(4).tolist()
+        [0.0167, 0.025, 0.025]
     """
     p = np.asarray(pvalues, dtype=float)
     m = p.size

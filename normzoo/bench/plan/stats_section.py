@@ -7,6 +7,8 @@ stats:
     - batch vs running where shift=fog and severity=5   # two stats modes, some conditions
   alpha: 0.05
   equivalence_margin: 0.01       # optional: TOST equivalence within +-0.01 accuracy
+  gate: 0.9                      # trained condition: best norm's mean train accuracy >= gate
+  collapse_margin: 0.05          # collapsed run: test acc <= chance + margin, or train acc < gate
 ```
 Holm corrects over every comparison the family expands to, across conditions; everything else
 the report prints is exploratory. Without ``primary`` the family is every norm vs ``batch``
@@ -38,7 +40,7 @@ WHERE_KEYS = (
     "severity",
     "test_composition",
 )
-STATS_KEYS = ("primary", "alpha", "equivalence_margin")
+STATS_KEYS = ("primary", "alpha", "equivalence_margin", "gate", "collapse_margin")
 _SIDE = re.compile(r"^([^()]+?)\s*(?:\((.*)\))?$")  # name, or name(key=value,...)
 
 
@@ -63,6 +65,8 @@ class StatsSection:
     primary: tuple[str, ...] = ()
     alpha: float = 0.05
     equivalence_margin: float | None = None
+    gate: float = 0.9  # training-accuracy gate of a trained train condition, in (0, 1]
+    collapse_margin: float = 0.05  # collapsed: test accuracy within this of chance (>= 0)
 
     @property
     def comparisons(self) -> tuple[Comparison, ...]:
@@ -129,6 +133,7 @@ def parse_stats(
     ):
         problems.append(f"stats.equivalence_margin={margin!r} must be a number > 0, e.g. 0.01")
         margin = None
+    gate, collapse_margin = _gate_keys(raw, problems)
     primary = raw.get("primary", [])
     if isinstance(primary, str):
         primary = [primary]
@@ -181,9 +186,32 @@ def parse_stats(
         seen[identity] = text
         canonical.append(comparison.label)
     section = StatsSection(
-        tuple(canonical), float(alpha), None if margin is None else float(margin)
+        tuple(canonical),
+        float(alpha),
+        None if margin is None else float(margin),
+        gate,
+        collapse_margin,
     )
     return section, problems
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _gate_keys(raw: dict, problems: list[str]) -> tuple[float, float]:
+    """``stats.gate`` in (0, 1] and ``stats.collapse_margin`` in [0, 1) (defaults 0.9, 0.05)."""
+    gate = raw.get("gate", 0.9)
+    if not _number(gate) or not 0 < gate <= 1:
+        problems.append(f"stats.gate={gate!r} must be a training accuracy in (0, 1], e.g. 0.9")
+        gate = 0.9
+    collapse = raw.get("collapse_margin", 0.05)
+    if not _number(collapse) or not 0 <= collapse < 1:
+        problems.append(
+            f"stats.collapse_margin={collapse!r} must be an accuracy margin in [0, 1), e.g. 0.05"
+        )
+        collapse = 0.05
+    return float(gate), float(collapse)
 
 
 def resolve_norm(side: str, norms: Sequence[NormSpec], stats_modes: Sequence[str] = ()) -> str:
