@@ -21,7 +21,13 @@ from functools import lru_cache
 import numpy as np
 from scipy import stats as sps
 
-from normzoo.stats._common import INSUFFICIENT, NOT_SIGNIFICANT, SIGNIFICANT, check_alpha
+from normzoo.stats._common import (
+    INSUFFICIENT,
+    NOT_SIGNIFICANT,
+    NOT_TESTED,
+    SIGNIFICANT,
+    check_alpha,
+)
 from normzoo.stats.corrections import holm
 
 COLLAPSE_TEST = "Fisher's exact test (two-sided)"
@@ -148,6 +154,7 @@ def compare_collapse(
     names: Sequence[tuple[str, str]],
     seeds: Sequence[tuple[Sequence[int], Sequence[int]]],
     alpha: float = 0.05,
+    tested: Sequence[bool] | None = None,
 ) -> list[CollapseComparison]:
     """Fisher's exact test of equal collapse rates per pair, ONE Holm family over all pairs.
 
@@ -156,6 +163,8 @@ def compare_collapse(
         names: per comparison, (a, b).
         seeds: per comparison, the seeds of a's and b's runs (listed for collapsed runs).
         alpha: family-wise level.
+        tested: per comparison, False where no test is made (an untrained condition, where
+            every run misses the gate): verdict "not tested", still counted in Holm's m.
 
     Returns:
         One :class:`CollapseComparison` per pair. A non-significant verdict is not evidence of
@@ -172,12 +181,15 @@ def compare_collapse(
     if not len(collapsed) == len(seeds) == m:
         raise ValueError(f"got {len(collapsed)} flag pairs, {len(seeds)} seed pairs, {m} names")
     flags = [(np.asarray(x, bool), np.asarray(y, bool)) for x, y in collapsed]
-    p = np.array([_pvalue(x, y) for x, y in flags])
+    mask = np.ones(m, bool) if tested is None else np.asarray(tested, bool)
+    p = np.array([_pvalue(x, y) if t else np.nan for (x, y), t in zip(flags, mask, strict=True)])
     p_adj = holm(p) if m else p
     results = []
     for i, ((x, y), (name_a, name_b)) in enumerate(zip(flags, names, strict=True)):
         seeds_a, seeds_b = (np.asarray(s) for s in seeds[i])
-        if x.size == 0 or y.size == 0:
+        if not mask[i]:
+            verdict = NOT_TESTED
+        elif x.size == 0 or y.size == 0:
             verdict = INSUFFICIENT
         elif not x.any() and not y.any():
             verdict = NO_COLLAPSE

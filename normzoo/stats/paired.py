@@ -38,6 +38,7 @@ from normzoo.stats._common import (
     INSUFFICIENT,
     MIN_SEEDS,
     NOT_SIGNIFICANT,
+    NOT_TESTED,
     PRIMARY_TEST,
     SIGNIFICANT,
     UNDERPOWERED,
@@ -51,7 +52,6 @@ from normzoo.stats.permutation import min_pvalue, sign_flip_pvalues, signed_rank
 
 EQUIVALENT = "equivalent"
 NOT_EQUIVALENT = "not shown equivalent"
-NOT_TESTED = "not tested (untrained condition)"
 DETECTABLE_POWER = 0.8
 MEAN_ESTIMAND = "mean paired difference over the seeds given"
 _HOLM_CI = "paired t (df = n - 1), Holm-compatible level"
@@ -424,10 +424,10 @@ def _adjust(
 def _verdicts(raw: _Raw, j: int, i: int, fam: _Family, tested: bool, alpha: float) -> tuple:
     """(t-test verdict, Wilcoxon verdict) of comparison i (row j of its group)."""
     n, m = raw.n, len(fam.p)
-    if n < MIN_SEEDS:
-        return INSUFFICIENT, INSUFFICIENT
     if not tested:
         return NOT_TESTED, NOT_TESTED
+    if n < MIN_SEEDS:
+        return INSUFFICIENT, INSUFFICIENT
     if raw.degenerate[j]:
         return DEGENERATE, DEGENERATE
     verdict = SIGNIFICANT if fam.p_adj[i] < alpha else NOT_SIGNIFICANT
