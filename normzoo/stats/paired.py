@@ -171,7 +171,15 @@ class PairedComparison:
 def cohens_dz(differences: Sequence[float] | np.ndarray) -> float:
     """Cohen's d_z = mean(d) / sd(d, ddof=1) for paired differences (Cohen 1988; Lakens 2013).
 
-    NaN when it is undefined: n < 2 or zero spread (never +-inf).
+    Args:
+        differences: per-seed differences a_i - b_i.
+
+    Returns:
+        d_z; NaN when it is undefined: n < 2 or zero spread (never +-inf).
+
+    Example:
+        >>> round(cohens_dz([0.01, 0.03, 0.02]), 3), cohens_dz([0.02, 0.02])
+        (2.0, nan)
     """
     d = as_1d(differences, "differences")
     if d.size < MIN_SEEDS or constant_rows(d)[0]:
@@ -180,9 +188,17 @@ def cohens_dz(differences: Sequence[float] | np.ndarray) -> float:
 
 
 def paired_t_test(differences: Sequence[float] | np.ndarray) -> tuple[float, float]:
-    """Two-sided paired t-test on differences (scipy.stats.ttest_rel); (t, p).
+    """Two-sided paired t-test (Student 1908) on differences, as scipy.stats.ttest_rel.
 
-    NaNs when undefined (n < 2 or zero spread): such data get an explicit verdict instead.
+    Args:
+        differences: per-seed differences a_i - b_i.
+
+    Returns:
+        (t, p); NaNs when undefined (n < 2 or zero spread): such data get an explicit verdict.
+
+    Example:
+        >>> [round(v, 4) for v in paired_t_test([0.01, 0.03, 0.02])]
+        [3.4641, 0.0742]
     """
     d = as_1d(differences, "differences")
     if d.size < MIN_SEEDS or constant_rows(d)[0]:
@@ -555,7 +571,21 @@ def paired_comparison(
     confidence_level: float = 0.95,
     equivalence_margin: float | None = None,
 ) -> PairedComparison:
-    """One paired comparison (a family of one): a[i], b[i] share seed i."""
+    """One paired comparison (a family of one): a[i], b[i] share seed i.
+
+    Args:
+        a, b: per-seed values aligned by seed.
+        name_a, name_b: their names in the result.
+        alpha, confidence_level, equivalence_margin: as in :func:`compare_pairs`.
+
+    Returns:
+        A :class:`PairedComparison` (paired t-test, no multiplicity correction).
+
+    Example:
+        >>> r = paired_comparison([0.80, 0.82, 0.81], [0.79, 0.80, 0.80], "group", "batch")
+        >>> r.n, round(r.mean_difference, 4), r.verdict
+        (3, 0.0133, 'not significant')
+    """
     return compare_pairs([a], [b], [(name_a, name_b)], alpha, confidence_level, equivalence_margin)[
         0
     ]
@@ -579,8 +609,19 @@ def compare_family(
 ) -> list[PairedComparison]:
     """One Holm family from ``scores`` (name -> per-seed values, NaN = missing seed).
 
-    With ``reference`` every other name vs it, otherwise all pairs; each pair uses the seeds
-    both names have.
+    Args:
+        scores: name -> per-seed values of equal length, NaN for a missing seed.
+        reference: compare every other name with it; None: all pairs.
+        alpha, confidence_level, equivalence_margin: as in :func:`compare_pairs`.
+
+    Returns:
+        One :class:`PairedComparison` per pair; each pair uses the seeds both names have.
+
+    Example:
+        >>> family = compare_family({"batch": [0.8, 0.7, 0.9, 0.85], "group": [0.82, 0.73,
+        ...     0.93, 0.86], "layer": [0.8, 0.71, float("nan"), 0.84]}, reference="batch")
+        >>> [(r.a, r.n, r.family_size, r.correction) for r in family]
+        [('group', 4, 2, 'Holm'), ('layer', 3, 2, 'Holm')]
     """
     arrays = {name: np.asarray(v, dtype=float) for name, v in scores.items()}
     shapes = {v.shape for v in arrays.values()}

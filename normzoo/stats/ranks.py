@@ -39,7 +39,12 @@ def _verdict(n: int, p: float, alpha: float) -> str:
 
 
 def average_ranks(scores: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
-    """Mean rank of each of k columns over N blocks (rows); rank 1 = best, ties share ranks."""
+    """Mean rank of each of k columns over N blocks (rows); rank 1 = best, ties share ranks.
+
+    Example:
+        >>> average_ranks(np.array([[0.9, 0.8, 0.8], [0.5, 0.7, 0.6]])).tolist()
+        [2.0, 1.75, 2.25]
+    """
     table = np.asarray(scores, dtype=float)
     if table.ndim != 2 or table.shape[0] < 1 or table.shape[1] < 2:
         raise ValueError(f"scores must be (N blocks, k >= 2 methods), got shape {table.shape}")
@@ -53,6 +58,10 @@ def nemenyi_q(k: int, alpha: float = 0.05) -> float:
     """Nemenyi critical value q_alpha = studentized range quantile(1 - alpha, k, inf) / sqrt(2).
 
     Demšar (2006), Table 5a: q_0.05 = 1.960, 2.343, 2.569, ... for k = 2, 3, 4, ...
+
+    Example:
+        >>> round(nemenyi_q(4), 3)
+        2.569
     """
     check_alpha(alpha)
     if k < 2:
@@ -61,7 +70,12 @@ def nemenyi_q(k: int, alpha: float = 0.05) -> float:
 
 
 def critical_difference(k: int, n_blocks: int, alpha: float = 0.05) -> float:
-    """Nemenyi critical difference CD = q_alpha sqrt(k (k + 1) / (6 N)) (Demšar 2006, 3.2.2)."""
+    """Nemenyi critical difference CD = q_alpha sqrt(k (k + 1) / (6 N)) (Demšar 2006, 3.2.2).
+
+    Example (Demšar's worked example: k = 4, N = 14):
+        >>> round(critical_difference(4, 14), 2)
+        1.25
+    """
     if n_blocks < 1:
         raise ValueError(f"need at least one block (data set / condition), got {n_blocks}")
     return nemenyi_q(k, alpha) * float(np.sqrt(k * (k + 1) / (6.0 * n_blocks)))
@@ -237,7 +251,19 @@ def friedman_nemenyi(
 
 
 def nemenyi_cliques(result: RankTestResult) -> list[tuple[str, ...]]:
-    """Maximal groups of methods whose average ranks lie within CD (the bars of a CD diagram)."""
+    """Maximal groups of methods whose average ranks lie within CD (the bars of a CD diagram).
+
+    Args:
+        result: a :class:`RankTestResult`.
+
+    Returns:
+        Tuples of names, best first.
+
+    Example (12 blocks; a and b swap places in half of them):
+        >>> r = friedman_nemenyi(np.array([[3.0, 2, 1], [2, 3, 1]] * 6), ["a", "b", "c"])
+        >>> round(r.critical_difference, 3), nemenyi_cliques(r)
+        (0.957, [('a', 'b')])
+    """
     order = np.argsort(result.average_ranks, kind="stable")
     ranks = np.asarray(result.average_ranks)[order]
     names = [result.names[i] for i in order]
