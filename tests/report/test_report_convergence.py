@@ -172,3 +172,17 @@ def test_gate_keys_are_validated(raw, problem):
     assert (section.gate, section.collapse_margin) == (0.9, 0.05)
     ok, none = parse_stats({"gate": 0.8, "collapse_margin": 0.02}, [NormSpec("batch")], [])
     assert not none and (ok.gate, ok.collapse_margin) == (0.8, 0.02)
+
+
+def test_study_report_says_what_was_declared_and_what_ran():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "study_reports.py"
+    spec = importlib.util.spec_from_file_location("study_reports", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.declared_vs_run("study_renorm", module.OVERRIDES["study_renorm"])
+    # configs/study_renorm.yaml: batch sizes 4 and 32 x compositions iid, classes, label_skew
+    assert "over 6 train conditions; this run has 4" in text and "label_skew" in text
+    assert module.declared_vs_run("study_renorm", []) == ""
