@@ -125,32 +125,15 @@ def compute_report(
     if reference not in methods and methods:
         reference = methods[0]
     empty = pd.DataFrame()
-    merged: dict[str, int] = {}
     conv = convergence(runs, ev, spec) if not ev.empty else None
     if ev.empty:
         limits.append("no finished evaluations: no accuracy, comparison or rank can be computed")
         members, labels, missing = [], [c.label for c in spec.comparisons], []
-        explore, seeds = {}, {}
+        explore, seeds, merged = {}, {}, {}
     else:
-        members, labels, missing = primary_members(ev, spec, reference)
-        members, merged["primary"] = _distinct(members)
-        # one verdict per comparison on a page: exploratory tables leave out primary members
-        declared = {m.identity for m in members}
-        explore = {}
-        for name, group in exploratory_members(ev, reference).items():
-            group = [m for m in group if m.identity not in declared]
-            explore[name], merged[name] = _distinct(group, members)
+        members, labels, missing, explore, merged = _families(ev, spec, reference)
         seeds = ev.groupby("method")["seed"].nunique().to_dict()
-        if len(methods) < 2:
-            limits.append(f"only one norm ({methods[0]}): no comparison between norms is possible")
-        if max(seeds.values()) < 2:
-            limits.append("one seed per norm: no confidence interval or test is possible")
-        if not conv.gate_applied:
-            limits.append(
-                "the store records no training accuracy (runs older than the convergence "
-                "contract): no training-accuracy gate is applied, every train condition is "
-                "treated as trained, and collapse is judged by test accuracy alone"
-            )
+        limits += _data_limits(methods, seeds, conv)
     primary = test_members(members, spec, "primary", conv)
     exploratory = {
         name: test_members(group, spec, f"exploratory: {name}", conv)
@@ -194,6 +177,36 @@ def compute_report(
         collapse=collapse,
         merged={k: v for k, v in merged.items() if v},
     )
+
+
+def _families(ev: pd.DataFrame, spec: StatsSection, reference: str) -> tuple:
+    """(primary members, declared labels, missing labels, exploratory members, merged counts);
+    repeated computations merged, exploratory tables without the primary members."""
+    merged: dict[str, int] = {}
+    members, labels, missing = primary_members(ev, spec, reference)
+    members, merged["primary"] = _distinct(members)
+    # one verdict per comparison on a page: exploratory tables leave out primary members
+    declared = {m.identity for m in members}
+    explore = {}
+    for name, group in exploratory_members(ev, reference).items():
+        group = [m for m in group if m.identity not in declared]
+        explore[name], merged[name] = _distinct(group, members)
+    return members, labels, missing, explore, merged
+
+
+def _data_limits(methods: tuple, seeds: dict, conv: Convergence) -> list[str]:
+    limits = []
+    if len(methods) < 2:
+        limits.append(f"only one norm ({methods[0]}): no comparison between norms is possible")
+    if max(seeds.values()) < 2:
+        limits.append("one seed per norm: no confidence interval or test is possible")
+    if not conv.gate_applied:
+        limits.append(
+            "the store records no training accuracy (runs older than the convergence "
+            "contract): no training-accuracy gate is applied, every train condition is "
+            "treated as trained, and collapse is judged by test accuracy alone"
+        )
+    return limits
 
 
 def _distinct(members: list[Member], before: list[Member] = ()) -> tuple[list[Member], int]:

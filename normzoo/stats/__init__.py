@@ -32,6 +32,7 @@ from normzoo.stats.collapse import (
     fisher_table,
 )
 from normzoo.stats.corrections import holm, holm_levels
+from normzoo.stats.detectable import DETECTABLE_POWER, minimum_detectable_effect
 from normzoo.stats.improvement import probability_of_improvement, sign_proportion
 from normzoo.stats.intervals import (
     BOOTSTRAP_MIN_N,
@@ -51,7 +52,6 @@ from normzoo.stats.paired import (
     cohens_dz,
     compare_family,
     compare_pairs,
-    minimum_detectable_effect,
     paired_comparison,
     paired_t_test,
 )
@@ -72,6 +72,7 @@ from normzoo.stats.ranks import (
 )
 
 __all__ = [
+    "DETECTABLE_POWER",
     "BOOTSTRAP_MIN_N",
     "COLLAPSE_TEST",
     "MEAN_ESTIMAND",

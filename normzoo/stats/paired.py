@@ -26,12 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from itertools import combinations
 
 import numpy as np
 from scipy import stats as sps
-from scipy.optimize import brentq
 
 from normzoo.stats._common import (
     DEGENERATE,
@@ -46,13 +44,14 @@ from normzoo.stats._common import (
     check_alpha,
     constant_rows,
 )
+from normzoo.stats._rows import _Raw, _raw
 from normzoo.stats.corrections import holm, holm_levels
+from normzoo.stats.detectable import DETECTABLE_POWER, minimum_detectable_effect
 from normzoo.stats.intervals import Interval, t_interval_rows
-from normzoo.stats.permutation import min_pvalue, sign_flip_pvalues, signed_ranks
+from normzoo.stats.permutation import min_pvalue
 
 EQUIVALENT = "equivalent"
 NOT_EQUIVALENT = "not shown equivalent"
-DETECTABLE_POWER = 0.8
 MEAN_ESTIMAND = "mean paired difference over the seeds given"
 _HOLM_CI = "paired t (df = n - 1), Holm-compatible level"
 _T_CI = "paired t (df = n - 1)"
@@ -205,142 +204,6 @@ def paired_t_test(differences: Sequence[float] | np.ndarray) -> tuple[float, flo
         return float("nan"), float("nan")
     result = sps.ttest_1samp(d, 0.0)
     return float(result.statistic), float(result.pvalue)
-
-
-@lru_cache(maxsize=256)
-def _standardized_mde(n: int, level: float, power: float) -> float:
-    """Effect in sd units that the two-sided one-sample t-test (df = n - 1) detects with power."""
-    df, critical = n - 1, sps.t.ppf(1 - level / 2, n - 1)
-
-    def shortfall(effect: float) -> float:
-        ncp = effect * np.sqrt(n)
-        # the far lower tail is NaN in scipy's nct where it is below 1e-16: count it as 0
-        lower = np.nan_to_num(sps.nct.cdf(-critical, df, ncp), nan=0.0)
-        return sps.nct.sf(critical, df, ncp) + lower - power
-
-    high = 1.0
-    while shortfall(high) < 0:
-        high *= 2
-    return float(brentq(shortfall, 0.0, high, xtol=1e-10))
-
-
-def minimum_detectable_effect(
-    sd: np.ndarray | float, n: int, level: float, power: float = DETECTABLE_POWER
-) -> np.ndarray:
-    """Smallest true mean difference the paired t-test detects with ``power`` (Cohen 1988).
-
-    Solves ``P(|T| > t_{1-level/2, n-1}) = power`` for T noncentral t with df = n - 1 and
-    noncentrality ``delta sqrt(n) / sd``; the result is ``delta``, in the units of ``sd``.
-
-    Args:
-        sd: standard deviation(s) of the paired differences (observed, ddof = 1).
-        n: pairs (seeds).
-        level: the test's level (alpha / family size for Holm's first step).
-        power: target power.
-
-    Returns:
-        ``delta`` per sd; NaN where n < 2 or sd is not positive.
-
-    Example (n = 10, one test at 0.05, sd 0.02: about 1.0 sd, i.e. 0.02):
-        >>> round(float(minimum_detectable_effect(0.02, 10, 0.05)), 4)
-        0.0199
-    """
-    sd = np.asarray(sd, dtype=float)
-    if n < MIN_SEEDS:
-        return np.full(sd.shape, np.nan)
-    effect = _standardized_mde(int(n), float(level), float(power))
-    with np.errstate(invalid="ignore"):
-        return np.where(sd > 0, effect * sd, np.nan)
-
-
-@dataclass
-class _Raw:
-    """Uncorrected per-row quantities of one group of comparisons with equal n."""
-
-    n: int
-    d: np.ndarray
-    mean_a: np.ndarray
-    mean_b: np.ndarray
-    sd: np.ndarray
-    degenerate: np.ndarray
-    t: np.ndarray
-    p: np.ndarray
-    p_perm: np.ndarray
-    perm_method: str
-    w_stat: np.ndarray
-    w_p: np.ndarray
-    n_nonzero: np.ndarray
-    tost: np.ndarray
-    sign: np.ndarray
-
-
-def _raw(a: np.ndarray, b: np.ndarray, margin: float | None) -> _Raw:
-    m, n = a.shape
-    d = a - b
-    nan = np.full(m, np.nan)
-    if n < MIN_SEEDS:
-        mean_a, mean_b = (a.mean(-1), b.mean(-1)) if n else (nan, nan)
-        sign = ((np.sign(d) + 1) / 2).mean(-1) if n else nan
-        return _Raw(
-            n,
-            d,
-            mean_a,
-            mean_b,
-            nan,
-            np.zeros(m, bool),
-            nan,
-            nan,
-            nan,
-            "none",
-            nan,
-            nan,
-            np.zeros(m, int),
-            nan,
-            sign,
-        )
-    degenerate = constant_rows(d)
-    sd = d.std(axis=-1, ddof=1)
-    se = sd / np.sqrt(n)
-    mean = d.mean(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(degenerate, np.nan, mean / se)
-        p = np.where(degenerate, np.nan, 2 * sps.t.sf(np.abs(t), n - 1))
-        tost = nan
-        if margin is not None:
-            lower = sps.t.sf((mean + margin) / se, n - 1)
-            upper = sps.t.cdf((mean - margin) / se, n - 1)
-            tost = np.where(degenerate, np.nan, np.maximum(lower, upper))
-    p_perm, method = sign_flip_pvalues(d)
-    p_perm = np.where(degenerate, np.nan, p_perm)
-    nonzero = np.abs(d) > 1e-12
-    n_nonzero = nonzero.sum(axis=-1)
-    w_stat, w_p = nan.copy(), nan.copy()
-    for k in np.unique(n_nonzero[~degenerate]):
-        rows = np.flatnonzero((n_nonzero == k) & ~degenerate)
-        if k == 0:
-            continue
-        kept = np.stack([d[i][nonzero[i]] for i in rows])
-        ranks = signed_ranks(kept)
-        w_p[rows] = sign_flip_pvalues(ranks)[0]
-        positive = np.where(ranks > 0, ranks, 0).sum(-1)
-        w_stat[rows] = np.minimum(positive, k * (k + 1) / 2 - positive)
-    return _Raw(
-        n,
-        d,
-        a.mean(-1),
-        b.mean(-1),
-        sd,
-        degenerate,
-        t,
-        p,
-        p_perm,
-        method,
-        w_stat,
-        w_p,
-        n_nonzero,
-        tost,
-        ((np.sign(d) + 1) / 2).mean(-1),
-    )
 
 
 def _check_inputs(

@@ -8,6 +8,7 @@ import pytest
 MODULES = [
     "normzoo.stats.collapse",
     "normzoo.stats.corrections",
+    "normzoo.stats.detectable",
     "normzoo.stats.improvement",
     "normzoo.stats.intervals",
     "normzoo.stats.paired",
