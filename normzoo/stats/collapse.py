@@ -95,6 +95,19 @@ def collapse_power(
     return float(pa @ reject @ pb)
 
 
+def chance_to_see_collapse(rate: float, n: int) -> float:
+    """Probability that n seeds show at least one collapse of a norm that collapses at
+    ``rate``: 1 - (1 - rate)^n. A rare collapse is absent from most small samples.
+
+    Example (20% collapse: 10 seeds show it 89% of the time, 5 seeds 67%):
+        >>> round(chance_to_see_collapse(0.2, 10), 3), round(chance_to_see_collapse(0.2, 5), 3)
+        (0.893, 0.672)
+    """
+    if not 0.0 <= rate <= 1.0 or n < 0:
+        raise ValueError(f"need a rate in [0, 1] and n >= 0, got rate={rate}, n={n}")
+    return float(1.0 - (1.0 - rate) ** n)
+
+
 def detectable_collapse_rate(
     n_a: int, n_b: int, alpha: float = 0.05, family_size: int = 1, power: float = DETECTABLE_POWER
 ) -> float:

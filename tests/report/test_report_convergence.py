@@ -10,7 +10,7 @@ from scipy import stats as sps
 from normzoo import stats
 from normzoo.bench.plan.specs import NormSpec
 from normzoo.bench.plan.stats_section import StatsSection, parse_stats
-from normzoo.report import compute_report
+from normzoo.report import compute_report, render_markdown
 
 CONFIG = json.dumps({"data": {"dataset": "synthetic", "options": {"num_classes": 10}}})
 
@@ -139,6 +139,10 @@ def test_collapsed_seeds_are_left_out_listed_and_compared_by_fisher():
     cells = report.convergence.cells.set_index("method")
     assert cells.loc["group", "collapsed_seeds"] == "1 4 7"
     assert "3 seeds left out" in " ".join(report.findings)
+    text = render_markdown(report, {})
+    # 1 - 0.8^10 = 0.893; Fisher 0% vs 50% at 10 seeds alone: 62% (see test_stats_simulation)
+    assert "with probability 89%" in text and "| 0% vs 50% | 62% |" in text
+    assert "| group | batch | 3/10 (1 4 7) | 0/10 |" in text
 
 
 def test_store_without_training_accuracy_applies_no_gate_and_says_so():
