@@ -32,7 +32,9 @@ def finding(row: pd.Series, keys: list[str]) -> str:
             f"n = {n} seeds); it still counts in the family's Holm correction."
         )
     if verdict == stats.INSUFFICIENT:
-        return f"{head}: insufficient data (n = {n} paired seeds; at least 2 needed)."
+        dropped = int(row.get("seeds_collapsed", 0) or 0)
+        left_out = f", after leaving out {dropped} with a collapsed run" if dropped else ""
+        return f"{head}: insufficient data (n = {n} paired seeds{left_out}; at least 2 needed)."
     if verdict == stats.DEGENERATE:
         return (
             f"{head}: degenerate, all {n} seeds give the same difference "

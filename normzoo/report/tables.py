@@ -120,7 +120,9 @@ def display(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Compact columns of a comparison table for markdown."""
     shown = table[[*keys, "a", "b", "n"]].copy()
     shown["mean diff [CI]"] = [
-        f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}] ({level:.1%})" if np.isfinite(lo) else f"{d:+.4f} [n/a]"
+        f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}] ({level:.1%})"
+        if np.isfinite(lo)
+        else (f"{d:+.4f} [n/a]" if np.isfinite(d) else "n/a (no pair)")
         for d, lo, hi, level in zip(
             table["mean_difference"],
             table["ci_low"],
@@ -133,7 +135,9 @@ def display(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     shown["p Holm"] = table["p_adjusted"].map(_format_p)
     shown["p sign-flip (Holm)"] = table["permutation_p_adjusted"].map(_format_p)
     shown["d_z"] = table["cohens_dz"].map(lambda v: "–" if not np.isfinite(v) else f"{v:.2f}")
-    shown["seeds a > b"] = table["sign_proportion"].map("{:.2f}".format)
+    shown["seeds a > b"] = table["sign_proportion"].map(
+        lambda v: "–" if not np.isfinite(v) else f"{v:.2f}"
+    )
     if "mde" in table.columns:
         shown["MDE (80%)"] = table["mde"].map(lambda v: "–" if not np.isfinite(v) else f"{v:.3f}")
     if "seeds_collapsed" in table.columns and table["seeds_collapsed"].any():
