@@ -92,6 +92,7 @@ def verdict_summary(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
             "degenerate / insufficient": table["verdict"].isin(
                 [stats.DEGENERATE, stats.INSUFFICIENT]
             ),
+            "not tested (untrained)": table["verdict"] == stats.NOT_TESTED,
             "mean difference (avg)": table["mean_difference"],
         }
     )
