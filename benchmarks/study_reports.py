@@ -64,6 +64,11 @@ WU_HE_ERROR_AT_32 = {"batch": 23.6, "group": 24.1, "layer": 25.3, "instance": 28
 def _agreement(row: pd.Series, expected_sign: int) -> str:
     """How our verdict relates to the paper's direction (+1: a > b, -1: a < b, 0: no gap)."""
     verdict = row["verdict"]
+    if verdict == stats.NOT_SIGNIFICANT and np.isfinite(row.get("mde", np.nan)):
+        return (
+            f"not significant (detectable with 80% power: {100 * row['mde']:.1f} points): no "
+            "claim either way"
+        )
     if verdict != stats.SIGNIFICANT:
         return f"{verdict}: no claim either way"
     sign = 1 if row["mean_difference"] > 0 else -1
@@ -346,9 +351,9 @@ COMPARISONS = {
 def _generated_body(text: str, figures_dir: str) -> list[str]:
     """The generated report from 'How differences are decided' on, headings one level down."""
     body = text[text.index("## How differences are decided") :]
-    body = body.replace("](", f"]({figures_dir}/").replace(
-        "`significance_", f"`{figures_dir}/significance_"
-    )
+    body = body.replace("](", f"]({figures_dir}/")
+    for table in ("significance_", "collapse_", "convergence_"):
+        body = body.replace(f"`{table}", f"`{figures_dir}/{table}")
     return [("#" + line if line.startswith("#") else line) for line in body.splitlines()]
 
 
@@ -365,6 +370,7 @@ def readme_summary(study: str, report) -> str:
     primary = report.primary
     begin, end = readme_markers(study)
     significant = primary[primary["verdict"] == stats.SIGNIFICANT] if not primary.empty else primary
+    untested = int((primary["verdict"] == stats.NOT_TESTED).sum()) if not primary.empty else 0
     keys = [k for k in (*TRAIN_KEYS, *TEST_KEYS) if k in primary and primary[k].nunique() > 1]
     survived = [
         f"{row['a']} vs {row['b']} ({', '.join(f'{k} {row[k]}' for k in keys)}): "
@@ -376,10 +382,34 @@ def readme_summary(study: str, report) -> str:
         + ", ".join(f"`{label}`" for label in report.primary_labels)
         + f" ({len(primary)} comparisons, Holm at alpha = {report.spec.alpha}); "
         f"{len(significant)} significant"
+        + (f", {untested} not tested (untrained condition)" if untested else "")
         + (": " + "; ".join(survived) if survived else "")
         + ". The report compares these with the paper like with like."
     )
     return f"{begin}\n{text}\n{end}"
+
+
+def declared_vs_run(study: str, overrides: list[str]) -> str:
+    """What the config declares, what ran, and why, when the overrides shrink the grid that
+    the declared family expands over (empty when they do not)."""
+    path = ROOT / "configs" / f"{study}.yaml"
+    declared, ran = load_config(path).train, load_config(path, overrides).train
+    conditions = {
+        name: [f"bs {b}, {c.label}" for b in t.batch_sizes for c in t.compositions]
+        for name, t in (("declared", declared), ("ran", ran))
+    }
+    missing = [c for c in conditions["declared"] if c not in conditions["ran"]]
+    if not missing:
+        return ""
+    return (
+        f"The config declares its primary family over {len(conditions['declared'])} train "
+        f"conditions; this run has {len(conditions['ran'])}: the override(s) "
+        + ", ".join(f"`{o}`" for o in overrides)
+        + f" (used to fit the shared cores) leave out {', '.join(missing)}. So the family "
+        "tested here is smaller than the declared one: the comparisons at the conditions left "
+        "out were declared but never run, Holm corrects over the ones that ran only, and no "
+        "claim is made about the others. "
+    )
 
 
 def study_report(study: str, runs_dir: Path, out_dir: Path, readme: Path | None = None) -> Path:
@@ -437,8 +467,10 @@ def study_report(study: str, runs_dir: Path, out_dir: Path, readme: Path | None 
         f"in the config before the runs: "
         + ", ".join(f"`{c}`" for c in report.primary_labels)
         + f", expanded over conditions to {len(report.primary)} comparisons, Holm at alpha = "
-        f"{report.spec.alpha}. Intervals are paired t-intervals over seeds: they cover "
-        "seed-to-seed (training) variance on one fixed test set.",
+        f"{report.spec.alpha}. {declared_vs_run(study, overrides)}Intervals are paired "
+        "t-intervals over seeds: they cover seed-to-seed (training) variance on one fixed test "
+        "set. The accuracy estimand and the convergence gate are stated in the generated "
+        "report below; collapsed runs are listed per cell with their seeds.",
         "",
         "## What we found (generated from the primary family's verdicts)",
         "",

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -17,12 +18,16 @@ import pandas as pd
 from normzoo.bench.plan.schema import RUN_STATUSES, TEST_KEYS
 from normzoo.bench.plan.stats_section import StatsSection
 from normzoo.report import plots
+from normzoo.report.convergence import Convergence, convergence, gate_findings
 from normzoo.report.families import (
+    Member,
+    collapse_table,
+    distinct,
     exploratory_members,
     primary_members,
     test_members,
 )
-from normzoo.report.findings import findings
+from normzoo.report.findings import collapse_findings, findings
 from normzoo.report.markdown import render_markdown
 from normzoo.report.model import Curves, Report, ReportResult
 from normzoo.report.ranks import rank_blocks
@@ -120,28 +125,22 @@ def compute_report(
     if reference not in methods and methods:
         reference = methods[0]
     empty = pd.DataFrame()
+    conv = convergence(runs, ev, spec) if not ev.empty else None
     if ev.empty:
         limits.append("no finished evaluations: no accuracy, comparison or rank can be computed")
         members, labels, missing = [], [c.label for c in spec.comparisons], []
-        explore, seeds = {}, {}
+        explore, seeds, merged = {}, {}, {}
     else:
-        members, labels, missing = primary_members(ev, spec, reference)
-        # one verdict per comparison on a page: exploratory tables leave out primary members
-        declared = {m.identity for m in members}
-        explore = {
-            name: [m for m in group if m.identity not in declared]
-            for name, group in exploratory_members(ev, reference).items()
-        }
+        members, labels, missing, explore, merged = _families(ev, spec, reference)
         seeds = ev.groupby("method")["seed"].nunique().to_dict()
-        if len(methods) < 2:
-            limits.append(f"only one norm ({methods[0]}): no comparison between norms is possible")
-        if max(seeds.values()) < 2:
-            limits.append("one seed per norm: no confidence interval or test is possible")
-    primary = test_members(members, spec, "primary")
+        limits += _data_limits(methods, seeds, conv)
+    primary = test_members(members, spec, "primary", conv)
     exploratory = {
-        name: test_members(group, spec, f"exploratory: {name}") for name, group in explore.items()
+        name: test_members(group, spec, f"exploratory: {name}", conv)
+        for name, group in explore.items()
     }
     exploratory = {name: table for name, table in exploratory.items() if not table.empty}
+    collapse = collapse_table(members, conv, spec.alpha) if conv is not None else empty
     constant_modes: tuple[str, ...] = ()
     if not ev.empty and ev["stats_mode"].nunique() > 1:
         multi = ev.groupby("method")["stats_mode"].nunique()
@@ -168,13 +167,59 @@ def compute_report(
         primary_labels=tuple(labels),
         primary_missing=tuple(missing),
         primary=primary,
-        findings=tuple(findings(primary)) if not ev.empty else (),
+        findings=tuple(_findings(primary, collapse, conv)) if not ev.empty else (),
         exploratory=exploratory,
         constant_modes=constant_modes,
         ranks=ranks,
         curves=_curves(ev) if not ev.empty else {},
         limits=tuple(limits),
+        convergence=conv,
+        collapse=collapse,
+        merged={k: v for k, v in merged.items() if v},
     )
+
+
+def _families(ev: pd.DataFrame, spec: StatsSection, reference: str) -> tuple:
+    """(primary members, declared labels, missing labels, exploratory members, merged counts);
+    repeated computations merged, exploratory tables without the primary members."""
+    merged: dict[str, int] = {}
+    members, labels, missing = primary_members(ev, spec, reference)
+    members, merged["primary"] = _distinct(members)
+    # one verdict per comparison on a page: exploratory tables leave out primary members
+    declared = {m.identity for m in members}
+    explore = {}
+    for name, group in exploratory_members(ev, reference).items():
+        group = [m for m in group if m.identity not in declared]
+        explore[name], merged[name] = _distinct(group, members)
+    return members, labels, missing, explore, merged
+
+
+def _data_limits(methods: tuple, seeds: dict, conv: Convergence) -> list[str]:
+    limits = []
+    if len(methods) < 2:
+        limits.append(f"only one norm ({methods[0]}): no comparison between norms is possible")
+    if max(seeds.values()) < 2:
+        limits.append("one seed per norm: no confidence interval or test is possible")
+    if not conv.gate_applied:
+        limits.append(
+            "the store records no training accuracy (runs older than the convergence "
+            "contract): no training-accuracy gate is applied, every train condition is "
+            "treated as trained, and collapse is judged by test accuracy alone"
+        )
+    return limits
+
+
+def _distinct(members: list[Member], before: list[Member] = ()) -> tuple[list[Member], int]:
+    """``members`` without those repeating a computation of ``before`` or of an earlier one."""
+    kept = distinct([*before, *members])[0][len(before) :]
+    return kept, len(members) - len(kept)
+
+
+def _findings(primary: pd.DataFrame, collapse: pd.DataFrame, conv: Convergence | None) -> list[str]:
+    lines = findings(primary)
+    if conv is not None:
+        lines += gate_findings(conv)
+    return lines + collapse_findings(collapse)
 
 
 def write_report(report: Report, out_dir: Path) -> ReportResult:
@@ -196,6 +241,11 @@ def write_report(report: Report, out_dir: Path) -> ReportResult:
         tables["headline"] = report.headline
     if not report.primary.empty:
         tables["significance_primary"] = report.primary
+    if not report.collapse.empty:
+        tables["collapse_primary"] = report.collapse
+    if report.convergence is not None:
+        tables["convergence_runs"] = report.convergence.runs
+        tables["convergence_cells"] = report.convergence.cells
     names = {
         "vs_reference": "significance_vs_reference",
         "all_pairs": "significance_all_pairs",
@@ -223,6 +273,6 @@ def build_report(
     """:func:`compute_report`, then :func:`write_report` into ``out_dir``."""
     spec = stats or StatsSection()
     if alpha is not None:
-        spec = StatsSection(spec.primary, alpha, spec.equivalence_margin)
+        spec = replace(spec, alpha=alpha)
     report = compute_report(runs, evaluations, reference, spec, title, command)
     return write_report(report, out_dir)

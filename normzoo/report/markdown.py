@@ -7,7 +7,13 @@ import pandas as pd
 from normzoo import stats
 from normzoo.report.model import Report
 from normzoo.report.select import TEST_KEYS, TRAIN_KEYS
-from normzoo.report.tables import condition_columns, display, markdown_table, verdict_summary
+from normzoo.report.tables import (
+    collapse_display,
+    condition_columns,
+    display,
+    markdown_table,
+    verdict_summary,
+)
 
 
 def _method_section(report: Report) -> list[str]:
@@ -23,7 +29,28 @@ def _method_section(report: Report) -> list[str]:
         f"±{spec.equivalence_margin} (Holm-adjusted)."
         if spec.equivalence_margin
         else "No equivalence margin is declared, so no comparison is ever called equivalent; a "
-        "non-significant result is reported with the power the test had."
+        "non-significant result is reported with its minimum detectable effect (MDE: the "
+        "smallest true difference the test finds with 80% power at alpha / family size and the "
+        "observed sd); a smaller difference may exist."
+    )
+    conv = report.convergence
+    gate = (
+        f"A train condition is trained when its best norm's mean training accuracy (eval mode, "
+        f"fixed training subset) reaches the gate {spec.gate:g}; comparisons in an untrained "
+        f"condition stay in the family as `{stats.NOT_TESTED}`, so the family never shrinks."
+        if conv is not None and conv.gate_applied
+        else "This store records no training accuracy: no convergence gate is applied."
+    )
+    collapse = (
+        f"A run collapsed when its test accuracy (clean default slice) is within "
+        f"{spec.collapse_margin:g} of chance (1 / classes; classes from "
+        f"{conv.chance_source})"
+        + (f" or its training accuracy stays under {spec.gate:g}" if conv.gate_applied else "")
+        + ". Collapse is its own outcome: per train condition and pair of norms, the collapsed "
+        "seeds are compared by Fisher's exact test (Holm over those pairs, a family of its "
+        "own), shown with its power."
+        if conv is not None
+        else ""
     )
     return [
         "## How differences are decided",
@@ -36,6 +63,15 @@ def _method_section(report: Report) -> list[str]:
         f"- Primary test: two-sided {stats.PRIMARY_TEST}. Interval: the paired t-interval "
         "(df = n - 1) at the level Holm tests the comparison at (shown in brackets; at least "
         "95%), so an interval excludes 0 exactly when the verdict is `significant`.",
+        "- Estimand of the accuracy comparison: the "
+        + (
+            "mean paired difference over the seeds where neither run collapsed (collapsed seeds "
+            "are counted in the collapse comparison instead)."
+            if conv is not None
+            else "mean paired difference over all seeds."
+        ),
+        f"- {gate}",
+        *([f"- {collapse}"] if collapse else []),
         "- The intervals cover seed-to-seed (training) variance on one fixed test set: they say "
         "how much another training seed would move the result, not how the accuracy would "
         "change on another test set or dataset. A paper's number lies outside them for many "
@@ -68,7 +104,92 @@ def _primary_section(report: Report) -> list[str]:
     keys = condition_columns(report.primary, (*TRAIN_KEYS, *TEST_KEYS))
     if "method" in report.primary.columns and report.primary["method"].nunique() > 1:
         keys = [*keys, "method"]
-    return lines + [markdown_table(display(report.primary, keys)), ""]
+    if report.merged.get("primary"):
+        lines += [
+            f"{report.merged['primary']} declared members repeated another member's "
+            "computations (same `computed_as` on both sides) and were merged into it.",
+            "",
+        ]
+    lines += [markdown_table(display(report.primary, keys)), ""]
+    if not report.collapse.empty:
+        train = condition_columns(report.collapse, TRAIN_KEYS)
+        lines += [
+            "Collapse beside accuracy: the same pairs of norms per train condition, collapsed "
+            "seeds compared by Fisher's exact test, Holm over these "
+            f"{len(report.collapse)} pairs (full table: `collapse_primary.csv`). A "
+            "non-significant row is not evidence of equal collapse rates: see its power.",
+            "",
+            markdown_table(collapse_display(report.collapse, train)),
+            "",
+        ]
+    return lines
+
+
+def _collapse_power_lines(report: Report) -> list[str]:
+    """What the collapse comparison can see at this n: exact power of Fisher's test."""
+    if report.collapse.empty:
+        return []
+    n = int(report.collapse["collapsed_a"].str.split("/").str[1].astype(int).min())
+    m, alpha = len(report.collapse), report.spec.alpha
+    rows = [
+        {
+            "collapse rates": f"0% vs {rate:.0%}",
+            "power, one test": f"{stats.collapse_power(0.0, rate, n, n, alpha):.0%}",
+            f"power, Holm over {m}": f"{stats.collapse_power(0.0, rate, n, n, alpha, m):.0%}",
+        }
+        for rate in (0.2, 0.5, 1.0)
+    ]
+    return [
+        f"What the collapse comparison can see with n = {n} seeds per norm (Fisher's exact "
+        f"test at alpha = {alpha}; exact enumeration; with Holm: the level of its first step, a "
+        f"lower bound). A norm that collapses on 20% of seeds shows at least one collapse in "
+        f"{n} seeds with probability {stats.chance_to_see_collapse(0.2, n):.0%}.",
+        "",
+        markdown_table(pd.DataFrame(rows)),
+        "",
+    ]
+
+
+def _convergence_section(report: Report) -> list[str]:
+    conv = report.convergence
+    if conv is None:
+        return []
+    lines = ["## Convergence and collapsed runs", ""]
+    if not conv.gate_applied:
+        lines += [
+            "No training accuracy in this store (runs older than the convergence contract): "
+            "no gate is applied and collapse is judged by test accuracy alone.",
+            "",
+        ]
+    else:
+        shown = conv.conditions.assign(
+            trained=conv.conditions["trained"].map({True: "yes", False: "**no**"})
+        )
+        keys = condition_columns(shown, TRAIN_KEYS)
+        columns = [*keys, "best_norm", "best_train_accuracy", "trained", "under_gate"]
+        lines += [
+            f"Gate: the best norm's mean training accuracy reaches {conv.gate:g}.",
+            "",
+            markdown_table(shown[columns].rename(columns={"under_gate": "norms under gate"})),
+            "",
+        ]
+    lines += _collapse_power_lines(report)
+    cells = conv.cells
+    keys = condition_columns(cells, TRAIN_KEYS)
+    columns = [*keys, "method", "runs", "train_accuracy"]
+    if cells["train_accuracy_train_mode"].notna().any():
+        columns.append("train_accuracy_train_mode")
+    columns += ["test_accuracy", "collapsed", "collapsed_seeds"]
+    lines += [
+        f"Per cell (mean over seeds; test accuracy on the clean default slice; a run collapsed "
+        f"at test accuracy <= chance + {conv.margin:g}"
+        + (f" or training accuracy < {conv.gate:g}" if conv.gate_applied else "")
+        + "; full per-run table: `convergence_runs.csv`):",
+        "",
+        markdown_table(cells[columns]),
+        "",
+    ]
+    return lines
 
 
 def _exploratory_section(report: Report) -> list[str]:
@@ -81,7 +202,7 @@ def _exploratory_section(report: Report) -> list[str]:
             f"### Each norm vs `{report.reference}` at every other condition",
             "",
             f"{len(vs)} comparisons, one Holm family (full table: "
-            "`significance_vs_reference.csv`):",
+            "`significance_vs_reference.csv`)" + _merged_note(report, "vs_reference") + ":",
             "",
             markdown_table(verdict_summary(vs, ["a", "b"])),
             "",
@@ -118,6 +239,16 @@ def _exploratory_section(report: Report) -> list[str]:
     return lines
 
 
+def _merged_note(report: Report, name: str) -> str:
+    count = report.merged.get(name, 0)
+    if not count:
+        return ""
+    return (
+        f"; {count} further test conditions repeated the computations of a listed or primary "
+        "comparison (same `computed_as` on both sides) and were merged into it, not counted twice"
+    )
+
+
 def _ranks_section(report: Report) -> list[str]:
     ranks = report.ranks
     if ranks is None:
@@ -125,10 +256,15 @@ def _ranks_section(report: Report) -> list[str]:
     result = ranks.result
     table = pd.DataFrame({"norm": result.names, "average rank": result.average_ranks})
     if result.independent_blocks:
+        posthoc = (
+            f"Nemenyi CD = {result.critical_difference:.2f} at alpha = {result.alpha}."
+            if result.posthoc
+            else f"With {result.n} blocks Nemenyi's asymptotic CD "
+            f"({result.critical_difference:.2f}) does not hold its level: no pairwise verdict."
+        )
         test = (
             f"{result.test}: chi2 = {result.chi2:.2f}, F = {result.f_statistic:.2f}, "
-            f"p {_p(result.pvalue)} -> {result.verdict}; Nemenyi CD = "
-            f"{result.critical_difference:.2f} at alpha = {result.alpha}."
+            f"p {_p(result.pvalue)} ({result.method}) -> {result.verdict}. {posthoc}"
         )
     else:
         test = (
@@ -191,6 +327,7 @@ def render_markdown(report: Report, figures: dict[str, str]) -> str:
     lines += _method_section(report)
     lines += ["## What we found", "", *[f"- {f}" for f in report.findings], ""]
     lines += _primary_section(report)
+    lines += _convergence_section(report)
     lines += [
         "## Headline",
         "",

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from normzoo.bench.plan.stats_section import StatsSection
+from normzoo.report.convergence import Convergence
 from normzoo.report.ranks import RankBlocks
 
 
@@ -46,6 +47,9 @@ class Report:
     ranks: RankBlocks | None
     curves: dict[str, Curves]
     limits: tuple[str, ...]  # what this report cannot compute, and why
+    convergence: Convergence | None = None  # gate per train condition, collapsed runs
+    collapse: pd.DataFrame = field(default_factory=pd.DataFrame)  # Fisher, primary pairs
+    merged: dict[str, int] = field(default_factory=dict)  # per family: repeated computations
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,8 @@ def plot_critical_difference(result: RankTestResult, path: Path, title: str = ""
     order = np.argsort(result.average_ranks, kind="stable")
     names = [result.names[i] for i in order]
     ranks = [result.average_ranks[i] for i in order]
-    cliques = nemenyi_cliques(result) if result.verdict == SIGNIFICANT else []
+    supported = result.verdict == SIGNIFICANT and result.posthoc
+    cliques = nemenyi_cliques(result) if supported else []
     half = math.ceil(k / 2)
     depth = 0.45 * max(half, k - half) + 0.3
     height = 1.9 + 0.9 * depth

@@ -92,6 +92,7 @@ def verdict_summary(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
             "degenerate / insufficient": table["verdict"].isin(
                 [stats.DEGENERATE, stats.INSUFFICIENT]
             ),
+            "not tested (untrained)": table["verdict"] == stats.NOT_TESTED,
             "mean difference (avg)": table["mean_difference"],
         }
     )
@@ -120,7 +121,9 @@ def display(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Compact columns of a comparison table for markdown."""
     shown = table[[*keys, "a", "b", "n"]].copy()
     shown["mean diff [CI]"] = [
-        f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}] ({level:.1%})" if np.isfinite(lo) else f"{d:+.4f} [n/a]"
+        f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}] ({level:.1%})"
+        if np.isfinite(lo)
+        else (f"{d:+.4f} [n/a]" if np.isfinite(d) else "n/a (no pair)")
         for d, lo, hi, level in zip(
             table["mean_difference"],
             table["ci_low"],
@@ -133,7 +136,13 @@ def display(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     shown["p Holm"] = table["p_adjusted"].map(_format_p)
     shown["p sign-flip (Holm)"] = table["permutation_p_adjusted"].map(_format_p)
     shown["d_z"] = table["cohens_dz"].map(lambda v: "–" if not np.isfinite(v) else f"{v:.2f}")
-    shown["seeds a > b"] = table["sign_proportion"].map("{:.2f}".format)
+    shown["seeds a > b"] = table["sign_proportion"].map(
+        lambda v: "–" if not np.isfinite(v) else f"{v:.2f}"
+    )
+    if "mde" in table.columns:
+        shown["MDE (80%)"] = table["mde"].map(lambda v: "–" if not np.isfinite(v) else f"{v:.3f}")
+    if "seeds_collapsed" in table.columns and table["seeds_collapsed"].any():
+        shown["seeds left out (collapsed)"] = table["seeds_collapsed"]
     shown["Wilcoxon"] = table["wilcoxon_verdict"]
     if (table["equivalence"] != "").any():
         shown["TOST"] = table["equivalence"]
@@ -161,3 +170,24 @@ def markdown_table(frame: pd.DataFrame) -> str:
         "| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)
     ]
     return "\n".join([header, rule, *body])
+
+
+def collapse_display(collapse: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Compact columns of the collapse comparisons for markdown."""
+    shown = collapse[[k for k in keys if k in collapse.columns] + ["a", "b"]].copy()
+    shown["collapsed a (seeds)"] = [
+        f"{n} ({s})" if s else n
+        for n, s in zip(collapse["collapsed_a"], collapse["collapsed_seeds_a"], strict=True)
+    ]
+    shown["collapsed b (seeds)"] = [
+        f"{n} ({s})" if s else n
+        for n, s in zip(collapse["collapsed_b"], collapse["collapsed_seeds_b"], strict=True)
+    ]
+    shown["p Fisher"] = collapse["collapse_pvalue"].map(_format_p)
+    shown["p Holm"] = collapse["collapse_p_adjusted"].map(_format_p)
+    shown["detectable rate vs 0% (80%)"] = collapse["collapse_detectable_rate"].map(
+        lambda v: "none at this n" if not np.isfinite(v) else f"{v:.0%}"
+    )
+    shown["power 0% vs 50%"] = collapse["collapse_power_0_vs_50"].map("{:.0%}".format)
+    shown["verdict"] = collapse["collapse_verdict"]
+    return shown

@@ -4,7 +4,8 @@ Pure functions from numpy arrays to small frozen result objects, thin over scipy
 of rliable's ``metrics.py``); nothing here touches files, W&B or Lightning.
 
 - :mod:`~normzoo.stats.paired`: paired t-test and t-interval (primary), exact sign-flip and
-  Wilcoxon (robustness), TOST equivalence, power, Holm over one declared family;
+  Wilcoxon (robustness), TOST equivalence, minimum detectable effect, Holm over one family;
+- :mod:`~normzoo.stats.collapse`: collapse counts compared by Fisher's exact test, its power;
 - :mod:`~normzoo.stats.ranks`: Friedman / Iman-Davenport / Nemenyi (Demšar 2006);
 - :mod:`~normzoo.stats.intervals`, :mod:`~normzoo.stats.permutation`,
   :mod:`~normzoo.stats.corrections`, :mod:`~normzoo.stats.improvement`: the building blocks.
@@ -21,7 +22,18 @@ from normzoo.stats._common import (
     SIGNIFICANT,
     UNDERPOWERED,
 )
+from normzoo.stats.collapse import (
+    COLLAPSE_TEST,
+    NO_COLLAPSE,
+    CollapseComparison,
+    chance_to_see_collapse,
+    collapse_power,
+    compare_collapse,
+    detectable_collapse_rate,
+    fisher_table,
+)
 from normzoo.stats.corrections import holm, holm_levels
+from normzoo.stats.detectable import DETECTABLE_POWER, minimum_detectable_effect
 from normzoo.stats.improvement import probability_of_improvement, sign_proportion
 from normzoo.stats.intervals import (
     BOOTSTRAP_MIN_N,
@@ -33,7 +45,10 @@ from normzoo.stats.intervals import (
 )
 from normzoo.stats.paired import (
     EQUIVALENT,
+    MEAN_ESTIMAND,
     NOT_EQUIVALENT,
+    NOT_TESTED,
+    DetectableEffect,
     PairedComparison,
     cohens_dz,
     compare_family,
@@ -58,7 +73,20 @@ from normzoo.stats.ranks import (
 )
 
 __all__ = [
+    "DETECTABLE_POWER",
     "BOOTSTRAP_MIN_N",
+    "COLLAPSE_TEST",
+    "MEAN_ESTIMAND",
+    "NOT_TESTED",
+    "NO_COLLAPSE",
+    "CollapseComparison",
+    "DetectableEffect",
+    "chance_to_see_collapse",
+    "collapse_power",
+    "compare_collapse",
+    "detectable_collapse_rate",
+    "fisher_table",
+    "minimum_detectable_effect",
     "DEGENERATE",
     "DESCRIPTIVE",
     "EQUIVALENT",

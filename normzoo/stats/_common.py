@@ -15,6 +15,7 @@ UNDERPOWERED = "underpowered"
 SIGNIFICANT = "significant"
 NOT_SIGNIFICANT = "not significant"
 DESCRIPTIVE = "descriptive only (blocks share trained models)"
+NOT_TESTED = "not tested (untrained condition)"
 
 
 def as_1d(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:

@@ -19,7 +19,12 @@ from normzoo.stats._common import as_1d
 
 
 def sign_proportion(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
-    """Share of paired seeds with a > b, ties counting 1/2 (paired sign proportion)."""
+    """Share of paired seeds with a > b, ties counting 1/2 (paired sign proportion).
+
+    Example:
+        >>> sign_proportion([0.8, 0.7, 0.9], [0.7, 0.7, 0.95])
+        0.5
+    """
     xa, xb = as_1d(a, "a"), as_1d(b, "b")
     if xa.size != xb.size or xa.size == 0:
         raise ValueError(
@@ -35,6 +40,10 @@ def probability_of_improvement(
 
     ``scores_x`` is (runs_x, tasks) and ``scores_y`` (runs_y, tasks), or 1-D for one task.
     Runs are unpaired (rliable's setting); for paired seeds see :func:`sign_proportion`.
+
+    Example:
+        >>> probability_of_improvement([0.8, 0.9], [0.7, 0.85])
+        0.75
     """
     x, y = np.asarray(scores_x, dtype=float), np.asarray(scores_y, dtype=float)
     x, y = (x[:, None] if x.ndim == 1 else x), (y[:, None] if y.ndim == 1 else y)

@@ -1,4 +1,4 @@
-"""Paired comparisons over seeds: t-interval, t-test, sign-flip test, Wilcoxon, TOST, power.
+"""Paired comparisons over seeds: t-interval, t-test, sign-flip test, Wilcoxon, TOST, MDE.
 
 A comparison of ``a`` against ``b`` uses the per-seed differences d_i = a_i - b_i (the same seed
 trained or evaluated both ways). Rules every caller inherits:
@@ -13,7 +13,13 @@ trained or evaluated both ways). Rules every caller inherits:
 - robustness checks: the exact sign-flip permutation test of the mean (min p = 2/2^n) and the
   Wilcoxon signed-rank test with its exact null, "underpowered" when even its smallest
   reachable p-value, Holm-adjusted, cannot reach alpha;
-- "equivalent" only from TOST (Schuirmann 1987) against a declared margin.
+- "equivalent" only from TOST (Schuirmann 1987) against a declared margin;
+- a non-significant result carries its minimum detectable effect (80% power at alpha / m);
+- a declared comparison that is not tested (``tested=False``: an untrained condition) keeps its
+  place in the family (Holm's m) with the verdict "not tested".
+
+The estimand is the mean of the per-seed differences over the seeds passed in; the caller
+names it (e.g. "over seeds where neither norm collapsed") and the result carries that name.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from normzoo.stats._common import (
     INSUFFICIENT,
     MIN_SEEDS,
     NOT_SIGNIFICANT,
+    NOT_TESTED,
     PRIMARY_TEST,
     SIGNIFICANT,
     UNDERPOWERED,
@@ -37,13 +44,17 @@ from normzoo.stats._common import (
     check_alpha,
     constant_rows,
 )
+from normzoo.stats._rows import _Raw, _raw
 from normzoo.stats.corrections import holm, holm_levels
+from normzoo.stats.detectable import DETECTABLE_POWER, minimum_detectable_effect
 from normzoo.stats.intervals import Interval, t_interval_rows
-from normzoo.stats.permutation import min_pvalue, sign_flip_pvalues, signed_ranks
+from normzoo.stats.permutation import min_pvalue
 
 EQUIVALENT = "equivalent"
 NOT_EQUIVALENT = "not shown equivalent"
-DEFAULT_POWER_DELTA = 0.01  # one accuracy point, when no equivalence margin is declared
+MEAN_ESTIMAND = "mean paired difference over the seeds given"
+_HOLM_CI = "paired t (df = n - 1), Holm-compatible level"
+_T_CI = "paired t (df = n - 1)"
 
 
 @dataclass(frozen=True)
@@ -79,11 +90,12 @@ class Equivalence:
 
 
 @dataclass(frozen=True)
-class Power:
-    """Power of the family-level t-test (level alpha / family size) to detect a difference delta,
-    with the observed sd of the differences (noncentral t)."""
+class DetectableEffect:
+    """Minimum detectable effect: the smallest true mean difference the t-test at ``level``
+    (alpha / family size: Holm's first step) detects with ``power``, given the observed sd of
+    the differences (noncentral t, two-sided)."""
 
-    delta: float
+    effect: float
     level: float
     power: float
 
@@ -105,13 +117,14 @@ class PairedComparison:
     wilcoxon: WilcoxonCheck
     sign_proportion: float  # share of seeds with a > b, ties 1/2 (not rliable's estimand)
     cohens_dz: float
-    power: Power
+    mde: DetectableEffect
     equivalence: Equivalence | None
     alpha: float
     correction: str
     family_size: int
     verdict: str
     better: str | None
+    estimand: str = ""
 
     def row(self) -> dict:
         """Flat columns for tables and CSV files."""
@@ -138,8 +151,9 @@ class PairedComparison:
             "wilcoxon_verdict": self.wilcoxon.verdict,
             "sign_proportion": self.sign_proportion,
             "cohens_dz": self.cohens_dz,
-            "power_delta": self.power.delta,
-            "power": self.power.power,
+            "mde": self.mde.effect,
+            "mde_level": self.mde.level,
+            "mde_power": self.mde.power,
             "equivalence_margin": eq.margin if eq else np.nan,
             "tost_p_adjusted": eq.p_adjusted if eq else np.nan,
             "equivalence": eq.verdict if eq else "",
@@ -149,13 +163,22 @@ class PairedComparison:
             "family_size": self.family_size,
             "verdict": self.verdict,
             "better": self.better,
+            "estimand": self.estimand,
         }
 
 
 def cohens_dz(differences: Sequence[float] | np.ndarray) -> float:
     """Cohen's d_z = mean(d) / sd(d, ddof=1) for paired differences (Cohen 1988; Lakens 2013).
 
-    NaN when it is undefined: n < 2 or zero spread (never +-inf).
+    Args:
+        differences: per-seed differences a_i - b_i.
+
+    Returns:
+        d_z; NaN when it is undefined: n < 2 or zero spread (never +-inf).
+
+    Example:
+        >>> round(cohens_dz([0.01, 0.03, 0.02]), 3), cohens_dz([0.02, 0.02])
+        (2.0, nan)
     """
     d = as_1d(differences, "differences")
     if d.size < MIN_SEEDS or constant_rows(d)[0]:
@@ -164,9 +187,17 @@ def cohens_dz(differences: Sequence[float] | np.ndarray) -> float:
 
 
 def paired_t_test(differences: Sequence[float] | np.ndarray) -> tuple[float, float]:
-    """Two-sided paired t-test on differences (scipy.stats.ttest_rel); (t, p).
+    """Two-sided paired t-test (Student 1908) on differences, as scipy.stats.ttest_rel.
 
-    NaNs when undefined (n < 2 or zero spread): such data get an explicit verdict instead.
+    Args:
+        differences: per-seed differences a_i - b_i.
+
+    Returns:
+        (t, p); NaNs when undefined (n < 2 or zero spread): such data get an explicit verdict.
+
+    Example:
+        >>> [round(v, 4) for v in paired_t_test([0.01, 0.03, 0.02])]
+        [3.4641, 0.0742]
     """
     d = as_1d(differences, "differences")
     if d.size < MIN_SEEDS or constant_rows(d)[0]:
@@ -175,129 +206,10 @@ def paired_t_test(differences: Sequence[float] | np.ndarray) -> tuple[float, flo
     return float(result.statistic), float(result.pvalue)
 
 
-def _power(delta: float, sd: np.ndarray, n: int, level: float) -> np.ndarray:
-    """Two-sided paired t-test power at ``level`` for true mean difference ``delta``."""
-    if n < MIN_SEEDS:
-        return np.full(sd.shape, np.nan)
-    df = n - 1
-    critical = sps.t.ppf(1 - level / 2, df)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ncp = delta * np.sqrt(n) / sd
-        # nct is NaN far in its tails; each tail term is then 0 (bounded by 1 - the other)
-        upper = np.nan_to_num(sps.nct.sf(critical, df, ncp), nan=0.0)
-        lower = np.nan_to_num(sps.nct.cdf(-critical, df, ncp), nan=0.0)
-        power = np.minimum(1.0, upper + lower)
-    return np.where(sd > 0, power, np.nan)
-
-
-@dataclass
-class _Raw:
-    """Uncorrected per-row quantities of one group of comparisons with equal n."""
-
-    n: int
-    d: np.ndarray
-    mean_a: np.ndarray
-    mean_b: np.ndarray
-    sd: np.ndarray
-    degenerate: np.ndarray
-    t: np.ndarray
-    p: np.ndarray
-    p_perm: np.ndarray
-    perm_method: str
-    w_stat: np.ndarray
-    w_p: np.ndarray
-    n_nonzero: np.ndarray
-    tost: np.ndarray
-    sign: np.ndarray
-
-
-def _raw(a: np.ndarray, b: np.ndarray, margin: float | None) -> _Raw:
-    m, n = a.shape
-    d = a - b
-    nan = np.full(m, np.nan)
-    if n < MIN_SEEDS:
-        mean_a, mean_b = (a.mean(-1), b.mean(-1)) if n else (nan, nan)
-        sign = ((np.sign(d) + 1) / 2).mean(-1) if n else nan
-        return _Raw(
-            n,
-            d,
-            mean_a,
-            mean_b,
-            nan,
-            np.zeros(m, bool),
-            nan,
-            nan,
-            nan,
-            "none",
-            nan,
-            nan,
-            np.zeros(m, int),
-            nan,
-            sign,
-        )
-    degenerate = constant_rows(d)
-    sd = d.std(axis=-1, ddof=1)
-    se = sd / np.sqrt(n)
-    mean = d.mean(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(degenerate, np.nan, mean / se)
-        p = np.where(degenerate, np.nan, 2 * sps.t.sf(np.abs(t), n - 1))
-        tost = nan
-        if margin is not None:
-            lower = sps.t.sf((mean + margin) / se, n - 1)
-            upper = sps.t.cdf((mean - margin) / se, n - 1)
-            tost = np.where(degenerate, np.nan, np.maximum(lower, upper))
-    p_perm, method = sign_flip_pvalues(d)
-    p_perm = np.where(degenerate, np.nan, p_perm)
-    nonzero = np.abs(d) > 1e-12
-    n_nonzero = nonzero.sum(axis=-1)
-    w_stat, w_p = nan.copy(), nan.copy()
-    for k in np.unique(n_nonzero[~degenerate]):
-        rows = np.flatnonzero((n_nonzero == k) & ~degenerate)
-        if k == 0:
-            continue
-        kept = np.stack([d[i][nonzero[i]] for i in rows])
-        ranks = signed_ranks(kept)
-        w_p[rows] = sign_flip_pvalues(ranks)[0]
-        positive = np.where(ranks > 0, ranks, 0).sum(-1)
-        w_stat[rows] = np.minimum(positive, k * (k + 1) / 2 - positive)
-    return _Raw(
-        n,
-        d,
-        a.mean(-1),
-        b.mean(-1),
-        sd,
-        degenerate,
-        t,
-        p,
-        p_perm,
-        method,
-        w_stat,
-        w_p,
-        n_nonzero,
-        tost,
-        ((np.sign(d) + 1) / 2).mean(-1),
-    )
-
-
-def compare_pairs(
-    a: Sequence[np.ndarray],
-    b: Sequence[np.ndarray],
-    names: Sequence[tuple[str, str]],
-    alpha: float = 0.05,
-    confidence_level: float = 0.95,
-    equivalence_margin: float | None = None,
-    power_delta: float | None = None,
-) -> list[PairedComparison]:
-    """Paired comparisons ``a[i]`` vs ``b[i]`` forming ONE family, Holm-corrected over all of it.
-
-    Each ``a[i]``, ``b[i]`` holds per-seed values aligned by seed (same length, no NaN).
-    ``confidence_level`` is the nominal level; the reported ``ci`` is widened to the level Holm
-    tests each comparison at (see :func:`normzoo.stats.corrections.holm_levels`).
-    """
-    check_alpha(alpha)
-    if equivalence_margin is not None and not equivalence_margin > 0:
-        raise ValueError(f"equivalence_margin={equivalence_margin} must be > 0 (e.g. 0.01)")
+def _check_inputs(
+    a: Sequence[np.ndarray], b: Sequence[np.ndarray], names: Sequence[tuple[str, str]]
+) -> dict[int, list[int]]:
+    """Validate the aligned samples; group the comparisons by their number of pairs n."""
     m = len(names)
     if not len(a) == len(b) == m:
         raise ValueError(f"got {len(a)} a-samples, {len(b)} b-samples and {m} names")
@@ -310,113 +222,207 @@ def compare_pairs(
                 f"{names[i][0]!r} and {xb.size} for {names[i][1]!r}; align them by seed"
             )
         groups.setdefault(xa.size, []).append(i)
-    raws: list[tuple[_Raw, int] | None] = [None] * m
+    return groups
+
+
+def _raw_rows(
+    a: Sequence[np.ndarray],
+    b: Sequence[np.ndarray],
+    groups: dict[int, list[int]],
+    margin: float | None,
+) -> list[tuple[_Raw, int]]:
+    """Uncorrected quantities of every comparison, computed per group of equal n."""
+    raws: list[tuple[_Raw, int]] = [None] * sum(map(len, groups.values()))  # type: ignore[list-item]
     for n, members in groups.items():
         raw = _raw(
             np.stack([np.asarray(a[i], float) for i in members]).reshape(len(members), n),
             np.stack([np.asarray(b[i], float) for i in members]).reshape(len(members), n),
-            equivalence_margin,
+            margin,
         )
         for row, i in enumerate(members):
             raws[i] = (raw, row)
-    p = np.array([r.p[j] for r, j in raws]) if m else np.zeros(0)
-    p_adj = holm(p)
+    return raws
+
+
+@dataclass(frozen=True)
+class _Family:
+    """Family-level quantities: Holm-adjusted p-values, levels, intervals, MDEs."""
+
+    p: np.ndarray
+    p_adj: np.ndarray
+    perm_adj: np.ndarray
+    w_adj: np.ndarray
+    tost_adj: np.ndarray | None
+    ci_level: np.ndarray
+    nominal_ci: np.ndarray
+    adjusted_ci: np.ndarray
+    mde: np.ndarray
+    mde_level: float
+
+
+def _adjust(
+    raws: list[tuple[_Raw, int]],
+    groups: dict[int, list[int]],
+    tested: np.ndarray,
+    alpha: float,
+    confidence_level: float,
+    margin: float | None,
+) -> _Family:
+    """Holm over the whole family (untested members count as p = 1), intervals and MDEs."""
+    m = len(raws)
+
+    def column(name: str) -> np.ndarray:
+        values = np.array([getattr(r, name)[j] for r, j in raws]) if m else np.zeros(0)
+        return np.where(tested, values, np.nan)
+
+    p = column("p")
     levels = holm_levels(p, alpha)
-    perm_adj = holm(np.array([r.p_perm[j] for r, j in raws])) if m else p
-    w_adj = holm(np.array([r.w_p[j] for r, j in raws])) if m else p
-    tost_adj = holm(np.array([r.tost[j] for r, j in raws])) if equivalence_margin else None
-    delta = power_delta or equivalence_margin or DEFAULT_POWER_DELTA
-    level = alpha / m if m else alpha
-    # intervals and power, vectorized per group of equal n
-    adjusted_level = np.maximum(confidence_level, 1 - levels)
-    nominal_ci, adjusted_ci, power = np.full((m, 2), np.nan), np.full((m, 2), np.nan), np.zeros(m)
+    ci_level = np.maximum(confidence_level, 1 - levels)
+    nominal, adjusted, mde = np.full((m, 2), np.nan), np.full((m, 2), np.nan), np.full(m, np.nan)
+    mde_level = alpha / m if m else alpha
     for n, members in groups.items():
         raw = raws[members[0]][0]
         rows = [raws[i][1] for i in members]
-        nominal_ci[members] = np.stack(t_interval_rows(raw.d[rows], confidence_level), axis=1)
-        adjusted_ci[members] = np.stack(
-            t_interval_rows(raw.d[rows], adjusted_level[members]), axis=1
-        )
-        power[members] = _power(delta, np.asarray(raw.sd)[rows], n, level)
-    results = []
-    for i, (raw, j) in enumerate(raws):
-        n = raw.n
-        mean_d = float(raw.d[j].mean()) if n else float("nan")
-        if n < MIN_SEEDS:
-            verdict = INSUFFICIENT
-        elif raw.degenerate[j]:
-            verdict = DEGENERATE
-        else:
-            verdict = SIGNIFICANT if p_adj[i] < alpha else NOT_SIGNIFICANT
-        k = int(raw.n_nonzero[j])
-        if n < MIN_SEEDS:
-            w_verdict = INSUFFICIENT
-        elif raw.degenerate[j]:
-            w_verdict = DEGENERATE
-        elif min(1.0, m * min_pvalue(k)) >= alpha:
-            w_verdict = UNDERPOWERED
-        else:
-            w_verdict = SIGNIFICANT if w_adj[i] < alpha else NOT_SIGNIFICANT
-        equivalence = None
-        if tost_adj is not None:
-            eq_verdict = (
-                verdict
-                if verdict in (INSUFFICIENT, DEGENERATE)
-                else EQUIVALENT
-                if tost_adj[i] < alpha
-                else NOT_EQUIVALENT
-            )
-            equivalence = Equivalence(
-                equivalence_margin, float(raw.tost[j]), float(tost_adj[i]), eq_verdict
-            )
-        better = None
-        if verdict == SIGNIFICANT:
-            better = names[i][0] if mean_d > 0 else names[i][1]
-        results.append(
-            PairedComparison(
-                a=names[i][0],
-                b=names[i][1],
-                n=n,
-                mean_a=float(raw.mean_a[j]),
-                mean_b=float(raw.mean_b[j]),
-                mean_difference=mean_d,
-                ci=Interval(
-                    float(adjusted_ci[i, 0]),
-                    float(adjusted_ci[i, 1]),
-                    float(adjusted_level[i]),
-                    "paired t (df = n - 1), Holm-compatible level",
-                ),
-                ci_nominal=Interval(
-                    float(nominal_ci[i, 0]),
-                    float(nominal_ci[i, 1]),
-                    confidence_level,
-                    "paired t (df = n - 1)",
-                ),
-                t_test=TestResult(PRIMARY_TEST, float(raw.t[j]), float(p[i]), float(p_adj[i])),
-                permutation=TestResult(
-                    "sign-flip permutation",
-                    mean_d,
-                    float(raw.p_perm[j]),
-                    float(perm_adj[i]),
-                    raw.perm_method,
-                ),
-                wilcoxon=WilcoxonCheck(
-                    float(raw.w_stat[j]), float(raw.w_p[j]), float(w_adj[i]), k, w_verdict
-                ),
-                sign_proportion=float(raw.sign[j]),
-                cohens_dz=float(
-                    np.nan if raw.degenerate[j] or n < MIN_SEEDS else mean_d / raw.sd[j]
-                ),
-                power=Power(float(delta), float(level), float(power[i])),
-                equivalence=equivalence,
-                alpha=alpha,
-                correction="Holm" if m > 1 else "none",
-                family_size=m,
-                verdict=verdict,
-                better=better,
-            )
-        )
-    return results
+        nominal[members] = np.stack(t_interval_rows(raw.d[rows], confidence_level), axis=1)
+        adjusted[members] = np.stack(t_interval_rows(raw.d[rows], ci_level[members]), axis=1)
+        mde[members] = minimum_detectable_effect(np.asarray(raw.sd)[rows], n, mde_level)
+    return _Family(
+        p,
+        holm(p),
+        holm(column("p_perm")),
+        holm(column("w_p")),
+        holm(column("tost")) if margin else None,
+        ci_level,
+        nominal,
+        adjusted,
+        mde,
+        mde_level,
+    )
+
+
+def _verdicts(raw: _Raw, j: int, i: int, fam: _Family, tested: bool, alpha: float) -> tuple:
+    """(t-test verdict, Wilcoxon verdict) of comparison i (row j of its group)."""
+    n, m = raw.n, len(fam.p)
+    if not tested:
+        return NOT_TESTED, NOT_TESTED
+    if n < MIN_SEEDS:
+        return INSUFFICIENT, INSUFFICIENT
+    if raw.degenerate[j]:
+        return DEGENERATE, DEGENERATE
+    verdict = SIGNIFICANT if fam.p_adj[i] < alpha else NOT_SIGNIFICANT
+    if min(1.0, m * min_pvalue(int(raw.n_nonzero[j]))) >= alpha:
+        return verdict, UNDERPOWERED
+    return verdict, SIGNIFICANT if fam.w_adj[i] < alpha else NOT_SIGNIFICANT
+
+
+def _result(
+    i: int,
+    raws: list[tuple[_Raw, int]],
+    names: Sequence[tuple[str, str]],
+    fam: _Family,
+    tested: bool,
+    spec: dict,
+) -> PairedComparison:
+    """Assemble comparison i from its raw and family-level quantities."""
+    raw, j = raws[i]
+    n, alpha, margin = raw.n, spec["alpha"], spec["margin"]
+    mean_d = float(raw.d[j].mean()) if n else float("nan")
+    verdict, w_verdict = _verdicts(raw, j, i, fam, tested, alpha)
+    equivalence = None
+    if fam.tost_adj is not None:
+        eq = EQUIVALENT if fam.tost_adj[i] < alpha else NOT_EQUIVALENT
+        eq = verdict if verdict in (INSUFFICIENT, DEGENERATE, NOT_TESTED) else eq
+        equivalence = Equivalence(margin, float(raw.tost[j]), float(fam.tost_adj[i]), eq)
+    better = (names[i][0] if mean_d > 0 else names[i][1]) if verdict == SIGNIFICANT else None
+    defined = not (raw.degenerate[j] or n < MIN_SEEDS)
+    return PairedComparison(
+        a=names[i][0],
+        b=names[i][1],
+        n=n,
+        mean_a=float(raw.mean_a[j]),
+        mean_b=float(raw.mean_b[j]),
+        mean_difference=mean_d,
+        ci=Interval(*map(float, fam.adjusted_ci[i]), float(fam.ci_level[i]), _HOLM_CI),
+        ci_nominal=Interval(*map(float, fam.nominal_ci[i]), spec["confidence"], _T_CI),
+        t_test=TestResult(PRIMARY_TEST, float(raw.t[j]), float(fam.p[i]), float(fam.p_adj[i])),
+        permutation=TestResult(
+            "sign-flip permutation",
+            mean_d,
+            float(raw.p_perm[j]),
+            float(fam.perm_adj[i]),
+            raw.perm_method,
+        ),
+        wilcoxon=WilcoxonCheck(
+            float(raw.w_stat[j]),
+            float(raw.w_p[j]),
+            float(fam.w_adj[i]),
+            int(raw.n_nonzero[j]),
+            w_verdict,
+        ),
+        sign_proportion=float(raw.sign[j]),
+        cohens_dz=float(mean_d / raw.sd[j]) if defined else float("nan"),
+        mde=DetectableEffect(float(fam.mde[i]), fam.mde_level, DETECTABLE_POWER),
+        equivalence=equivalence,
+        alpha=alpha,
+        correction="Holm" if len(names) > 1 else "none",
+        family_size=len(names),
+        verdict=verdict,
+        better=better,
+        estimand=spec["estimand"],
+    )
+
+
+def compare_pairs(
+    a: Sequence[np.ndarray],
+    b: Sequence[np.ndarray],
+    names: Sequence[tuple[str, str]],
+    alpha: float = 0.05,
+    confidence_level: float = 0.95,
+    equivalence_margin: float | None = None,
+    tested: Sequence[bool] | None = None,
+    estimand: str = MEAN_ESTIMAND,
+) -> list[PairedComparison]:
+    """Paired comparisons ``a[i]`` vs ``b[i]`` forming ONE family, Holm-corrected over all of it.
+
+    Primary test: two-sided paired t-test (Student 1908) of the mean difference, Holm (1979)
+    over the family; interval: the paired t-interval at the level Holm tests the comparison at.
+
+    Args:
+        a, b: per comparison, per-seed values aligned by seed (same length, no NaN).
+        names: per comparison, (name of a, name of b).
+        alpha: family-wise error rate.
+        confidence_level: nominal level; ``ci`` is widened to the Holm level (see
+            :func:`normzoo.stats.corrections.holm_levels`), ``ci_nominal`` is not.
+        equivalence_margin: declared TOST margin (Schuirmann 1987), or None.
+        tested: per comparison, False for a declared comparison that is not tested (e.g. an
+            untrained condition): verdict ``not tested``, and it still counts in Holm's m.
+        estimand: what the mean difference is over, in words (shown with every result).
+
+    Returns:
+        One :class:`PairedComparison` per pair, in order.
+
+    Example:
+        >>> r = compare_pairs([[0.80, 0.82, 0.81, 0.83]], [[0.70, 0.71, 0.73, 0.72]],
+        ...     [("group", "batch")])[0]
+        >>> r.verdict, r.better, round(r.mean_difference, 3), round(r.t_test.pvalue, 5)
+        ('significant', 'group', 0.1, 0.00077)
+    """
+    check_alpha(alpha)
+    if equivalence_margin is not None and not equivalence_margin > 0:
+        raise ValueError(f"equivalence_margin={equivalence_margin} must be > 0 (e.g. 0.01)")
+    groups = _check_inputs(a, b, names)
+    mask = np.ones(len(names), bool) if tested is None else np.asarray(tested, bool)
+    if mask.shape != (len(names),):
+        raise ValueError(f"tested needs one flag per comparison ({len(names)}), got {mask.shape}")
+    raws = _raw_rows(a, b, groups, equivalence_margin)
+    fam = _adjust(raws, groups, mask, alpha, confidence_level, equivalence_margin)
+    spec = {
+        "alpha": alpha,
+        "margin": equivalence_margin,
+        "confidence": confidence_level,
+        "estimand": estimand,
+    }
+    return [_result(i, raws, names, fam, bool(mask[i]), spec) for i in range(len(names))]
 
 
 def paired_comparison(
@@ -428,7 +434,21 @@ def paired_comparison(
     confidence_level: float = 0.95,
     equivalence_margin: float | None = None,
 ) -> PairedComparison:
-    """One paired comparison (a family of one): a[i], b[i] share seed i."""
+    """One paired comparison (a family of one): a[i], b[i] share seed i.
+
+    Args:
+        a, b: per-seed values aligned by seed.
+        name_a, name_b: their names in the result.
+        alpha, confidence_level, equivalence_margin: as in :func:`compare_pairs`.
+
+    Returns:
+        A :class:`PairedComparison` (paired t-test, no multiplicity correction).
+
+    Example:
+        >>> r = paired_comparison([0.80, 0.82, 0.81], [0.79, 0.80, 0.80], "group", "batch")
+        >>> r.n, round(r.mean_difference, 4), r.verdict
+        (3, 0.0133, 'not significant')
+    """
     return compare_pairs([a], [b], [(name_a, name_b)], alpha, confidence_level, equivalence_margin)[
         0
     ]
@@ -452,8 +472,19 @@ def compare_family(
 ) -> list[PairedComparison]:
     """One Holm family from ``scores`` (name -> per-seed values, NaN = missing seed).
 
-    With ``reference`` every other name vs it, otherwise all pairs; each pair uses the seeds
-    both names have.
+    Args:
+        scores: name -> per-seed values of equal length, NaN for a missing seed.
+        reference: compare every other name with it; None: all pairs.
+        alpha, confidence_level, equivalence_margin: as in :func:`compare_pairs`.
+
+    Returns:
+        One :class:`PairedComparison` per pair; each pair uses the seeds both names have.
+
+    Example:
+        >>> family = compare_family({"batch": [0.8, 0.7, 0.9, 0.85], "group": [0.82, 0.73,
+        ...     0.93, 0.86], "layer": [0.8, 0.71, float("nan"), 0.84]}, reference="batch")
+        >>> [(r.a, r.n, r.family_size, r.correction) for r in family]
+        [('group', 4, 2, 'Holm'), ('layer', 3, 2, 'Holm')]
     """
     arrays = {name: np.asarray(v, dtype=float) for name, v in scores.items()}
     shapes = {v.shape for v in arrays.values()}

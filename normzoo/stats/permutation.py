@@ -24,7 +24,12 @@ _CHUNK = 1 << 15
 
 
 def min_pvalue(n: int) -> float:
-    """Smallest two-sided p-value a sign-flip test on n non-zero pairs can give: 2 / 2^n."""
+    """Smallest two-sided p-value a sign-flip test on n non-zero pairs can give: 2 / 2^n.
+
+    Example:
+        >>> min_pvalue(5), min_pvalue(10)
+        (0.0625, 0.001953125)
+    """
     return min(1.0, 2.0 / 2.0**n) if n > 0 else 1.0
 
 
@@ -78,7 +83,18 @@ class PermutationTest:
 
 
 def sign_flip_test(differences: Sequence[float] | np.ndarray) -> PermutationTest:
-    """Sign-flip permutation test of mean(d) = 0; all 2^n patterns for n <= 20."""
+    """Sign-flip permutation test of mean(d) = 0 (Fisher 1935); all 2^n patterns for n <= 20.
+
+    Args:
+        differences: per-seed differences a_i - b_i.
+
+    Returns:
+        A :class:`PermutationTest` (exact up to 20 pairs, else Monte Carlo).
+
+    Example (every difference positive at n = 5: the smallest p, 2/32):
+        >>> sign_flip_test([0.01, 0.02, 0.03, 0.04, 0.05]).pvalue
+        0.0625
+    """
     d = as_1d(differences, "differences")
     p, method = sign_flip_pvalues(d[None])
     return PermutationTest(
@@ -109,7 +125,22 @@ def signed_ranks(d: np.ndarray) -> np.ndarray:
 def wilcoxon_test(
     differences: Sequence[float] | np.ndarray, alpha: float = 0.05, family_size: int = 1
 ) -> WilcoxonResult:
-    """Two-sided signed-rank test with the exact permutation null (ties and all)."""
+    """Wilcoxon (1945) two-sided signed-rank test with the exact permutation null (ties too).
+
+    Args:
+        differences: per-seed differences; zeros are dropped.
+        alpha: the level the verdict will use.
+        family_size: comparisons in the Holm family (for "underpowered").
+
+    Returns:
+        A :class:`WilcoxonResult`, ``underpowered`` when even the smallest reachable p-value,
+        times ``family_size``, is not below ``alpha``.
+
+    Example:
+        >>> r = wilcoxon_test([0.5, 1.0, 1.5, 2.0, 2.5, -0.1])
+        >>> r.statistic, r.pvalue, r.underpowered
+        (1.0, 0.0625, False)
+    """
     check_alpha(alpha)
     d = as_1d(differences, "differences")
     nonzero = d[np.abs(d) > 1e-12]

@@ -1,5 +1,6 @@
 """normzoo.stats.ranks against Demšar (2006): worked example, tables, scipy."""
 
+import itertools
 import math
 
 import numpy as np
@@ -116,3 +117,43 @@ def test_perfect_agreement_gets_the_exact_pvalue_not_zero():
     result = stats.friedman_nemenyi(scores, list("abcd"))
     # every block ranks a > b > c > d: P = (1/4!)^2 under H0 (independent uniform rankings)
     assert result.pvalue == pytest.approx(1 / 24**2) and result.pvalue > 0
+
+
+def _brute_force_friedman_p(scores: np.ndarray) -> float:
+    """Every ordering of every block (none held fixed), scipy's chi2 as the statistic."""
+    n, k = scores.shape
+    observed = sps.friedmanchisquare(*scores.T).statistic
+    hits = total = 0
+    for orders in itertools.product(itertools.permutations(range(k)), repeat=n):
+        table = np.stack([scores[i][list(o)] for i, o in enumerate(orders)])
+        hits += sps.friedmanchisquare(*table.T).statistic >= observed - 1e-9
+        total += 1
+    return hits / total
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_few_blocks_get_the_exact_permutation_pvalue(seed):
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.random((3, 3)), 1)  # rounding makes ties likely
+    if np.all(scores == scores[:, :1]):
+        scores[0, 0] += 0.5
+    result = stats.friedman_nemenyi(scores, list("abc"))
+    assert result.method.startswith("exact permutation")
+    assert result.pvalue == pytest.approx(_brute_force_friedman_p(scores))
+    assert not result.posthoc and not result.significantly_different("a", "c")
+
+
+def test_few_blocks_hold_their_level_exactly():
+    # 2,000 null tables of N = 3 blocks, k = 4 (MC sd of a 5% rate: 0.005)
+    rng = np.random.default_rng(5)
+    tables = rng.random((2000, 3, 4))
+    exact = np.array([stats.ranks.friedman_permutation_pvalue(t)[0] for t in tables])
+    assert (exact < 0.05).mean() <= 0.05 + 0.01
+    # Monte Carlo path (patterns above the exact limit): valid p-value, agrees with exact
+    big = rng.random((8, 5))
+    mc, method = stats.ranks.friedman_permutation_pvalue(big)
+    assert method.startswith("Monte Carlo") and 0 < mc <= 1
+    chi2 = sps.friedmanchisquare(*big.T).statistic
+    rank_sums = (np.argsort(rng.random((4000, 8, 5)), -1) + 1.0).sum(axis=1)
+    null = 12 / (8 * 5 * 6) * (rank_sums**2).sum(-1) - 3 * 8 * 6  # chi2_F without ties
+    assert mc == pytest.approx((null >= chi2 - 1e-9).mean(), abs=0.03)

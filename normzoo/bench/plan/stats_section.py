@@ -7,6 +7,8 @@ stats:
     - batch vs running where shift=fog and severity=5   # two stats modes, some conditions
   alpha: 0.05
   equivalence_margin: 0.01       # optional: TOST equivalence within +-0.01 accuracy
+  gate: 0.9                      # trained condition: best norm's mean train accuracy >= gate
+  collapse_margin: 0.05          # collapsed run: test acc <= chance + margin, or train acc < gate
 ```
 Holm corrects over every comparison the family expands to, across conditions; everything else
 the report prints is exploratory. Without ``primary`` the family is every norm vs ``batch``
@@ -49,7 +51,7 @@ WHERE_KEYS = (
     "severity",
     "test_composition",
 )
-STATS_KEYS = ("primary", "alpha", "equivalence_margin")
+STATS_KEYS = ("primary", "alpha", "equivalence_margin", "gate", "collapse_margin")
 _SIDE = re.compile(r"^([^()]+?)\s*(?:\((.*)\))?$")  # name, or name(key=value,...)
 EVERY = "*"  # a side that stands for every norm of the grid
 
@@ -82,6 +84,16 @@ class StatsSection:
     alpha: number(gt=0, lt=1) = Field(0.05, description="significance level")
     equivalence_margin: number(gt=0) | None = Field(
         None, description="TOST equivalence margin in accuracy (null: no equivalence test)"
+    )
+    gate: number(gt=0, le=1) = Field(
+        0.9,
+        description="training-accuracy gate: a train condition is trained when its best norm's "
+        "mean final training accuracy over seeds reaches it",
+    )
+    collapse_margin: number(ge=0, lt=1) = Field(
+        0.05,
+        description="a run collapsed when its test accuracy is within this margin of chance "
+        "(1 / classes), or its training accuracy stayed under the gate",
     )
 
     @field_validator("alpha", mode="before")
@@ -177,7 +189,8 @@ def parse_stats(
             if not canonical
             else f"removed norms: {', '.join(dict.fromkeys(dropped.values()))}",
         )
-    return StatsSection(tuple(canonical), alpha, margin), problems
+    gate, collapse_margin = _gate_keys(raw, problems)
+    return StatsSection(tuple(canonical), alpha, margin, gate, collapse_margin), problems
 
 
 def _alpha_and_margin(raw: dict, problems: list[str]) -> tuple[float, float | None]:
@@ -195,6 +208,25 @@ def _alpha_and_margin(raw: dict, problems: list[str]) -> tuple[float, float | No
         problems.append(f"stats.equivalence_margin={margin!r} must be a number > 0, e.g. 0.01")
         margin = None
     return float(alpha), None if margin is None else float(margin)
+
+
+def _gate_keys(raw: dict, problems: list[str]) -> tuple[float, float]:
+    """``stats.gate`` in (0, 1] and ``stats.collapse_margin`` in [0, 1) (defaults 0.9, 0.05)."""
+    gate = raw.get("gate", 0.9)
+    if not _is_number(gate) or not 0 < gate <= 1:
+        problems.append(f"stats.gate={gate!r} must be a training accuracy in (0, 1], e.g. 0.9")
+        gate = 0.9
+    collapse = raw.get("collapse_margin", 0.05)
+    if not _is_number(collapse) or not 0 <= collapse < 1:
+        problems.append(
+            f"stats.collapse_margin={collapse!r} must be an accuracy margin in [0, 1), e.g. 0.05"
+        )
+        collapse = 0.05
+    return float(gate), float(collapse)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _entry(
