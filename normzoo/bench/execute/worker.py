@@ -350,7 +350,8 @@ def execute_task(task: Task, config: Config, out_dir: str, tracker=None) -> Iter
         row.update(status="failed", error=error_text)
     seconds = time.perf_counter() - start
     row.update(eval_seconds=seconds, finished_at=now())
-    logged = _finish_logger(tracker, logger, run, row, evaluations, path)
+    logged_rows = [{k: v for k, v in e.items() if k != "fingerprint"} for e in evaluations]
+    logged = _finish_logger(tracker, logger, run, row, logged_rows, path)  # as the store exports
     yield Finished(run.key, seconds, error_text, wandb_logged=logged)
 
 

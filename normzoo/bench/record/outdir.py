@@ -63,6 +63,12 @@ def check_out_dir(out_dir: str | Path, store: bool = True) -> None:
         raise OutDirError(f"--out {out_dir}: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutDirError(f"--out {out_dir}: {existing} is not writable; choose another --out")
+    for name in (LOCK_NAME, CREATED_NAME):
+        if (out_dir / name).is_symlink():
+            raise OutDirError(
+                f"--out {out_dir}: '{name}' is a symbolic link; normzoo writes only its own files"
+                " in the output dir: remove the link"
+            )
     for name in REQUIRED_DIRS:
         entry = out_dir / name
         if os.path.lexists(entry) and (entry.is_symlink() or not entry.is_dir()):
