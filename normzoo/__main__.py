@@ -50,7 +50,7 @@ def report(argv: list[str]) -> int:
         if not (out_dir / STORE_NAME).is_file():
             raise FileNotFoundError(f"no {STORE_NAME} in '{out_dir}'; pass the --out dir of a run")
         report_dir = out_dir if _writable(out_dir) else _copy_of_store(out_dir)
-        with Store(out_dir, read_only=True) as store:
+        with Store(report_dir, read_only=True) as store:  # a copy when out_dir is read-only
             runs = store.runs_frame()
         if runs.empty:
             raise ValueError(f"{out_dir / STORE_NAME} holds no runs; nothing to report")

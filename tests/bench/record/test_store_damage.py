@@ -131,8 +131,14 @@ def test_report_on_a_read_only_dir_writes_elsewhere_and_leaves_the_store(copy, c
     mount.mkdir()
     if os.system(f"mount -t tmpfs -o size=16m tmpfs '{mount}' 2>/dev/null") != 0:
         pytest.skip("tmpfs cannot be mounted here")
+    live = sqlite3.connect(out / STORE_NAME)  # a store left with a WAL, as after a kill
+    live.execute("PRAGMA wal_autocheckpoint=0")
+    live.execute("UPDATE runs SET error = 'edited in the WAL' WHERE rowid = 1")
+    live.commit()
     try:
         shutil.copytree(out, mount / "out")
+        live.close()
+        assert (mount / "out" / f"{STORE_NAME}-wal").stat().st_size > 0
         before = {p.name: p.read_bytes() for p in (mount / "out").iterdir() if p.is_file()}
         assert os.system(f"mount -o remount,ro '{mount}'") == 0
         assert normzoo_main(["report", str(mount / "out")]) == 0
