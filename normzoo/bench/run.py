@@ -173,7 +173,7 @@ def plan_grid(
         elif has_weights and status != "diverged" and _intact(out_dir, run, store):
             task = Task(run, pending, train=False, weights_sha256=store.weights_hash(run.key))
         else:
-            if status == "ok":
+            if status == "ok" and not has_weights:  # damaged ones were named by _intact
                 log.warning("weights of %s are missing: retraining it", run.name)
             task = Task(run, tuple(conditions))
         plan.tasks.append(task)
