@@ -167,3 +167,44 @@ def test_a_renamed_experiment_reuses_its_runs_as_one_experiment(tmp_path, caplog
     with Store(out, read_only=True) as store:
         ev = store.evaluations_frame()
     assert set(ev["experiment"]) == {"second"} and set(ev["seed"]) == {0, 1}
+
+
+def test_a_version_2_store_is_read_and_migrated_its_rows_counted_stale(tmp_path):
+    from normzoo.bench.record import store as store_module
+
+    v2 = store_module._SCHEMA.replace(",\n    weights_sha256 TEXT", "").replace(
+        "\n    fingerprint TEXT,", ""
+    )
+    assert "fingerprint" not in v2 and "weights_sha256" not in v2
+    older = tmp_path / "older"
+    older.mkdir()
+    conn = sqlite3.connect(older / STORE_NAME)
+    conn.executescript(v2)
+    conn.execute("PRAGMA user_version=2")
+    conn.commit()
+    conn.close()
+    row = _row("a")
+    values = [row[c] for c in store_module.RUN_COLUMNS]
+    evaluation = _evals("a", [(1, 0.7)])[0]
+    conn = sqlite3.connect(older / STORE_NAME)
+    conn.execute(
+        f"INSERT INTO runs ({', '.join(store_module.RUN_COLUMNS)}) VALUES"
+        f" ({', '.join('?' * len(values))})",
+        values,
+    )
+    conn.execute(
+        f"INSERT INTO evaluations ({', '.join(evaluation)}) VALUES"
+        f" ({', '.join('?' * len(evaluation))})",
+        list(evaluation.values()),
+    )
+    conn.commit()
+    conn.close()
+    content = (older / STORE_NAME).read_bytes()
+    with Store(older, read_only=True) as store:  # read as schema 3, the file untouched
+        assert store.weights_hash("a") is None
+        assert list(store.evaluated()["a"].values()) == [None]  # no fingerprint: stale
+    assert (older / STORE_NAME).read_bytes() == content
+    with Store(older) as store:
+        assert store.statuses() == {"a": "ok"} and len(store.evaluations_frame()) == 1
+        version = store._conn.execute("PRAGMA user_version").fetchone()[0]
+    assert version == store_module.SCHEMA_VERSION
