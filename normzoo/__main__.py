@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 USAGE = __doc__.split("\n\n", 1)[1]
@@ -46,7 +49,8 @@ def report(argv: list[str]) -> int:
             raise FileNotFoundError(f"'{out_dir}' is not a directory; pass the --out dir of a run")
         if not (out_dir / STORE_NAME).is_file():
             raise FileNotFoundError(f"no {STORE_NAME} in '{out_dir}'; pass the --out dir of a run")
-        with Store(out_dir) as store:
+        report_dir = out_dir if _writable(out_dir) else _copy_of_store(out_dir)
+        with Store(report_dir, read_only=True) as store:  # a copy when out_dir is read-only
             runs = store.runs_frame()
         if runs.empty:
             raise ValueError(f"{out_dir / STORE_NAME} holds no runs; nothing to report")
@@ -61,11 +65,36 @@ def report(argv: list[str]) -> int:
                     f"the config stored with run {latest['run_key']} in {out_dir / STORE_NAME} "
                     f"cannot be read: {error}"
                 ) from None
-    except (ValueError, FileNotFoundError) as error:
+        cli._report(config, report_dir, [r.key for r in expand_runs(config)], tracker=None)
+    except (ValueError, FileNotFoundError) as error:  # StoreError: values of the wrong type
         cli.console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
         return 2
-    cli._report(config, out_dir, [r.key for r in expand_runs(config)], tracker=None)
     return 0
+
+
+def _writable(out_dir: Path) -> bool:
+    """Whether the report can be written next to the store (dir and store writable)."""
+    from normzoo.bench.record.store import STORE_NAME
+
+    return all(os.access(p, os.W_OK) for p in (out_dir, out_dir / STORE_NAME))
+
+
+def _copy_of_store(out_dir: Path) -> Path:
+    """A temporary dir holding a copy of a read-only dir's store, for the report (the store
+    itself is never touched); says where the report goes."""
+    from normzoo import cli
+    from normzoo.bench.record.store import STORE_NAME
+
+    target = Path(tempfile.mkdtemp(prefix="normzoo-report-"))
+    for name in (STORE_NAME, f"{STORE_NAME}-wal"):
+        if (out_dir / name).is_file():
+            shutil.copyfile(out_dir / name, target / name)
+    cli.console.print(
+        f"{out_dir} is read-only: the report and CSVs are written to {target} instead"
+        " (the store is not touched)",
+        soft_wrap=True,
+    )
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,12 +15,14 @@ import functools
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from normzoo.bench.execute.evaluate import condition_fingerprint
 from normzoo.bench.execute.worker import (
     CHECKPOINTS_DIR,
     WEIGHTS_DIR,
@@ -30,16 +32,20 @@ from normzoo.bench.execute.worker import (
     Task,
     TaskDone,
     Trained,
+    WeightsError,
     WorkerDied,
     checkpoint_path,
     default_workers,
     gpu_count,
     local_results,
+    no_space,
     run_row,
+    verify_weights,
     weights_path,
 )
 from normzoo.bench.plan.config import Config
 from normzoo.bench.plan.grid import Run, TestCondition, expand_conditions, expand_runs
+from normzoo.bench.record.outdir import OutOfSpaceError
 from normzoo.bench.record.provenance import code_versions
 from normzoo.bench.record.store import EVAL_KEY, STORE_NAME, VERSION_COLUMNS, Store, now
 
@@ -134,18 +140,21 @@ def plan_grid(
 ) -> Plan:
     """Tasks for every run of the grid (or of ``only``) whose training or evaluations are missing.
 
-    A stored ok run with weights is only evaluated under the conditions it lacks; without weights
-    it is retrained. Failed runs with weights (evaluation failed) are re-evaluated, others
-    retrained.
+    A stored ok run with weights is only evaluated under the conditions it lacks, or whose stored
+    fingerprint (`condition_fingerprint`: mix prior, TENT settings, ...) differs from the
+    config's; without weights it is retrained. Failed runs with weights (evaluation failed) are
+    re-evaluated, others retrained. Weights that fail `verify_weights` (damaged, truncated,
+    another run's) are never evaluated: the run is retrained, with a warning.
     """
     runs, conditions = expand_runs(config), expand_conditions(config)
     statuses, evaluated, versions = store.statuses(), store.evaluated(), store.versions()
     current = tuple(code_versions()[c] for c in VERSION_COLUMNS)
+    fingerprints = {c: condition_fingerprint(c, config.eval) for c in conditions}
     plan = Plan([], len(runs), len(conditions))
     for run in runs:
         status = statuses.get(run.key)
-        done = evaluated.get(run.key, set())
-        pending = tuple(c for c in conditions if condition_key(c) not in done)
+        done = evaluated.get(run.key, {})
+        pending = tuple(c for c in conditions if done.get(condition_key(c), 0) != fingerprints[c])
         if status is not None:
             plan.runs_stored += 1
             plan.evaluations_stored += len(conditions) - len(pending)
@@ -161,15 +170,27 @@ def plan_grid(
         elif status in ("failed", "diverged") and not retry:
             plan.kept_failed += 1
             continue
-        elif has_weights and status != "diverged":
-            task = Task(run, pending, train=False)
+        elif has_weights and status != "diverged" and _intact(out_dir, run, store):
+            task = Task(run, pending, train=False, weights_sha256=store.weights_hash(run.key))
         else:
-            if status == "ok":
+            if status == "ok" and not has_weights:  # damaged ones were named by _intact
                 log.warning("weights of %s are missing: retraining it", run.name)
             task = Task(run, tuple(conditions))
         plan.tasks.append(task)
         plan.evaluations_pending += len(task.conditions)
     return plan
+
+
+def _intact(out_dir: str | Path, run: Run, store: Store) -> bool:
+    """Whether a stored run's weights file verifies (hash and run key); warns when not."""
+    try:
+        verify_weights(weights_path(out_dir, run.key), run.key, store.weights_hash(run.key))
+    except WeightsError as error:
+        log.warning(
+            "%s: %s; retraining run %s (never evaluated from this file)", run.name, error, run.name
+        )
+        return False
+    return True
 
 
 # ---- the grid --------------------------------------------------------------------------------
@@ -240,9 +261,31 @@ class _Writer:
         self.wandb_failed: set[str] = set()  # not retried until the next invocation
 
     def handle(self, message) -> bool:
-        """Store one message; True when a task ended (for the progress bar)."""
+        """Store one message; True when a task ended (for the progress bar). A full disk raises
+        `OutOfSpaceError` (what is stored stays)."""
+        try:
+            return self._handle(message)
+        except sqlite3.OperationalError as error:
+            if "full" in str(error) or no_space(error):
+                raise self.out_of_space(error) from None
+            raise
+        except OSError as error:
+            if no_space(error):
+                raise self.out_of_space(error) from None
+            raise
+
+    def out_of_space(self, error: BaseException) -> OutOfSpaceError:
+        stored = sum(status == "ok" for status in self.store.statuses().values())
+        return OutOfSpaceError(
+            f"no space left on the device of {self.out_dir} ({error}); {stored} finished run(s)"
+            " are kept in the store: free some space and rerun the same command to resume"
+        )
+
+    def _handle(self, message) -> bool:
         if isinstance(message, Trained):
-            self.store.write_run(message.row, (), message.curves)
+            if message.no_space:
+                raise self.out_of_space(message.row["error"])
+            self.store.write_run(message.row, (), message.curves, message.weights_sha256)
             checkpoint_path(self.out_dir, message.run_key).unlink(missing_ok=True)  # stored now
             run = self.runs[message.run_key]
             if message.row["status"] == "ok":
@@ -346,12 +389,19 @@ def run_grid(
     out_dir = Path(out_dir)
     runs = {run.key: run for run in expand_runs(config)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    claim(
-        out_dir,
-        [STORE_NAME, f"{STORE_NAME}-wal", f"{STORE_NAME}-shm", WEIGHTS_DIR, CHECKPOINTS_DIR],
-    )
+    new_dirs = [d for d in (WEIGHTS_DIR, CHECKPOINTS_DIR) if not os.path.lexists(out_dir / d)]
+    claim(out_dir, [STORE_NAME, f"{STORE_NAME}-wal", f"{STORE_NAME}-shm", *new_dirs])
     store = Store(out_dir)
+    relabelled = store.relabel(runs, config.experiment.name)
+    if relabelled:
+        log.info(
+            "%d stored run(s) of this grid carried another experiment name: now labelled '%s'"
+            " (the name is a label, not part of a run's identity)",
+            relabelled,
+            config.experiment.name,
+        )
     plan = plan_grid(config, out_dir, store, retry_failed, rerun_other_versions)
+    claim(out_dir, _claims(plan, out_dir))
     _remove_stale_checkpoints(out_dir, store, plan)
     summary = Summary(total=len(runs), skipped=len(runs) - len({t.run.key for t in plan.tasks}))
     log.info(plan.line())
@@ -404,6 +454,9 @@ def run_grid(
                 progress.update(bar, total=len(plan.tasks) + len(tasks))
         writer.died.clear()
         _catch_up_wandb(writer, store, runs)
+    except OutOfSpaceError:
+        store.close()
+        raise
     except Interrupted as interrupt:
         summary.seconds = time.perf_counter() - start
         _final_state(summary, store, runs, config, out_dir)
@@ -414,6 +467,15 @@ def run_grid(
     _final_state(summary, store, runs, config, out_dir)
     store.close()
     return summary
+
+
+def _claims(plan: Plan, out_dir: Path) -> list[str]:
+    """The files the plan's training tasks will write, relative to ``out_dir`` (for --fresh)."""
+    paths = []
+    for task in plan.tasks:
+        if task.train:
+            paths += [weights_path(out_dir, task.run.key), checkpoint_path(out_dir, task.run.key)]
+    return [path.relative_to(out_dir).as_posix() for path in paths]
 
 
 def _remove_stale_checkpoints(out_dir: Path, store: Store, plan: Plan) -> None:

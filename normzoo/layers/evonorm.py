@@ -219,6 +219,8 @@ class EvoNormS0(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         nzf.check_input(x, self.num_features, type(self).__name__)
-        if self.v is None:  # the reference's nonlinearity=False: the affine transform only
+        if self.v is None or x.numel() == 0:
+            # nonlinearity=False (the reference's): the affine transform only. An empty batch has
+            # no group statistics; like torch's GroupNorm it gives an empty output (affine only).
             return nzf.channel_affine(x, self.weight, self.bias)
         return nzf.evonorm_s0(x, self.groups, self.weight, self.bias, self.v, self.eps)

@@ -6,6 +6,7 @@ Every function returns a new frame and leaves its arguments as they were.
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import numpy as np
@@ -19,6 +20,8 @@ from normzoo.bench.plan.schema import (
     TEST_KEYS,
     TRAIN_KEYS,
 )
+
+log = logging.getLogger(__name__)
 
 RUN_COLUMNS = REPORT_RUN_COLUMNS
 EVALUATION_COLUMNS = REPORT_EVALUATION_COLUMNS
@@ -61,6 +64,7 @@ def prepare(evaluations: pd.DataFrame) -> pd.DataFrame:
     ev = evaluations.copy()
     if "status" in ev.columns:
         ev = ev[ev["status"] == "ok"]
+    ev = _valid_accuracies(ev)
     labels = {
         (n, str(o)): method_label(n, o)
         for n, o in ev[["norm", "norm_options"]].drop_duplicates().itertuples(index=False)
@@ -72,6 +76,27 @@ def prepare(evaluations: pd.DataFrame) -> pd.DataFrame:
         if ev[key].isna().any():  # pandas group-bys drop NaN keys; keep those rows visible
             ev[key] = ev[key].astype(object).where(ev[key].notna(), "-")
     return ev[ev["accuracy"].notna()].reset_index(drop=True)
+
+
+def _valid_accuracies(ev: pd.DataFrame) -> pd.DataFrame:
+    """Accuracies as numbers in [0, 1]: a value that is not a number raises ValueError (one
+    line, naming the run); a number outside [0, 1] is excluded with a warning that counts."""
+    accuracy = pd.to_numeric(ev["accuracy"], errors="coerce")
+    mistyped = accuracy.isna() & ev["accuracy"].notna()
+    if mistyped.any():
+        first = ev[mistyped].iloc[0]
+        raise ValueError(
+            f"evaluations: {int(mistyped.sum())} accuracy value(s) are not numbers, e.g."
+            f" {first['accuracy']!r} of run {first['run_key']}; the results were edited or"
+            " damaged: restore them or drop those rows"
+        )
+    impossible = accuracy.notna() & ~accuracy.between(0, 1)
+    if impossible.any():
+        log.warning(
+            "evaluations: %d row(s) with an accuracy outside [0, 1] excluded",
+            int(impossible.sum()),
+        )
+    return ev[~impossible].assign(accuracy=accuracy[~impossible])
 
 
 def prefer_stats_mode(ev: pd.DataFrame, mode: str = "running") -> pd.DataFrame:

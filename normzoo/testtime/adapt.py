@@ -108,9 +108,13 @@ def adapt(
         tent = Tent(target, **options)
         device = tent.params[0].device
         seen = 0
-        for x in batch_inputs(batches, num_batches):
-            tent(x.to(device))
-            seen += 1
+        try:
+            for x in batch_inputs(batches, num_batches):
+                tent(x.to(device))
+                seen += 1
+        except ValueError:  # a non-finite batch: undo the steps of the batches before it
+            tent.reset()
+            raise
         if seen == 0:
             raise ValueError(f"tent got no batches from {type(batches).__name__}")
     finally:
@@ -209,6 +213,12 @@ class Tent(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        if not bool(torch.isfinite(x).all()):  # before any step: parameters stay as they were
+            raise ValueError(
+                "tent: the batch holds non-finite values (NaN or inf); adapting on it would make"
+                " the model's parameters and statistics NaN, so nothing was changed. Clean or drop"
+                " such batches (e.g. x.nan_to_num() or a mask of torch.isfinite(x))"
+            )
         if self.episodic:
             self.reset()
         for _ in range(self.steps):
@@ -230,6 +240,11 @@ class Tent(nn.Module):
                 f"{type(outputs).__name__} {getattr(outputs, 'shape', '')}"
             )
         loss = entropy(outputs).mean(0)
+        if not bool(torch.isfinite(loss)):
+            raise ValueError(
+                "tent: the entropy of this batch's outputs is not finite; the optimizer step is"
+                " skipped and the parameters stay as they were"
+            )
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad()

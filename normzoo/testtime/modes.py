@@ -76,6 +76,17 @@ def _require_two_values(policy: _Policy, x: Tensor) -> None:
         )
 
 
+def require_finite(where: str, *stats: Tensor) -> None:
+    """Raise ValueError when a batch statistic is NaN or infinite (as a training forward does),
+    before any running statistic is updated with it."""
+    if not all(bool(torch.isfinite(t).all()) for t in stats):
+        raise ValueError(
+            f"{where}: the batch holds non-finite values (NaN or inf), so its statistics are"
+            " not finite; running statistics are left untouched. Clean or drop such batches"
+            " (e.g. x.nan_to_num() or a mask of torch.isfinite(x))"
+        )
+
+
 def _override(module: _BatchNorm, policy: _Policy, x: Tensor) -> tuple[Tensor | None, ...]:
     """The (running_mean, running_var) this forward call should normalize with."""
     mode = policy.mode
@@ -98,6 +109,7 @@ def _override(module: _BatchNorm, policy: _Policy, x: Tensor) -> tuple[Tensor | 
     # online: EMA update of the running buffers (unbiased variance, as torch does), then use them
     _require_two_values(policy, x)
     batch_mean, batch_var = nzf.channel_moments(x.detach(), correction=1)
+    require_finite(f"stats_mode 'online': layer {policy.name!r}", batch_mean, batch_var)
     if module.num_batches_tracked is not None:
         module.num_batches_tracked.add_(1)
     momentum = policy.momentum if policy.momentum is not None else module.momentum

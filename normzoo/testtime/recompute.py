@@ -15,7 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from normzoo.functional import channel_moments, merge_moments, values_per_channel
 from normzoo.testtime.inputs import batch_inputs
-from normzoo.testtime.modes import batch_layers, stats_mode
+from normzoo.testtime.modes import batch_layers, require_finite, stats_mode
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +26,19 @@ RECOMPUTE_METHODS = ("precise", "sequential")
 class _Moments:
     """Per-channel count, mean and sum of squared deviations (M2) of one layer's input."""
 
+    name: str = ""
     count: int = 0
     mean: Tensor | None = None
     m2: Tensor | None = None
 
     def update(self, x: Tensor) -> None:
-        """Merge one batch: its moments in float64, then Chan's parallel combination."""
+        """Merge one batch: its moments in float64, then Chan's parallel combination; a batch
+        with non-finite values raises ValueError (as a training forward does)."""
         n = values_per_channel(x)
         if n == 0:
             return
         mean, var = channel_moments(x.detach().to(torch.float64))
+        require_finite(f"recompute_stats: layer {self.name!r}", mean, var)
         if self.mean is None:
             self.count, self.mean, self.m2 = n, mean, var * n
         else:
@@ -176,9 +179,26 @@ def recompute_stats(
     names = {m: name for name, m in layers}
     device = layers[0][1].running_mean.device
     model.eval()
+    saved = {m: (m.running_mean.clone(), m.running_var.clone()) for _, m in layers}
+    try:
+        moments = _recompute(model, layers, names, batches, num_batches, method, device)
+    except BaseException:
+        with torch.no_grad():  # a failed pass (non-finite data, ...) leaves every layer as it was
+            for module, (mean, var) in saved.items():
+                module.running_mean.copy_(mean)
+                module.running_var.copy_(var)
+        raise
+    unused = [names[m] for m, mom in moments.items() if mom.count == 0]
+    if unused:
+        log.warning("recompute_stats: layer(s) %s never ran; statistics kept", ", ".join(unused))
+    return model
+
+
+def _recompute(model, layers, names, batches, num_batches, method, device) -> dict:
+    """The passes of `recompute_stats`; returns the moments of the layers not yet written."""
     with torch.no_grad():
         if method == "precise":
-            moments = {m: _Moments() for _, m in layers}
+            moments = {m: _Moments(names[m]) for _, m in layers}
             with stats_mode(model, "batch"), _collecting(moments, first_only=False):
                 _run_pass(model, batches, num_batches, device, "recompute_stats precise")
             for module, mom in moments.items():
@@ -187,7 +207,7 @@ def recompute_stats(
         else:
             pending = dict.fromkeys(m for _, m in layers)
             while pending:
-                moments = {m: _Moments() for m in pending}
+                moments = {m: _Moments(names[m]) for m in pending}
                 label = f"recompute_stats sequential, layer {len(layers) - len(pending) + 1}"
                 with stats_mode(model, "running"), _collecting(moments, first_only=True) as chosen:
                     _run_pass(model, batches, num_batches, device, label)
@@ -195,8 +215,5 @@ def recompute_stats(
                     break
                 _write(chosen[0], names[chosen[0]], moments[chosen[0]])
                 del pending[chosen[0]]
-            moments = {m: _Moments() for m in pending}
-    unused = [names[m] for m, mom in moments.items() if mom.count == 0]
-    if unused:
-        log.warning("recompute_stats: layer(s) %s never ran; statistics kept", ", ".join(unused))
-    return model
+            moments = {m: _Moments(names[m]) for m in pending}
+    return moments

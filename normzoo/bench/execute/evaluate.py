@@ -1,8 +1,16 @@
-"""Evaluate a trained model under every test condition, without retraining, in plain torch."""
+"""Evaluate a trained model under every test condition, without retraining, in plain torch.
+
+Every stored evaluation carries the fingerprint of all it depends on besides its run and its
+condition's key columns (`condition_fingerprint`): the mix prior, TENT's settings, the
+composition's parameters, the corruption source, the test data seed and
+`EVAL_SEMANTICS_VERSION`. A stored row whose fingerprint differs from the current config's is
+stale and evaluated again.
+"""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from collections.abc import Iterable
@@ -11,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normzoo.bench.plan.config import EvalSection
+from normzoo.bench.plan.config import EvalSection, stable_hash
 from normzoo.bench.plan.grid import TestCondition, computed_condition
 from normzoo.bench.plan.schema import CLEAN
 from normzoo.data import IGNORE_INDEX
@@ -23,6 +31,35 @@ log = logging.getLogger(__name__)
 # All test data (corruption noise, label-skewed order, outliers) uses this seed, so every run of
 # the grid is evaluated on exactly the same test batches.
 EVAL_SEED = 0
+
+# Bump when a code change alters what an evaluation computes (test data, a stats mode, an
+# adaptation method, the scoring): stored evaluations of an older version are recomputed.
+# tests/bench/execute/test_evaluate_golden.py holds golden values next to this number, so a
+# change of the numbers fails there until this is bumped with them. (Not the git SHA: that would
+# void every store at every commit.)
+EVAL_SEMANTICS_VERSION = 1
+
+
+def condition_fingerprint(condition: TestCondition, ev: EvalSection) -> str:
+    """Hash of everything an evaluation's numbers depend on besides its run and key columns."""
+    mode, prior = parse_stats_mode(condition.stats_mode)
+    settings: dict = {}
+    if mode == "mix":
+        settings["mix_prior"] = prior if prior is not None else ev.mix_prior
+    if mode == "tent":
+        settings.update(tent_lr=ev.tent_lr, tent_steps=ev.tent_steps)
+    if condition.shift != CLEAN:
+        settings["shift_source"] = ev.shift_source
+        if ev.shift_source == "cifar10c":
+            settings["shift_root"] = ev.shift_root
+    return stable_hash(
+        {
+            "version": EVAL_SEMANTICS_VERSION,
+            "seed": EVAL_SEED,
+            "condition": {**condition.columns(), **dataclasses.asdict(condition.composition)},
+            "settings": settings,
+        }
+    )
 
 
 def device_for_eval() -> torch.device:
@@ -120,6 +157,7 @@ def evaluate_run(
                 "loss": loss if math.isfinite(loss) else float("nan"),
                 "n_test": n,
                 "computed_as": computed.label,
+                "fingerprint": condition_fingerprint(condition, ev),
             }
         )
     return rows

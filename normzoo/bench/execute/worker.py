@@ -8,11 +8,17 @@ and `WorkerDied` for a task whose process died: `in_process_results`, `local_res
 (spawned workers, GPUs round-robin); `normzoo.bench.run` picks the submitit one.
 
 Every run records provenance (`code_versions`, `device_name`); weights are kept as safetensors
-(loading executes no code), so evaluating a stored run never retrains it.
+(loading executes no code), so evaluating a stored run never retrains it. A weights file holds
+its run key in its metadata and the store records its sha256; `verify_weights` checks both
+before a model is evaluated, so a damaged, truncated or foreign file is never evaluated.
+A full disk (ENOSPC) is not a failure of the run: it is reported as `Trained` with
+``no_space`` and the parent stops the grid, keeping what is stored.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
 import os
 import time
@@ -45,6 +51,7 @@ class Task:
     run: Run
     conditions: tuple[TestCondition, ...]
     train: bool = True
+    weights_sha256: str | None = None  # recorded hash of the weights an evaluation loads
 
 
 @dataclass
@@ -55,6 +62,8 @@ class Trained:
     row: dict
     curves: list[dict] = field(default_factory=list)  # rows of the store's curves table
     wandb_logged: bool = False  # a failed/diverged run's live W&B run was finished with it
+    weights_sha256: str | None = None  # of the weights file written (status ok)
+    no_space: bool = False  # the disk is full: nothing to store, the grid stops
 
 
 @dataclass
@@ -147,15 +156,60 @@ def checkpoint_path(out_dir: str | Path, run_key: str) -> Path:
     return Path(out_dir) / CHECKPOINTS_DIR / f"{run_key}.ckpt"
 
 
-def save_weights(model, path: Path) -> None:
-    """Write ``model``'s state dict atomically (a kill leaves the old file or none)."""
+class WeightsError(ValueError):
+    """A weights file that cannot be trusted: unreadable, truncated, damaged or another run's."""
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_weights(model, path: Path, run_key: str | None = None) -> str:
+    """Write ``model``'s state dict atomically (a kill leaves the old file or none), with
+    ``run_key`` in the safetensors metadata; returns the file's sha256."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     partial = path.with_suffix(f".{os.getpid()}.partial")
-    save_file(state, str(partial))
-    os.replace(partial, path)
+    try:
+        save_file(state, str(partial), metadata={"run_key": run_key} if run_key else None)
+        digest = file_sha256(partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a full disk keeps no half-written file
+        raise
+    return digest
+
+
+def verify_weights(path: Path, run_key: str, sha256: str | None) -> None:
+    """Raise `WeightsError` unless ``path`` is run ``run_key``'s intact weights file: its sha256
+    equals the recorded one (when recorded) and its metadata names the run (when it has any:
+    files of older normzoo versions carry none)."""
+    from safetensors import safe_open
+
+    try:
+        digest = file_sha256(path)
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as error:  # missing, truncated, not safetensors
+        raise WeightsError(
+            f"weights of run {run_key} ({path}) are unreadable ({type(error).__name__}: {error})"
+        ) from None
+    if sha256 is not None and digest != sha256:
+        raise WeightsError(
+            f"weights of run {run_key} ({path}) are damaged or replaced: sha256 {digest[:12]}..."
+            f" differs from the recorded {sha256[:12]}..."
+        )
+    if "run_key" in metadata and metadata["run_key"] != run_key:
+        raise WeightsError(
+            f"weights file {path} holds run {metadata['run_key']}, not run {run_key}"
+        )
 
 
 def _datamodule(run: Run, config: Config):
@@ -176,14 +230,24 @@ def _datamodule(run: Run, config: Config):
     )
 
 
-def _load_model(run: Run, config: Config, datamodule, path: Path):
+def _load_model(run: Run, config: Config, datamodule, path: Path, sha256: str | None):
     from safetensors.torch import load_file
 
     from normzoo.bench.execute.module import build_run_model
 
+    verify_weights(path, run.key, sha256)
     model = build_run_model(run, config, datamodule)
     model.load_state_dict(load_file(str(path)))
     return model.eval()
+
+
+def no_space(error: BaseException) -> bool:
+    """True for a full disk (or quota) anywhere in ``error``'s chain."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def run_row(run: Run, config: Config) -> dict:
@@ -242,13 +306,17 @@ def execute_task(task: Task, config: Config, out_dir: str, tracker=None) -> Iter
             loggers = [logger] if logger else []
             # resumes from the run's checkpoint when a killed or requeued attempt left one
             outcome = train_run(run, config, datamodule, loggers, checkpoint_path(out_dir, run.key))
-            save_weights(outcome.model, path)
+            digest = save_weights(outcome.model, path, run.key)
             row.update(val_accuracy=outcome.val_accuracy, train_seconds=outcome.seconds)
-            yield Trained(run.key, dict(row), outcome.curves)
+            yield Trained(run.key, dict(row), outcome.curves, weights_sha256=digest)
             model = outcome.model
         else:
-            model = _load_model(run, config, datamodule, path)
+            model = _load_model(run, config, datamodule, path, task.weights_sha256)
     except Exception as error:  # one failing run must never stop the grid
+        if no_space(error):
+            row.update(status="failed", error=f"{type(error).__name__}: {error}")
+            yield Trained(run.key, row, no_space=True)
+            return
         if isinstance(error, DivergedError):
             row.update(status="diverged", error=str(error), finished_at=now())
         else:
@@ -282,7 +350,8 @@ def execute_task(task: Task, config: Config, out_dir: str, tracker=None) -> Iter
         row.update(status="failed", error=error_text)
     seconds = time.perf_counter() - start
     row.update(eval_seconds=seconds, finished_at=now())
-    logged = _finish_logger(tracker, logger, run, row, evaluations, path)
+    logged_rows = [{k: v for k, v in e.items() if k != "fingerprint"} for e in evaluations]
+    logged = _finish_logger(tracker, logger, run, row, logged_rows, path)  # as the store exports
     yield Finished(run.key, seconds, error_text, wandb_logged=logged)
 
 

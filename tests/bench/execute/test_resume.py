@@ -181,11 +181,11 @@ def test_mismatched_or_damaged_checkpoints_are_removed_not_used(tmp_path, monkey
     assert resumable(ckpt, "0123456789abcdef") is None  # another run's checkpoint
     assert not ckpt.exists() and "run_key=" in caplog.text
 
-    import normzoo.bench.execute.worker as worker
+    import normzoo.bench.record.provenance as provenance  # checkpoint.identity reads it there
 
     ckpt.write_bytes(good)
-    versions = {**worker.code_versions(), "normzoo_version": "0.0.0-other"}
-    monkeypatch.setattr(worker, "code_versions", lambda: versions)
+    versions = {**provenance.code_versions(), "normzoo_version": "0.0.0-other"}
+    monkeypatch.setattr(provenance, "code_versions", lambda: versions)
     assert resumable(ckpt, run.key) is None  # made by another normzoo version
     assert not ckpt.exists() and "normzoo_version=" in caplog.text
     monkeypatch.undo()
