@@ -44,7 +44,8 @@ __all__ = [
 
 STORE_NAME = "results.sqlite"
 # Version 2: run keys cover training only, weights kept, provenance columns, wandb_logged.
-SCHEMA_VERSION = 2
+# Version 3: evaluations record the expected calibration error (ece).
+SCHEMA_VERSION = 3
 
 # The columns of an evaluation that name its test condition (with run_key: the primary key).
 EVAL_KEY = TEST_KEYS
@@ -68,6 +69,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     test_batch_size INTEGER NOT NULL, stats_mode TEXT NOT NULL, shift TEXT NOT NULL,
     severity INTEGER NOT NULL, test_composition TEXT NOT NULL,
     accuracy REAL NOT NULL, loss REAL, n_test INTEGER NOT NULL, computed_as TEXT NOT NULL,
+    ece REAL,
     PRIMARY KEY (run_key, test_batch_size, stats_mode, shift, severity, test_composition)
 );
 CREATE TABLE IF NOT EXISTS curves (
@@ -141,8 +143,8 @@ def check_store(path: str | Path) -> None:
     if version < SCHEMA_VERSION:
         raise StoreError(
             f"{path} was written by an older normzoo (store schema {version}, this one writes"
-            f" {SCHEMA_VERSION}: run keys now cover training only and weights are kept), so its"
-            f" runs cannot be resumed; {fix}"
+            f" {SCHEMA_VERSION}: run keys now cover training only, weights are kept, and"
+            f" evaluations record their calibration error), so its runs cannot be resumed; {fix}"
         )
     for table, required in _REQUIRED.items():
         if required - columns[table]:
