@@ -17,7 +17,14 @@ import functools
 
 from torch import nn
 
-from normzoo.registry import canonical_name, check_options, create_norm_act, without_activation
+from normzoo.registry import (
+    canonical_name,
+    check_layout,
+    check_options,
+    create_layout,
+    create_norm_act,
+    without_activation,
+)
 from normzoo.timm_compat import register_norm_act_type
 
 __all__ = ["ZooNormFactory", "norm_layer"]
@@ -41,7 +48,8 @@ class ZooNormFactory:
     ``act_kwargs``, ``inplace``, ``drop_layer``) add a drop and an activation after the norm;
     a norm with its own nonlinearity (FRN + TLU, EvoNorm) takes no activation after it and
     ``apply_act=False`` turns its own off (``tlu=False`` / ``apply_act=False``), as timm's
-    ``FilterResponseNormTlu2d`` and ``EvoNorm2d*`` do.
+    ``FilterResponseNormTlu2d`` and ``EvoNorm2d*`` do. ``layout``: see :func:`norm_layer`
+    (which passes ``"auto"``); a plain norm only, norm+act layers are channels-first.
     """
 
     def __new__(
@@ -53,22 +61,40 @@ class ZooNormFactory:
         act_kwargs: dict | None = None,
         inplace: bool | None = None,
         drop_layer=None,
+        layout: str = "channels_first",
         **opts,
     ) -> nn.Module:
         act = _make_act(act_layer, act_kwargs, inplace, apply_act)
         if not apply_act:
             opts = without_activation(norm, opts)
+        if act is None and drop_layer is None:
+            return create_layout(norm, num_features, layout, **opts)
+        if layout == "channels_last":
+            raise ValueError(
+                f"norm_layer({norm!r}, layout='channels_last'): timm asked for a norm+act layer "
+                f"(act_layer={act_layer!r}), which normalizes channels-first (N, C, *) input"
+            )
         return create_norm_act(norm, num_features, act_layer=act, drop_layer=drop_layer, **opts)
 
 
-def norm_layer(name: str, **opts) -> functools.partial:
+def norm_layer(name: str, layout: str = "auto", **opts) -> functools.partial:
     """A ``norm_layer=`` callable for timm and torchvision models: ``callable(C) -> zoo layer``.
 
     Example: ``timm.create_model("resnet18", norm_layer=normzoo.norm_layer("group", groups=8))``,
     ``torchvision.models.resnet18(norm_layer=normzoo.norm_layer("batch_renorm", warmup=500))``.
-    Options are validated now, not at model build time.
+    Token models too: ``timm.create_model("vit_tiny_patch16_224",
+    norm_layer=normzoo.norm_layer("group", groups=8))``. A model calls its ``norm_layer``
+    without saying how its input is laid out, so by default (``layout="auto"``) the norms that
+    apply to tokens (:func:`normzoo.registry.token_norms`: batch, batch_renorm, group, layer,
+    rms, none) are built as their channels-last variants in shape-dispatching mode: input
+    ``(N, C, *)`` is normalized exactly as the plain layer does, token input ``(N, L, C)``
+    (dim 1 is not C, the last dim is) over the last dim (:mod:`normzoo.layers.channels_last`).
+    ``layout="channels_last"`` or ``"channels_first"`` fixes it (a norm without a
+    channels-last variant then fails here, naming the norms that apply). Options are validated
+    now, not at model build time.
     """
     name = canonical_name(name)
+    check_layout(name, layout)
     check_options(name, {k: v for k, v in opts.items() if k not in ("device", "dtype")})
     register_norm_act_type(ZooNormFactory)  # see normzoo.timm_compat; raises if timm changed
-    return functools.partial(ZooNormFactory, norm=name, **opts)
+    return functools.partial(ZooNormFactory, norm=name, layout=layout, **opts)
