@@ -11,8 +11,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from normzoo.layers import EvoNormS0, FilterResponseNorm, RMSNorm
+from normzoo.layers.channels_last import _ChannelsLast
 from normzoo.layers.identity import NoNorm
-from normzoo.registry import check_options, create_norm_act
+from normzoo.registry import check_layout, check_options, create_layout, create_norm_act
 
 __all__ = ["convert", "norm_channels"]
 
@@ -28,12 +29,12 @@ def _timm_channel_layernorms() -> tuple[type, ...]:
 
 
 def norm_channels(module: nn.Module) -> int | None:
-    """Channels of a convertible channels-first norm layer, or None if ``module`` is not one.
+    """Channels of a convertible norm layer, or None if ``module`` is not one.
 
     Convertible: torch's BatchNorm*/SyncBatchNorm/GroupNorm/InstanceNorm*, timm's norm(+act)
-    layers built on them and its channels-first ``LayerNorm2d``, and zoo layers. A plain
-    ``nn.LayerNorm`` normalizes the *last* dimension (channels-last tokens in transformers and
-    ConvNeXt blocks), so it is left alone.
+    layers built on them and its channels-first ``LayerNorm2d``, zoo layers, and an
+    ``nn.LayerNorm`` over one (the last) dimension: the channels of token models (N, L, C) and
+    of ConvNeXt blocks (N, H, W, C), replaced by channels-last variants (:func:`layout_of`).
     """
     if isinstance(module, (_BatchNorm, _InstanceNorm)):
         return module.num_features
@@ -41,9 +42,22 @@ def norm_channels(module: nn.Module) -> int | None:
         return module.num_channels
     if isinstance(module, (NoNorm, FilterResponseNorm, EvoNormS0, RMSNorm)):
         return module.num_features
-    if isinstance(module, _timm_channel_layernorms()) and len(module.normalized_shape) == 1:
-        return module.normalized_shape[0]
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+        return module.normalized_shape[0]  # timm's LayerNorm2d (channels-first) included
     return None
+
+
+def layout_of(module: nn.Module) -> str:
+    """How a convertible norm layer's input is laid out: ``channels_last`` for an
+    ``nn.LayerNorm`` over the last dim (not timm's channels-first ``LayerNorm2d``), a zoo
+    channels-last variant's own ``layout``, else ``channels_first``."""
+    if isinstance(module, _ChannelsLast):
+        return module.layout
+    if isinstance(module, _timm_channel_layernorms()):
+        return "channels_first"
+    if isinstance(module, nn.LayerNorm):
+        return "channels_last"
+    return "channels_first"
 
 
 def _has_running_stats(module: nn.Module) -> bool:
@@ -88,15 +102,13 @@ def _replacement(old: nn.Module, channels: int, name: str, opts: dict) -> nn.Mod
     factory = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
     if ref is not None and not ref.is_floating_point():
         factory.pop("dtype")
-    # timm norm+act layers keep their activation and drop modules as they were
-    new = create_norm_act(
-        name,
-        channels,
-        act_layer=_submodule(old, "act"),
-        drop_layer=_submodule(old, "drop"),
-        **_inherited_options(old, name, opts),
-        **factory,
-    )
+    options = {**_inherited_options(old, name, opts), **factory}
+    layout = layout_of(old)
+    if layout != "channels_first":
+        new = create_layout(name, channels, layout, **options)
+    else:  # timm norm+act layers keep their activation and drop modules as they were
+        act, drop = _submodule(old, "act"), _submodule(old, "drop")
+        new = create_norm_act(name, channels, act_layer=act, drop_layer=drop, **options)
     with torch.no_grad():
         old_w, old_b = getattr(old, "weight", None), getattr(old, "bias", None)
         new_w, new_b = getattr(new, "weight", None), getattr(new, "bias", None)
@@ -125,7 +137,9 @@ def convert(model: nn.Module, name: str, **opts: Any) -> nn.Module:
     Affine parameters are kept, and running statistics when both the old and the new layer are
     batch-dependent; eps, momentum and group count carry over unless given in ``opts``. Other
     modules are untouched, so converting a trained model to ``batch`` leaves its eval output
-    unchanged.
+    unchanged. Token norms (``nn.LayerNorm`` over the last dim, zoo channels-last variants)
+    become the channels-last variant of ``name``; a norm without one (instance, FRN, EvoNorm,
+    ghost batch) raises before anything is replaced, naming the norms that apply.
 
     Args:
         model: the model to convert in place, or a single norm layer.
@@ -152,6 +166,9 @@ def convert(model: nn.Module, name: str, **opts: Any) -> nn.Module:
         torch.Size([2, 8, 6, 6])
     """
     check_options(name, opts)
+    for module in model.modules():
+        if norm_channels(module) is not None and layout_of(module) == "channels_last":
+            check_layout(name, "channels_last")
     channels = norm_channels(model)
     if channels is not None:
         return _replacement(model, channels, name, opts)

@@ -29,10 +29,17 @@ from normzoo.layers.act import (
     GhostBatchNormAct,
     NormActMixin,
 )
+from normzoo.layers.channels_last import (
+    BatchNormChannelsLast,
+    BatchRenormChannelsLast,
+    make_channels_last,
+)
 
 __all__ = [
     "SyncBatchNorm",
     "SyncBatchRenorm",
+    "SyncBatchRenormChannelsLast",
+    "SyncBatchNormChannelsLast",
     "SyncEvoNormB0",
     "ZooLayerSync",
     "global_moments",
@@ -205,7 +212,17 @@ class SyncEvoNormB0Act(NormActMixin, SyncEvoNormB0):
     """:class:`SyncEvoNormB0` followed by ``drop`` and ``act``."""
 
 
+# token models' batch layers (normzoo.layers.channels_last): the same sync over (N * L, C)
+SyncBatchNormChannelsLast = make_channels_last(
+    SyncBatchNorm, ":class:`SyncBatchNorm` over the tokens of (N, L, C) input.", __name__
+)
+SyncBatchRenormChannelsLast = make_channels_last(
+    SyncBatchRenorm, ":class:`SyncBatchRenorm` over the tokens of (N, L, C) input.", __name__
+)
+
 _SYNC_OF = {
+    BatchNormChannelsLast: SyncBatchNormChannelsLast,
+    BatchRenormChannelsLast: SyncBatchRenormChannelsLast,
     BatchNorm: SyncBatchNorm,
     BatchRenorm: SyncBatchRenorm,
     EvoNormB0: SyncEvoNormB0,

@@ -24,16 +24,19 @@ from normzoo.layers import (
     RMSNorm,
     norm_act_class,
 )
+from normzoo.layers.channels_last import LAYOUTS, channels_last_of
 
 __all__ = [
     "NormSpec",
     "available",
     "canonical_name",
     "create",
+    "create_layout",
     "create_norm_act",
     "get_spec",
     "is_batch_dependent",
     "register",
+    "token_norms",
     "uses_batch_statistics",
 ]
 
@@ -321,3 +324,41 @@ def create_norm_act(
     return norm_act_class(spec.cls)(
         num_features, act_layer=act_layer, drop_layer=drop_layer, **opts
     )
+
+
+def token_norms() -> list[str]:
+    """Canonical names of the norms that apply to token input ``(N, L, C)``: those with a
+    channels-last variant (:mod:`normzoo.layers.channels_last`) and the identity ``none``."""
+    return sorted(
+        name
+        for name, spec in _REGISTRY.items()
+        if channels_last_of(spec.cls) is not None or spec.cls is NoNorm
+    )
+
+
+def check_layout(name: str, layout: str) -> None:
+    """Validate ``layout`` for norm ``name``: one of ``LAYOUTS``, and ``channels_last`` only for
+    a norm that applies to tokens (the error names those that do)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}; choose one of {list(LAYOUTS)}")
+    spec = get_spec(name)
+    if layout == "channels_last" and spec.name not in token_norms():
+        raise ValueError(
+            f"norm {spec.name!r} has no channels-last variant for token input (N, L, C) (it "
+            f"normalizes over spatial positions or chunks of samples); norms that apply to "
+            f"tokens: {', '.join(token_norms())}"
+        )
+
+
+def create_layout(name: str, num_features: int, layout: str = "channels_first", **opts):
+    """Build norm ``name`` for input laid out as ``layout``: ``channels_first`` (N, C, *) is
+    :func:`create`; ``channels_last`` (N, *, C) builds the norm's channels-last variant;
+    ``auto`` the variant in its shape-dispatching mode (channels-first input as the plain
+    layer, token input as channels-last), or the plain layer for norms without a variant."""
+    check_layout(name, layout)
+    spec = check_options(name, opts)
+    variant = channels_last_of(spec.cls)
+    if layout == "channels_first" or variant is None:  # none: the identity takes any layout
+        return create(name, num_features, **opts)
+    _check_num_features(num_features)
+    return variant(num_features, layout=layout, **opts)

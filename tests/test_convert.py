@@ -73,10 +73,16 @@ def test_convert_keeps_group_count_when_not_given():
     assert model[0].num_groups == 4
 
 
-def test_convert_leaves_channels_last_layernorm_alone():
+def test_convert_makes_channels_last_layernorm_a_channels_last_variant():
+    """nn.LayerNorm over the last dim normalizes tokens: it becomes the channels-last variant
+    (here batch norm over the tokens per channel), never a channels-first layer."""
+    from normzoo.layers.channels_last import BatchNormChannelsLast
+
     model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8))
     normzoo.convert(model, "batch")
-    assert type(model[1]) is nn.LayerNorm
+    assert type(model[1]) is BatchNormChannelsLast and model[1].layout == "channels_last"
+    with pytest.raises(ValueError, match="norms that apply to tokens: batch, batch_renorm"):
+        normzoo.convert(nn.Sequential(nn.LayerNorm(8)), "instance")
 
 
 def test_convert_timm_layernorm2d_and_norm_act():

@@ -493,3 +493,91 @@ def test_bad_options():
         normzoo.create("batch_renorm", C, momentum=0.5)
     with pytest.raises(TypeError, match="ramp"):
         normzoo.create("batch_renorm", C, ramp=10)
+
+
+# --- the moving averages' rate for compressed schedules (renorm_momentum="auto") ---
+
+
+@pytest.mark.parametrize(
+    "schedule, rate",
+    [
+        ((5000, 35000, 20000), 0.01),  # the paper's own schedule: the paper's rate
+        ((10000, 70000, 40000), 0.01),  # longer than the paper's: never below 0.01
+        ((2500, 17500, 10000), 0.02),  # halved: 0.01 * 2
+        ((500, 3000, 3500), 0.1),  # 40000 / 4000 = 10: 0.01 * 10, at the cap
+        ((20, 140, 80), 0.1),  # quick.yaml's /250: 2.5, capped at 0.1
+        ((0, 0, 0), 0.1),  # no schedule at all: the cap
+    ],
+)
+def test_auto_rate_scales_the_papers_rate_with_the_schedule(schedule, rate):
+    from normzoo.layers.renorm import auto_renorm_momentum
+
+    warmup, r_ramp, d_ramp = schedule
+    assert auto_renorm_momentum(warmup, r_ramp, d_ramp) == pytest.approx(rate, rel=1e-12)
+    layer = normzoo.create(
+        "batch_renorm", C, renorm_momentum="auto", warmup=warmup, r_ramp=r_ramp, d_ramp=d_ramp
+    )
+    assert layer.renorm_momentum == "auto" and layer.train()._step()[1] == pytest.approx(rate)
+    assert "renorm_momentum='auto'" in repr(layer)
+
+
+def test_auto_rate_is_algorithm_1_at_the_scaled_rate():
+    schedule = {"warmup": 1000, "r_ramp": 5000, "d_ramp": 4000, "rmax": 2.0, "dmax": 1.5}
+    layer, _ = layer_and_reference(renorm_momentum="auto", **schedule)
+    ref = Algorithm1(renorm_momentum=0.01 * 40000 / 6000, **schedule)  # 0.0667
+    ref.steps = layer.num_batches_tracked.fill_(1500).item()  # inside both ramps
+    gamma, beta = layer.weight.detach(), layer.bias.detach()
+    for t in range(6):
+        x = shifted(t)
+        torch.testing.assert_close(layer(x), ref.train_step(x, gamma, beta), atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(layer.running_mean, ref.mu, atol=1e-12, rtol=1e-12)
+        sigma = torch.sqrt(layer.running_var + layer.eps)
+        torch.testing.assert_close(sigma, ref.sigma, atol=1e-12, rtol=1e-12)
+
+
+def _train_on_stationary_data(renorm_momentum, steps=160, batch=32):
+    """quick.yaml's schedule (the paper's / 250: r_max 3 by step 160) on data with known
+    population statistics; returns the layer, those statistics and the r of the last 20 steps."""
+    mean = torch.tensor([1.99, -3.0, 0.0, 0.5, 10.0], dtype=torch.float64)
+    std = torch.tensor([1.0, 0.5, 2.0, 4.0, 0.2], dtype=torch.float64)
+    layer = normzoo.create(
+        "batch_renorm",
+        C,
+        warmup=20,
+        r_ramp=140,
+        d_ramp=80,
+        renorm_momentum=renorm_momentum,
+        dtype=torch.float64,
+    )
+    g = torch.Generator().manual_seed(0)
+    rs = []
+    for t in range(steps):
+        x = torch.randn(batch, C, 4, 4, generator=g, dtype=torch.float64)
+        x = x * std.view(1, C, 1, 1) + mean.view(1, C, 1, 1)
+        sigma = torch.sqrt(layer.running_var + layer.eps)
+        if t >= steps - 20:
+            rs.append(x.std((0, 2, 3), unbiased=False) / sigma)
+        layer(x)
+    return layer, mean, std, torch.stack(rs).mean(0)
+
+
+def test_auto_rate_averages_converge_to_the_population_over_the_schedule():
+    """Over quick.yaml's 160-step schedule at rate "auto" (0.1): |mu - mean| / std < 0.05 and
+    |sigma / std - 1| < 0.05 per channel, and the mean r of the last 20 steps is within 0.05 of
+    1. The EMA's noise is sqrt(0.1 / 1.9 / 512) = 0.01 std (512 values per channel and batch),
+    the initial value's weight 0.9^160 < 1e-7: the tolerance is 5 standard errors. At the
+    paper's 0.01 the same run is stale (weight 0.99^160 = 0.2 on mu = 0, sigma = 1): the
+    check must fail there, so it can."""
+    layer, mean, std, r = _train_on_stationary_data("auto")
+    sigma = torch.sqrt(layer.running_var + layer.eps)
+    assert ((layer.running_mean - mean).abs() / std).max() < 0.05
+    assert (sigma / std - 1).abs().max() < 0.05
+    assert (r - 1).abs().max() < 0.05
+    stale, mean, std, r = _train_on_stationary_data(0.01)
+    assert ((stale.running_mean - mean).abs() / std).max() > 0.05
+    assert (r - 1).abs().max() > 0.05
+
+
+def test_bad_renorm_momentum_string():
+    with pytest.raises(ValueError, match="renorm_momentum='fast'.*'auto'"):
+        normzoo.create("batch_renorm", C, renorm_momentum="fast")

@@ -136,6 +136,9 @@ def clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
     return rows @ (x @ cols.T)
 
 
+_KRON_LIMIT = 64 * 64  # pixels up to which zoom_sum builds the (H*W, H*W) operator
+
+
 @functools.lru_cache(maxsize=16)
 def _zoom_operator(h: int, w: int, zooms: tuple[float, ...]) -> torch.Tensor:
     operator = sum(torch.kron(clipped_zoom_matrix(h, z), clipped_zoom_matrix(w, z)) for z in zooms)
@@ -143,8 +146,12 @@ def _zoom_operator(h: int, w: int, zooms: tuple[float, ...]) -> torch.Tensor:
 
 
 def zoom_sum(x: torch.Tensor, zooms: list[float]) -> torch.Tensor:
-    """``sum(clipped_zoom(x, z) for z in zooms)`` as one sparse (H*W, H*W) operator."""
+    """``sum(clipped_zoom(x, z) for z in zooms)`` as one sparse (H*W, H*W) operator (small
+    images), or zoom by zoom with the separable row and column matrices (large ones, where the
+    Kronecker operator would not fit in memory: (H*W)^2 values)."""
     n, c, h, w = x.shape
+    if h * w > _KRON_LIMIT:
+        return sum(clipped_zoom(x, z) for z in zooms)
     operator = sum(torch.kron(clipped_zoom_matrix(h, z), clipped_zoom_matrix(w, z)) for z in zooms)
     sparse = operator.to_sparse()  # COO; it needs a contiguous dense operand to be fast
     dense = x.reshape(n * c, h * w).T.contiguous()

@@ -1,20 +1,42 @@
 """The 15 CIFAR-10-C corruptions, batched in torch and deterministic by seed.
 
 Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
-Perturbations", ICLR 2019. Parameters per severity 1..5 are those of the CIFAR-10-C generator
-(``make_cifar_c.py`` in github.com/hendrycks/robustness). ``corrupt`` takes float images
+Perturbations", ICLR 2019; reference code ``ImageNet-C/create_c/make_cifar_c.py`` and
+``make_imagenet_c.py`` in github.com/hendrycks/robustness. ``corrupt`` takes float images
 (N, C, H, W) in [0, 1] (C = 1 or 3) and returns the same shape clamped to [0, 1]. One
 ``torch.Generator`` seeded by ``seed`` draws all randomness, so the same batch and seed give the
 same output.
 
+Output quantisation (``quantize=True``, the default): the reference stores every corrupted
+image as ``np.uint8`` of its values clipped to [0, 255], i.e. truncated to one of 256 levels;
+so does ``corrupt`` (``quantize_uint8``). ``quantize=False`` keeps the float result.
+
+Severities for the image size (``severity_params``):
+- 32x32: the CIFAR-10-C constants of ``make_cifar_c.py``, exactly (``CIFAR_PARAMS``).
+- 224x224: the ImageNet-C constants of ``make_imagenet_c.py``, exactly (``IMAGENET_PARAMS``):
+  stronger noise, larger blurs, fog on a 256-pixel map, pixelate to 60-25 %, JPEG quality
+  25-7, elastic constants in pixels of 244 as in the original.
+- Any other size takes the nearer table (CIFAR's up to sqrt(32 * 224) = 85 pixels, e.g. 16x16
+  or 64x64; ImageNet's above) and scales its lengths in pixels by ``size / 32`` (or ``/ 224``),
+  ``size = min(H, W)``: defocus disk radius and its anti-aliasing sigma, glass blur's sigma and
+  shuffle distance (rounded, at least 1), motion blur's and snow streaks' radius and sigma,
+  elastic_transform's alpha, sigma and affine jitter. Lengths that are fractions of the image in
+  the original scale by themselves: zoom factors (zoom_blur, snow's zoom), pixelate's factor, the
+  fog/frost map (a power of two >= the image side: 32 at 32x32 and 256 at 224x224, as in the
+  reference). Non-spatial constants (noise levels, brightness, contrast, blend weights, JPEG
+  quality) are the table's. JPEG's 8x8 blocks are fixed in pixels: at 16x16 an image is 4 blocks.
+
 Differences from the original generator (which ran per image on uint8 PIL images):
-- Inputs are not quantized to uint8 first and outputs stay float (the original saved uint8).
+- Inputs are not quantized to uint8 first (outputs are, see above); pixelate skips PIL's rounding
+  to uint8 between its two resizes, and motion blur the PNG round trip of ImageMagick. ImageNet-C
+  also saved its images as JPEG (quality 85); that second compression is not reproduced.
 - glass_blur: reproduces what the original code does (its pixel "swap" on numpy views copies the
-  neighbour instead of swapping), vectorized; see the comment in ``glass_blur``.
+  neighbour instead of swapping), vectorized; see ``glass_shuffle``.
 - impulse_noise: skimage's salt & pepper (per value, salt/pepper 50/50) re-implemented directly.
 - defocus_blur, glass_blur, zoom_blur, elastic_transform, pixelate: the cv2/skimage/scipy/PIL
   calls are re-implemented in torch with the same kernels, interpolation and border rules
-  (see ``_filters``); pixelate skips PIL's rounding to uint8 between its two resizes.
+  (see ``_filters``). defocus_blur's disk for radii above 8 is drawn on the grid -R..R with
+  R = ceil(radius), the original's ``np.arange(-radius, radius + 1)`` for its integer radii.
 - motion_blur and snow's streaks: ImageMagick's MotionBlurImage re-implemented (one-sided Gaussian
   line kernel of width 2*ceil(radius)+1 at a random angle, edge pixels replicated); the original
   round-tripped through PNG and ImageMagick.
@@ -23,13 +45,12 @@ Differences from the original generator (which ran per image on uint8 PIL images
   crystal streaks, tinted pale blue, mean ~0.5), with the original blend weights per severity.
 - jpeg_compression: real JPEG via PIL (encode + decode per image at the original quality), so it
   is not vectorized; images are rounded to uint8 for it, as in the original.
-- Images larger or smaller than 32x32 are corrupted with the same pixel-unit parameters, except
-  elastic_transform and pixelate, which scale with the image as in the original code.
 """
 
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import torch
@@ -40,7 +61,10 @@ from normzoo.data.files import CIFAR10C_CORRUPTIONS
 
 CORRUPTIONS = CIFAR10C_CORRUPTIONS
 
-_PARAMS: dict[str, list] = {
+# The reference tables, transcribed from make_cifar_c.py (32x32) and make_imagenet_c.py
+# (224x224); per corruption one entry per severity 1..5. Spatial entries are in pixels.
+CIFAR_SIZE, IMAGENET_SIZE = 32, 224
+CIFAR_PARAMS: dict[str, list] = {
     "gaussian_noise": [0.04, 0.06, 0.08, 0.09, 0.10],
     "shot_noise": [500, 250, 100, 75, 50],
     "impulse_noise": [0.01, 0.02, 0.03, 0.05, 0.07],
@@ -61,17 +85,91 @@ _PARAMS: dict[str, list] = {
     "fog": [(0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)],
     "brightness": [0.05, 0.1, 0.15, 0.2, 0.3],
     "contrast": [0.75, 0.5, 0.4, 0.3, 0.15],
-    # (alpha, sigma, affine) as fractions of the image size
+    # (alpha, sigma, affine) in pixels: the original's IMSIZE * fraction with IMSIZE = 32
     "elastic_transform": [
-        (0, 0, 0.08),
-        (0.05, 0.2, 0.07),
-        (0.08, 0.06, 0.06),
-        (0.1, 0.04, 0.05),
-        (0.1, 0.03, 0.03),
+        (32 * 0, 32 * 0, 32 * 0.08),
+        (32 * 0.05, 32 * 0.2, 32 * 0.07),
+        (32 * 0.08, 32 * 0.06, 32 * 0.06),
+        (32 * 0.1, 32 * 0.04, 32 * 0.05),
+        (32 * 0.1, 32 * 0.03, 32 * 0.03),
     ],
     "pixelate": [0.95, 0.9, 0.85, 0.75, 0.65],
     "jpeg_compression": [80, 65, 58, 50, 40],
 }
+IMAGENET_PARAMS: dict[str, list] = {
+    "gaussian_noise": [0.08, 0.12, 0.18, 0.26, 0.38],
+    "shot_noise": [60, 25, 12, 5, 3],
+    "impulse_noise": [0.03, 0.06, 0.09, 0.17, 0.27],
+    "defocus_blur": [(3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)],
+    "glass_blur": [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)],
+    "motion_blur": [(10, 3), (15, 5), (15, 8), (15, 12), (20, 15)],
+    "zoom_blur": [
+        np.arange(1, top, step).tolist()
+        for top, step in ((1.11, 0.01), (1.16, 0.01), (1.21, 0.02), (1.26, 0.02), (1.31, 0.03))
+    ],
+    "snow": [
+        (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
+        (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
+        (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
+        (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
+        (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
+    ],
+    "frost": [(1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75)],
+    "fog": [(1.5, 2), (2, 2), (2.5, 1.7), (2.5, 1.5), (3, 1.4)],
+    "brightness": [0.1, 0.2, 0.3, 0.4, 0.5],
+    "contrast": [0.4, 0.3, 0.2, 0.1, 0.05],
+    # the original's 244 ("should have been 224, but ultimately nothing is incorrect")
+    "elastic_transform": [
+        (244 * 2, 244 * 0.7, 244 * 0.1),
+        (244 * 2, 244 * 0.08, 244 * 0.2),
+        (244 * 0.05, 244 * 0.01, 244 * 0.02),
+        (244 * 0.07, 244 * 0.01, 244 * 0.02),
+        (244 * 0.12, 244 * 0.01, 244 * 0.02),
+    ],
+    "pixelate": [0.6, 0.5, 0.4, 0.3, 0.25],
+    "jpeg_compression": [25, 18, 15, 10, 7],
+}
+# Entries (by position) that are lengths in pixels and scale with the image size elsewhere.
+SPATIAL_ENTRIES: dict[str, tuple[int, ...]] = {
+    "defocus_blur": (0, 1),  # disk radius, anti-aliasing sigma
+    "glass_blur": (0, 1),  # blur sigma, shuffle distance (rounded, at least 1)
+    "motion_blur": (0, 1),  # radius, sigma
+    "snow": (4, 5),  # streaks' motion-blur radius, sigma
+    "elastic_transform": (0, 1, 2),  # displacement alpha, its smoothing sigma, affine jitter
+}
+# Below this size the CIFAR table is the base, above it ImageNet's (their geometric mean).
+_BASE_SPLIT = math.sqrt(CIFAR_SIZE * IMAGENET_SIZE)
+
+
+def severity_params(height: int, width: int) -> tuple[dict[str, list], int, float]:
+    """The parameter table for images of ``height`` x ``width``: (table, base size, scale).
+
+    32x32: the CIFAR-10-C table exactly; 224x224: the ImageNet-C table exactly. Other sizes
+    take the table of the nearer reference (CIFAR's up to sqrt(32 * 224) = 85 pixels, else
+    ImageNet's) with its pixel-length entries (``SPATIAL_ENTRIES``) multiplied by ``scale =
+    min(height, width) / base size`` (the glass-blur shuffle distance rounded, at least 1).
+    """
+    size = min(height, width)
+    base, table = (
+        (CIFAR_SIZE, CIFAR_PARAMS) if size <= _BASE_SPLIT else (IMAGENET_SIZE, IMAGENET_PARAMS)
+    )
+    if (height, width) == (base, base):
+        return table, base, 1.0
+    scale = size / base
+    scaled = dict(table)
+    for name, positions in SPATIAL_ENTRIES.items():
+        rows = []
+        for entry in table[name]:
+            entry = list(entry)
+            for i in positions:
+                entry[i] = entry[i] * scale
+            if name == "glass_blur":
+                entry[1] = max(1, round(entry[1]))
+            rows.append(tuple(entry))
+        scaled[name] = rows
+    return scaled, base, scale
+
+
 _GRAY = torch.tensor([0.299, 0.587, 0.114])
 
 
@@ -93,40 +191,72 @@ def impulse_noise(x, c, g):
     return torch.where(flipped, salt.to(x.dtype), x)
 
 
-def defocus_blur(x, c, g):
-    radius, alias_blur = c
-    grid = torch.arange(-8, 9, dtype=torch.float64)
+def _disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
+    """make_c's ``disk``: a normalized disk on a grid of -8..8 (radius <= 8, anti-aliased by a
+    3x3 Gaussian) or -R..R with R = ceil(radius) (5x5 Gaussian; the original's grid
+    ``np.arange(-radius, radius + 1)``, the same for its integer radii), trimmed to its support."""
+    half, taps_half = (8, 1) if radius <= 8 else (math.ceil(radius), 2)
+    grid = torch.arange(-half, half + 1, dtype=torch.float64)
     disk = ((grid[:, None] ** 2 + grid[None, :] ** 2) <= radius**2).double()
     disk /= disk.sum()
-    taps = torch.exp(-(torch.arange(-1, 2, dtype=torch.float64) ** 2) / (2 * alias_blur**2))
-    taps /= taps.sum()  # cv2.GaussianBlur(ksize=(3, 3), sigmaX=alias_blur)
+    offsets = torch.arange(-taps_half, taps_half + 1, dtype=torch.float64)
+    taps = torch.exp(-(offsets**2) / (2 * alias_blur**2)) if alias_blur > 0 else offsets == 0
+    taps = taps.double() / taps.sum()  # cv2.GaussianBlur(ksize=(k, k), sigmaX=alias_blur)
     kernel = ops.filter2d(disk[None, None], taps[:, None] * taps[None, :], "reflect101")[0, 0]
     support = kernel.abs().sum(dim=0).nonzero()
     lo, hi = int(support.min()), int(support.max())
-    half = max(8 - lo, hi - 8)
-    kernel = kernel[8 - half : 9 + half, 8 - half : 9 + half].float()
-    return ops.filter2d(x, kernel, "reflect101")
+    reach = max(half - lo, hi - half)
+    return kernel[half - reach : half + reach + 1, half - reach : half + reach + 1].float()
+
+
+def defocus_blur(x, c, g):
+    return ops.filter2d(x, _disk_kernel(*c), "reflect101")
 
 
 def glass_blur(x, c, g):
-    # The original "swap" ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` acts on numpy views, so it
-    # copies the neighbour into (h, w) and leaves (h', w') as it was. Sweeping from the bottom-right
-    # with offsets in {-1, 0} (max_delta 1 at every severity) it therefore reads pixels not yet
-    # visited, i.e. the values before the sweep: one gather per iteration reproduces it exactly.
     sigma, delta, iterations = c
-    if delta != 1:
-        raise ValueError(f"glass_blur is implemented for max_delta=1 only, got {delta}")
-    n, ch, h, w = x.shape
+    n, _, h, w = x.shape
     x = torch.floor(ops.gaussian_blur(x, sigma) * 255) / 255  # np.uint8(... * 255)
+    for _ in range(iterations):
+        offsets = torch.randint(-delta, delta, (2, n, h, w), generator=g)
+        x = glass_shuffle(x, offsets, delta)
+    return ops.gaussian_blur(x, sigma)
+
+
+def glass_shuffle(x: torch.Tensor, offsets: torch.Tensor, delta: int) -> torch.Tensor:
+    """One pass of the original's local pixel "swap", exactly as its numpy code behaves.
+
+    ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` acts on numpy views, so it copies the
+    neighbour ``(h + dy, w + dx)`` into ``(h, w)`` and leaves the neighbour as it was. The sweep
+    runs from the bottom-right over rows and columns ``delta < i <= size - delta``, so a pixel
+    reads the neighbour's value *after* the sweep passed it when that neighbour comes later in
+    the sweep order (a row below, or the same row to the right), else its value before. With
+    ``delta = 1`` (offsets in {-1, 0}) no pixel reads a visited one: one gather. Otherwise rows
+    go one at a time (rows below are final) and same-row chains resolve by pointer jumping.
+    ``offsets``: (2, N, H, W) integer (dy, dx) per pixel, in [-delta, delta).
+    """
+    n, ch, h, w = x.shape
     rows = torch.arange(h)[:, None].expand(h, w)
     cols = torch.arange(w)[None, :].expand(h, w)
-    inner = (rows > delta) & (cols > delta)
-    for _ in range(iterations):
-        offsets = torch.randint(-delta, delta, (2, n, h, w), generator=g) * inner
-        index = (rows + offsets[0]) * w + (cols + offsets[1])
-        index = index.reshape(n, 1, h * w).expand(n, ch, -1)
-        x = x.reshape(n, ch, h * w).gather(2, index).reshape(n, ch, h, w)
-    return ops.gaussian_blur(x, sigma)
+    inner = (rows > delta) & (rows <= h - delta) & (cols > delta) & (cols <= w - delta)
+    dy, dx = offsets[0] * inner, offsets[1] * inner
+    if delta == 1:
+        index = ((rows + dy) * w + (cols + dx)).reshape(n, 1, h * w).expand(n, ch, -1)
+        return x.reshape(n, ch, h * w).gather(2, index).reshape(n, ch, h, w)
+    out = x.clone()
+    columns = torch.arange(w).expand(n, w)
+    jumps = math.ceil(math.log2(max(w, 2))) + 1
+    for row in range(h - delta, delta, -1):
+        ry, rx = dy[:, row], dx[:, row]  # (N, W); zero outside the inner columns
+        source = ((row + ry) * w + columns + rx)[:, None].expand(n, ch, w)
+        before = x.reshape(n, ch, h * w).gather(2, source)
+        after = out.reshape(n, ch, h * w).gather(2, source)
+        value = torch.where((ry > 0)[:, None], after, before)  # rows below are final
+        pointer = torch.where((ry == 0) & (rx > 0), columns + rx, columns)
+        for _ in range(jumps):  # follow same-row chains to a pixel that reads outside the row
+            pointer = pointer.gather(1, pointer)
+        out[:, :, row] = value.gather(2, pointer[:, None].expand(n, ch, w))
+    return out
 
 
 def motion_blur(x, c, g):
@@ -194,7 +324,7 @@ def contrast(x, c, g):
 def elastic_transform(x, c, g):
     n, ch, h, w = x.shape
     size = min(h, w)
-    alpha, sigma, affine = (v * size for v in c)
+    alpha, sigma, affine = c
     centre = torch.tensor([w // 2, h // 2], dtype=torch.float64)
     square = size // 3
     src = torch.stack(
@@ -265,9 +395,14 @@ STOCHASTIC = tuple(
 )
 
 
-def corrupt(images: torch.Tensor, corruption: str, severity: int, seed: int = 0) -> torch.Tensor:
-    """Apply CIFAR-10-C ``corruption`` at ``severity`` (1..5) to float images in [0, 1].
+def corrupt(
+    images: torch.Tensor, corruption: str, severity: int, seed: int = 0, quantize: bool = True
+) -> torch.Tensor:
+    """Apply CIFAR-10-C ``corruption`` at ``severity`` (1..5) to float images in [0, 1], with
+    the parameters for their size (:func:`severity_params`).
 
+    ``quantize`` (default True): the output is rounded down to the 256 levels of uint8, as the
+    reference stores every corrupted image (``np.uint8`` of the clipped ``[0, 255]`` values).
     ``corruption="none"`` or ``severity=0`` returns a copy of the clean images.
     """
     if corruption != "none" and corruption not in _FUNCTIONS:
@@ -283,5 +418,15 @@ def corrupt(images: torch.Tensor, corruption: str, severity: int, seed: int = 0)
         return images.clone()
     g = torch.Generator().manual_seed(seed)
     x = images.detach().to("cpu", torch.float32)
-    out = _FUNCTIONS[corruption](x, _PARAMS[corruption][severity - 1], g)
-    return out.clamp(0, 1).to(images.device, images.dtype)
+    table, _, _ = severity_params(x.shape[2], x.shape[3])
+    out = _FUNCTIONS[corruption](x, table[corruption][severity - 1], g).clamp(0, 1)
+    if quantize:
+        out = quantize_uint8(out)
+    return out.to(images.device, images.dtype)
+
+
+def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
+    """``np.uint8(x * 255) / 255`` for x in [0, 1] (truncation, as numpy converts), computed in
+    float64 with a 1e-4 allowance so that a value a float32 rounding error below a level (e.g.
+    an interpolated constant 100/255 giving 99.99999) keeps its level."""
+    return (torch.floor(x.double() * 255 + 1e-4) / 255).to(x.dtype)

@@ -3,12 +3,41 @@ Dependence in Batch-Normalized Models", Algorithm 1)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from normzoo import functional as nzf
 from normzoo.layers.batch import BatchNorm
 from normzoo.layers.checks import check_momentum, check_steps
+
+__all__ = ["BatchRenorm", "auto_renorm_momentum"]
+
+# The paper's ImageNet schedule ends when r_max reaches 3 (step 40,000; d_max reached 5 at
+# 25,000), and Keras' default rate (renorm_momentum=0.99 there) is the rate normzoo calls 0.01.
+PAPER_SCHEDULE_STEPS = 40_000
+PAPER_RENORM_MOMENTUM = 0.01
+# Highest rate "auto" gives: a time constant of 10 steps, still an average of ~19 batches.
+AUTO_RENORM_MOMENTUM_CAP = 0.1
+
+
+def auto_renorm_momentum(warmup: int, r_ramp: int, d_ramp: int) -> float:
+    """The moving averages' rate for a schedule compressed from the paper's:
+    ``min(0.01 * s, 0.1)`` with ``s = max(1, 40000 / (warmup + max(r_ramp, d_ramp)))``.
+
+    The paper's rate (0.01, a time constant of 100 steps) is 1/50 of its 5,000 warmup steps,
+    so mu and sigma have converged before renorm corrects anything. A schedule divided by
+    ``s`` at the same rate leaves them stale (over 112 steps the initial value keeps weight
+    0.99^112 = 0.32). Scaling the rate by ``s`` keeps the averages' time scale relative to the
+    schedule, up to 0.1: beyond that the average holds too few batches and gets noisy (measured
+    on study (b)'s 112- and 900-step runs: at 0.1 the mean r over the last 20 steps is 0.98-1.00
+    and |mu - population mean| / sigma 0.01-0.09; at 0.01, 0.31-0.65 and up to 0.35 after 112
+    steps). The paper's own schedule (and longer ones) gives exactly 0.01.
+    """
+    end = warmup + max(r_ramp, d_ramp)
+    compression = max(1.0, PAPER_SCHEDULE_STEPS / end) if end > 0 else math.inf
+    return min(PAPER_RENORM_MOMENTUM * compression, AUTO_RENORM_MOMENTUM_CAP)
 
 
 class BatchRenorm(BatchNorm):
@@ -24,7 +53,11 @@ class BatchRenorm(BatchNorm):
     batch size (E[r] = 1 on stationary data, even at 4 values per channel). ``a =
     renorm_momentum``, default 0.01: Keras' default ``renorm_momentum=0.99`` (Keras counts the
     weight of the old value; torch and normzoo the weight of the new one); the paper leaves
-    alpha to the user. ``renorm_momentum=None`` is a cumulative average. They are stored in
+    alpha to the user. ``renorm_momentum=None`` is a cumulative average;
+    ``renorm_momentum="auto"`` scales 0.01 with the schedule's compression from the paper's
+    (:func:`auto_renorm_momentum`: ``min(0.01 * 40000 / (warmup + max(r_ramp, d_ramp)), 0.1)``,
+    0.01 for the paper's schedule), for runs that divide the paper's step counts: at 0.01 the
+    averages would still hold their initial values when renorm starts correcting. Stored in
     torch's buffers as ``running_mean = mu`` and ``running_var = sigma^2 - eps`` (as Keras
     stores its ``moving_variance``), so eval normalizes with (mu, sigma) and a trained layer
     loads into ``nn.BatchNorm2d`` with identical eval output. ``sigma_update="variance_ema"``
@@ -39,7 +72,8 @@ class BatchRenorm(BatchNorm):
     steps and d_max from 0 to ``dmax`` over ``d_ramp`` steps. Defaults are the paper's
     ImageNet values: 5,000 warmup steps, r_max 1 -> 3 by step 40,000 (``r_ramp=35000``),
     d_max 0 -> 5 by step 25,000 (``d_ramp=20000``); scale them to your run length (shorter runs
-    never leave warmup with these defaults, and then train exactly like batch norm). Without
+    never leave warmup with these defaults, and then train exactly like batch norm), together
+    with the averages' rate (``renorm_momentum="auto"``). Without
     running statistics (``track_running_stats=False``) r = 1, d = 0 always: plain batch norm.
 
     Args:
@@ -95,7 +129,7 @@ class BatchRenorm(BatchNorm):
         warmup: int = 5000,
         r_ramp: int = 35000,
         d_ramp: int = 20000,
-        renorm_momentum: float | None = 0.01,
+        renorm_momentum: float | str | None = 0.01,
         sigma_update: str = "paper",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -110,7 +144,15 @@ class BatchRenorm(BatchNorm):
                 )
         for name, value in (("warmup", warmup), ("r_ramp", r_ramp), ("d_ramp", d_ramp)):
             check_steps("batch_renorm", name, value)
-        check_momentum("batch_renorm", renorm_momentum, "renorm_momentum")
+        if isinstance(renorm_momentum, str):
+            if renorm_momentum != "auto":
+                raise ValueError(
+                    f"batch_renorm: renorm_momentum={renorm_momentum!r} must be a number in "
+                    f"[0, 1] (the weight of each new batch), None (cumulative average) or "
+                    f"'auto' (the paper's 0.01 scaled with the schedule)"
+                )
+        else:
+            check_momentum("batch_renorm", renorm_momentum, "renorm_momentum")
         if sigma_update not in nzf.SIGMA_UPDATES:
             raise ValueError(
                 f"batch_renorm: sigma_update={sigma_update!r}; choose 'paper' (moving average of "
@@ -142,8 +184,8 @@ class BatchRenorm(BatchNorm):
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, rmax={self.rmax}, dmax={self.dmax}, warmup={self.warmup}, "
-            f"r_ramp={self.r_ramp}, d_ramp={self.d_ramp}, renorm_momentum={self.renorm_momentum}, "
-            f"sigma_update={self.sigma_update!r}"
+            f"r_ramp={self.r_ramp}, d_ramp={self.d_ramp}, "
+            f"renorm_momentum={self.renorm_momentum!r}, sigma_update={self.sigma_update!r}"
         )
 
     def _step(self, ahead: int = 1) -> tuple[bool, float]:
@@ -152,7 +194,9 @@ class BatchRenorm(BatchNorm):
         if self.sigma_update == "variance_ema":
             return super()._step(ahead)
         rate = self.renorm_momentum
-        if rate is None:  # cumulative average over the steps so far, this one included
+        if rate == "auto":
+            rate = auto_renorm_momentum(self.warmup, self.r_ramp, self.d_ramp)
+        elif rate is None:  # cumulative average over the steps so far, this one included
             counted = self.training and self.num_batches_tracked is not None
             rate = 1.0 / (float(self.num_batches_tracked) + ahead) if counted else 0.0
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)

@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from normzoo.data import CORRUPTIONS, corrupt
 from normzoo.data import _filters as ops
-from normzoo.data.corruptions import _PARAMS, STOCHASTIC, frost_texture
+from normzoo.data.corruptions import CIFAR_PARAMS, STOCHASTIC, frost_texture
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -94,15 +94,15 @@ GRAY = torch.full((4, 3, 32, 32), 0.5)
 
 @pytest.mark.parametrize("severity", SEVERITIES)
 def test_noise_statistics(severity):
-    sigma = _PARAMS["gaussian_noise"][severity - 1]
-    residual = corrupt(GRAY, "gaussian_noise", severity, seed=1) - 0.5
+    sigma = CIFAR_PARAMS["gaussian_noise"][severity - 1]
+    residual = corrupt(GRAY, "gaussian_noise", severity, seed=1, quantize=False) - 0.5
     assert abs(residual.std().item() - sigma) < 0.05 * sigma
-    photons = _PARAMS["shot_noise"][severity - 1]
-    shot = corrupt(GRAY, "shot_noise", severity, seed=1)
+    photons = CIFAR_PARAMS["shot_noise"][severity - 1]
+    shot = corrupt(GRAY, "shot_noise", severity, seed=1, quantize=False)
     assert abs(shot.mean().item() - 0.5) < 0.01
     assert abs(shot.var().item() / (0.5 / photons) - 1) < 0.1  # Poisson: var = mean
-    amount = _PARAMS["impulse_noise"][severity - 1]
-    impulse = corrupt(GRAY, "impulse_noise", severity, seed=1)
+    amount = CIFAR_PARAMS["impulse_noise"][severity - 1]
+    impulse = corrupt(GRAY, "impulse_noise", severity, seed=1, quantize=False)
     flipped = impulse != 0.5
     assert abs(flipped.float().mean().item() - amount) < 0.25 * amount + 0.002
     assert set(impulse[flipped].unique().tolist()) <= {0.0, 1.0}
@@ -110,17 +110,18 @@ def test_noise_statistics(severity):
 
 @pytest.mark.parametrize("severity", SEVERITIES)
 def test_contrast_closed_form(natural_images, severity):
-    c = _PARAMS["contrast"][severity - 1]
+    c = CIFAR_PARAMS["contrast"][severity - 1]
     means = natural_images.mean(dim=(2, 3), keepdim=True)
     expected = ((natural_images - means) * c + means).clamp(0, 1)
-    torch.testing.assert_close(corrupt(natural_images, "contrast", severity), expected)
+    got = corrupt(natural_images, "contrast", severity, quantize=False)
+    torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize("severity", (1, 5))
 def test_brightness_matches_hsv_roundtrip(natural_images, severity):
-    c = _PARAMS["brightness"][severity - 1]
+    c = CIFAR_PARAMS["brightness"][severity - 1]
     x = natural_images[:2]
-    out = corrupt(x, "brightness", severity).permute(0, 2, 3, 1).reshape(-1, 3)
+    out = corrupt(x, "brightness", severity, quantize=False).permute(0, 2, 3, 1).reshape(-1, 3)
     for pixel, got in zip(x.permute(0, 2, 3, 1).reshape(-1, 3).tolist(), out.tolist(), strict=True):
         h, s, v = colorsys.rgb_to_hsv(*pixel)
         expected = colorsys.hsv_to_rgb(h, s, min(max(v + c, 0), 1))
@@ -149,7 +150,7 @@ def test_zoom_blur_matches_scipy(natural_images, severity):
     ][severity - 1]
     assert len(c) == (7, 12, 16, 21, 26)[severity - 1]
     x = natural_images[:3]
-    got = corrupt(x, "zoom_blur", severity)
+    got = corrupt(x, "zoom_blur", severity, quantize=False)
     for image, out in zip(x.permute(0, 2, 3, 1).double().numpy(), got, strict=True):
         total = image.copy()
         for zoom in c:
@@ -160,7 +161,7 @@ def test_zoom_blur_matches_scipy(natural_images, severity):
 
 @pytest.mark.parametrize("severity", SEVERITIES)
 def test_defocus_blur_matches_scipy(natural_images, severity):
-    radius, alias_blur = _PARAMS["defocus_blur"][severity - 1]
+    radius, alias_blur = CIFAR_PARAMS["defocus_blur"][severity - 1]
     grid = np.arange(-8, 9)
     disk = ((grid[:, None] ** 2 + grid[None, :] ** 2) <= radius**2).astype(np.float64)
     disk /= disk.sum()
@@ -168,7 +169,7 @@ def test_defocus_blur_matches_scipy(natural_images, severity):
     g /= g.sum()
     kernel = ndimage.correlate(disk, np.outer(g, g), mode="mirror")  # cv2 BORDER_REFLECT_101
     x = natural_images[:2]
-    got = corrupt(x, "defocus_blur", severity).numpy()
+    got = corrupt(x, "defocus_blur", severity, quantize=False).numpy()
     for n in range(2):
         for c in range(3):
             expected = ndimage.correlate(x[n, c].double().numpy(), kernel, mode="mirror")
@@ -177,9 +178,9 @@ def test_defocus_blur_matches_scipy(natural_images, severity):
 
 @pytest.mark.parametrize("severity", SEVERITIES)
 def test_pixelate_matches_pil(natural_images, severity):
-    c = _PARAMS["pixelate"][severity - 1]
+    c = CIFAR_PARAMS["pixelate"][severity - 1]
     x = (natural_images[:3] * 255).round() / 255
-    got = corrupt(x, "pixelate", severity)
+    got = corrupt(x, "pixelate", severity, quantize=False)
     for image, out in zip((x * 255).round().byte().permute(0, 2, 3, 1).numpy(), got, strict=True):
         pil = Image.fromarray(image).resize((int(32 * c), int(32 * c)), Image.BOX)
         expected = np.asarray(pil.resize((32, 32), Image.BOX)) / 255
@@ -209,10 +210,10 @@ def test_motion_blur_kernel_is_imagemagick_line():
 def test_frost_blends_texture_with_original_weights(natural_images):
     x = natural_images[:4]
     for severity in (1, 5):
-        c0, c1 = _PARAMS["frost"][severity - 1]
+        c0, c1 = CIFAR_PARAMS["frost"][severity - 1]
         texture = frost_texture(4, 32, 32, torch.Generator().manual_seed(3))
         expected = (c0 * x + c1 * texture).clamp(0, 1)
-        torch.testing.assert_close(corrupt(x, "frost", severity, seed=3), expected)
+        torch.testing.assert_close(corrupt(x, "frost", severity, seed=3, quantize=False), expected)
     assert 0.4 < texture.mean() < 0.6
 
 
@@ -260,9 +261,9 @@ def test_bilinear_sample_matches_scipy_map_coordinates(mode, scipy_mode):
 @pytest.mark.parametrize("severity", (1, 4))
 def test_glass_blur_matches_the_original_numpy_loop(natural_images, severity):
     """The original's numpy "swap" (on views) with our offsets, and scipy's Gaussian filter."""
-    sigma, delta, iterations = _PARAMS["glass_blur"][severity - 1]
+    sigma, delta, iterations = CIFAR_PARAMS["glass_blur"][severity - 1]
     x = natural_images[:2]
-    got = corrupt(x, "glass_blur", severity, seed=4)
+    got = corrupt(x, "glass_blur", severity, seed=4, quantize=False)
     g = torch.Generator().manual_seed(4)
     offsets = [torch.randint(-delta, delta, (2, 2, 32, 32), generator=g) for _ in range(iterations)]
     for n in range(2):
@@ -282,8 +283,8 @@ def test_glass_blur_matches_the_original_numpy_loop(natural_images, severity):
 def test_elastic_severity1_is_the_cv2_style_random_affine(natural_images):
     """Severity 1 has alpha 0: only the random affine of three points, as cv2.getAffineTransform."""
     x = natural_images[:2]
-    got = corrupt(x, "elastic_transform", 1, seed=6)
-    affine = 32 * _PARAMS["elastic_transform"][0][2]
+    got = corrupt(x, "elastic_transform", 1, seed=6, quantize=False)
+    affine = CIFAR_PARAMS["elastic_transform"][0][2]
     g = torch.Generator().manual_seed(6)
     moves = ((torch.rand(2, 3, 2, generator=g, dtype=torch.float64) * 2 - 1) * affine).numpy()
     src = np.array([[26.0, 26.0], [26.0, 6.0], [6.0, 6.0]])  # centre 16 +- 32 // 3, as (x, y)

@@ -387,7 +387,8 @@ def test_benchmark_tent_mode_scores_online():
 
     ev = EvalSection(tent_lr=0.05, tent_steps=1)
     condition = TestCondition(16, "tent", "clean", 3, Composition())
-    accuracy, loss, n = evaluate_condition(model, DataModule(), condition, ev, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    accuracy, loss, n, _ = evaluate_condition(model, DataModule(), condition, ev, cpu)
     outputs, _ = official_run(model, batches, "Adam", 0.05, 1, False)
     logits, labels = torch.cat(outputs), torch.cat([y for _, y in batches])
     assert n == 64

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,12 +38,13 @@ EVAL_SEED = 0
 # tests/bench/execute/test_evaluate_golden.py holds golden values next to this number, so a
 # change of the numbers fails there until this is bumped with them. (Not the git SHA: that would
 # void every store at every commit.)
-EVAL_SEMANTICS_VERSION = 1
+# 2: corruptions quantised to uint8 as the reference and calibrated per resolution; ECE.
+EVAL_SEMANTICS_VERSION = 2
 
 
 def condition_fingerprint(condition: TestCondition, ev: EvalSection) -> str:
     """Hash of everything an evaluation's numbers depend on besides its run and key columns."""
-    mode, prior = parse_stats_mode(condition.stats_mode)
+    mode, prior = condition.stats_mode.name, condition.stats_mode.prior
     settings: dict = {}
     if mode == "mix":
         settings["mix_prior"] = prior if prior is not None else ev.mix_prior
@@ -67,10 +69,47 @@ def device_for_eval() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# Confidence bins of the expected calibration error: 15 of equal width on [0, 1] (Guo et al. 2017).
+ECE_BINS = 15
+
+
+class Scores(NamedTuple):
+    """What an evaluation measures over the scored test samples."""
+
+    accuracy: float
+    loss: float  # mean negative log-likelihood (cross-entropy of the softmax, nats)
+    n: int  # samples scored (injected outliers carry no label and are not scored)
+    ece: float  # expected calibration error, ECE_BINS equal-width confidence bins
+
+
+def confidence_bins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per confidence bin (``ECE_BINS`` equal-width bins ``(k/B, (k+1)/B]`` of the top softmax
+    probability): rows (samples, sum of confidence, correct predictions), float64. Bins of
+    several batches add up; :func:`expected_calibration_error` reads them."""
+    probs = logits.detach().float().softmax(1)
+    confidence, predicted = probs.max(1)
+    edges = torch.linspace(0.0, 1.0, ECE_BINS + 1, device=logits.device)[1:-1]
+    index = torch.bucketize(confidence, edges)  # right-closed bins: edges[k-1] < c <= edges[k]
+    values = torch.stack(
+        [torch.ones_like(confidence), confidence, (predicted == labels).to(confidence.dtype)]
+    ).to(torch.float64)
+    bins = torch.zeros(3, ECE_BINS, dtype=torch.float64, device=logits.device)
+    return bins.index_add_(1, index, values)
+
+
+def expected_calibration_error(bins: torch.Tensor) -> float:
+    """``sum_b |acc_b - conf_b| * n_b / n`` over confidence bins (Guo et al. 2017, "On
+    Calibration of Modern Neural Networks", Eq. 3) from :func:`confidence_bins`' sums."""
+    count, confidence, correct = bins
+    return float((correct - confidence).abs().sum() / count.sum())
+
+
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable, device: torch.device) -> tuple[float, float, int]:
-    """(accuracy, mean cross-entropy, n scored) over ``(x, y)`` batches; label -100 = unscored."""
+def predict(model: nn.Module, batches: Iterable, device: torch.device) -> Scores:
+    """Accuracy, mean cross-entropy (NLL), n scored and ECE over ``(x, y)`` batches; label
+    -100 = unscored (an injected outlier)."""
     correct, loss_sum, n = 0, 0.0, 0
+    bins = torch.zeros(3, ECE_BINS, dtype=torch.float64, device=device)
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         logits = model(x)
@@ -78,11 +117,12 @@ def predict(model: nn.Module, batches: Iterable, device: torch.device) -> tuple[
         loss_sum += F.cross_entropy(logits, y, reduction="sum", ignore_index=IGNORE_INDEX).item()
         correct += (logits.argmax(1)[scored] == y[scored]).sum().item()
         n += int(scored.sum())
+        bins += confidence_bins(logits[scored], y[scored])
     if n == 0:
         raise ValueError(
             "the test loader yielded no samples; check the dataset and test batch size"
         )
-    return correct / n, loss_sum / n, n
+    return Scores(correct / n, loss_sum / n, n, expected_calibration_error(bins))
 
 
 def test_loader(datamodule, condition: TestCondition, ev: EvalSection | None = None):
@@ -106,8 +146,8 @@ def test_loader(datamodule, condition: TestCondition, ev: EvalSection | None = N
 
 def evaluate_condition(
     model: nn.Module, datamodule, condition: TestCondition, ev: EvalSection, device: torch.device
-) -> tuple[float, float, int]:
-    """(accuracy, loss, n) of ``model`` under one test condition; ``model`` is left unchanged."""
+) -> Scores:
+    """The :class:`Scores` of ``model`` under one test condition; ``model`` is left unchanged."""
     loader = test_loader(datamodule, condition, ev)
     mode = condition.stats_mode.name
     model.eval()
@@ -141,15 +181,14 @@ def evaluate_run(
     model = model.to(device).eval()
     batch_dependent = has_batch_layers(model)
     largest = max(ev.test_batch_sizes)
-    cache: dict[TestCondition, tuple[float, float, int]] = {}
+    cache: dict[TestCondition, Scores] = {}
     rows = []
     for condition in conditions:
         computed = computed_condition(condition, batch_dependent, largest)
         if computed not in cache:
             cache[computed] = evaluate_condition(model, datamodule, computed, ev, device)
-            accuracy, loss, _ = cache[computed]
-            log.debug("%s: accuracy %.4f loss %.4f", computed.label, accuracy, loss)
-        accuracy, loss, n = cache[computed]
+            log.debug("%s: %s", computed.label, cache[computed])
+        accuracy, loss, n, ece = cache[computed]
         rows.append(
             {
                 **condition.columns(),
@@ -157,6 +196,7 @@ def evaluate_run(
                 "loss": loss if math.isfinite(loss) else float("nan"),
                 "n_test": n,
                 "computed_as": computed.label,
+                "ece": ece,
                 "fingerprint": condition_fingerprint(condition, ev),
             }
         )

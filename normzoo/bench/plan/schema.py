@@ -86,7 +86,10 @@ RUN_COLUMNS = (
 PROVENANCE_COLUMNS = RUN_COLUMNS[-6:]
 # The provenance that makes a stored run "of another version" (--rerun-other-versions).
 VERSION_COLUMNS = PROVENANCE_COLUMNS[:-1]
-# The `evaluations` table of the results store, in order.
+# The `evaluations` table of the results store, in order. Metrics over the n_test scored
+# samples (injected outliers carry no label): `accuracy`; `loss`, the mean negative
+# log-likelihood (softmax cross-entropy, nats: the NLL of calibration studies); `ece`, the
+# expected calibration error over 15 equal-width confidence bins (Guo et al. 2017).
 EVAL_COLUMNS = (
     "run_key",
     *TEST_KEYS,
@@ -94,6 +97,7 @@ EVAL_COLUMNS = (
     "loss",
     "n_test",
     "computed_as",
+    "ece",
 )
 # The `curves` table of the results store (training curves, one row per logged value).
 CURVE_COLUMNS = ("run_key", "step", "epoch", "metric", "value")

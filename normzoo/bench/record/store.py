@@ -53,9 +53,17 @@ __all__ = [
 
 STORE_NAME = "results.sqlite"
 # Version 2: run keys cover training only, weights kept, provenance columns, wandb_logged.
-# Version 3: evaluations.fingerprint, runs.weights_sha256 (a version-2 store is migrated).
+# Version 3: evaluations.fingerprint and .ece (expected calibration error), runs.weights_sha256;
+# a version-2 store is migrated by adding the columns of `ADDED_COLUMNS`.
 SCHEMA_VERSION = 3
 MIGRATABLE_VERSIONS = (2,)
+# Columns added since version 2: (table, column, SQL type). An older store gets them as NULL, so
+# its evaluations (no fingerprint) count as stale and are recomputed from the kept weights.
+ADDED_COLUMNS = (
+    ("runs", "weights_sha256", "TEXT"),
+    ("evaluations", "fingerprint", "TEXT"),
+    ("evaluations", "ece", "REAL"),
+)
 
 # The columns of an evaluation that name its test condition (with run_key: the primary key).
 EVAL_KEY = TEST_KEYS
@@ -80,6 +88,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     test_batch_size INTEGER NOT NULL, stats_mode TEXT NOT NULL, shift TEXT NOT NULL,
     severity INTEGER NOT NULL, test_composition TEXT NOT NULL,
     accuracy REAL NOT NULL, loss REAL, n_test INTEGER NOT NULL, computed_as TEXT NOT NULL,
+    ece REAL,
     fingerprint TEXT,
     PRIMARY KEY (run_key, test_batch_size, stats_mode, shift, severity, test_composition)
 );
@@ -100,7 +109,11 @@ class StoreError(ValueError):
     """An existing ``results.sqlite`` that this normzoo cannot use (left untouched)."""
 
 
-_REQUIRED = {"runs": set(RUN_COLUMNS), "evaluations": set(EVAL_COLUMNS)}
+# What a store of ours has in every migratable version (the added columns may be missing).
+_REQUIRED = {
+    table: set(columns) - {c for t, c, _ in ADDED_COLUMNS if t == table}
+    for table, columns in (("runs", RUN_COLUMNS), ("evaluations", EVAL_COLUMNS))
+}
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -189,12 +202,12 @@ def _missing_tables(conn: sqlite3.Connection) -> list[str]:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Add the columns of schema 3 to a version-2 store: its evaluations have no fingerprint,
-    so they count as stale and are recomputed from the kept weights."""
-    for table, column in (("runs", "weights_sha256"), ("evaluations", "fingerprint")):
+    """Add the `ADDED_COLUMNS` to an older store: its evaluations have no fingerprint, so they
+    count as stale and are recomputed from the kept weights."""
+    for table, column, kind in ADDED_COLUMNS:
         present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if column not in present:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 class Store:
@@ -233,17 +246,19 @@ class Store:
 
     def _shadow_missing(self) -> None:
         """Read-only: empty TEMP tables stand in for missing ones, TEMP views add the columns of
-        schema 3 to a version-2 store (the file itself is never written)."""
+        `ADDED_COLUMNS` to an older store (the file itself is never written)."""
         for table in _missing_tables(self._conn):
             start = _SCHEMA.index(f"CREATE TABLE IF NOT EXISTS {table}")
             statement = _SCHEMA[start : _SCHEMA.index(";", start)]
             statement = statement.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE")
             self._conn.execute(statement.replace("REFERENCES runs(run_key) ON DELETE CASCADE", ""))
-        for table, column in (("runs", "weights_sha256"), ("evaluations", "fingerprint")):
+        for table in dict.fromkeys(table for table, _, _ in ADDED_COLUMNS):
             present = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
-            if column not in present:
+            absent = [c for t, c, _ in ADDED_COLUMNS if t == table and c not in present]
+            if absent:
+                extra = ", ".join(f"NULL AS {column}" for column in absent)
                 self._conn.execute(
-                    f"CREATE TEMP VIEW {table} AS SELECT *, NULL AS {column} FROM main.{table}"
+                    f"CREATE TEMP VIEW {table} AS SELECT *, {extra} FROM main.{table}"
                 )
 
     def close(self) -> None:

@@ -82,8 +82,8 @@ def test_shipped_configs_declare_their_primary_family(name):
         ("gn(groups=8) vs bn", "group(groups=8) vs batch"),
         ("GN( groups = 8 ) vs identity", "group(groups=8) vs none"),
         (
-            "brn(warmup=20, r_ramp=140, d_ramp=80) vs bn",
-            "batch_renorm(d_ramp=80,r_ramp=140,warmup=20) vs batch",
+            "brn(warmup=20, r_ramp=140, d_ramp=80, renorm_momentum=auto) vs bn",
+            "batch_renorm(d_ramp=80,r_ramp=140,renorm_momentum=auto,warmup=20) vs batch",
         ),
         ("BRN vs LN", "batch_renorm vs layer"),
         ("batch vs running", "batch vs running"),  # stats modes stay as written
