@@ -267,7 +267,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _compare_loaded(args: argparse.Namespace) -> int:
     from normzoo.bench.record.outdir import OutDirLock, check_out_dir
-    from normzoo.bench.record.track import check_online, resolve_mode
+    from normzoo.bench.record.track import check_online, describe_mode, resolve_mode
     from normzoo.bench.run import Interrupted, interrupt_on_signals
 
     try:
@@ -278,12 +278,14 @@ def _compare_loaded(args: argparse.Namespace) -> int:
             check_out_dir(out_dir, store=not args.fresh)
         except OSError as error:  # e.g. a name too long for the file system
             raise ValueError(f"--out {out_dir}: {error.strerror or error}") from error
-        check_online(resolve_mode(config.execution.wandb))  # before any work
+        mode = resolve_mode(config.execution.wandb)
+        check_online(mode)  # before any work
     except (ValueError, FileNotFoundError) as error:
         _error(str(error))
         return 2
     if args.dry_run:
         _print_grid(loaded, out_dir, _workers(config, args), dry_run=True)
+        _info(describe_mode(config.execution.wandb, mode))
         _print_plan(config, out_dir, args)
         return 0
     try:

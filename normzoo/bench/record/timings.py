@@ -11,9 +11,14 @@ from normzoo.bench.record.provenance import device_name
 from normzoo.bench.record.store import STORE_NAME, Store
 
 
+def _as_stored(value):
+    """A config value as the store's JSON holds it (tuples as lists)."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def _same_setup(stored: dict, config: Config) -> bool:
     """Whether a stored run's config has this config's data and model sections."""
-    mine = config.result_dict()
+    mine = _as_stored(config.result_dict())
     data = {k: v for k, v in stored.get("data", {}).items() if k not in ("root", "download")}
     return data == mine["data"] and stored.get("model") == mine["model"]
 
@@ -37,7 +42,7 @@ def stored_timings(config: Config, out_dir: str | Path | None) -> dict:
     if runs.empty or curves.empty:
         return timings
     steps = curves.groupby("run_key")["step"].max()
-    evaluation = config.to_dict()["eval"]
+    evaluation = _as_stored(config.to_dict()["eval"])
     train: dict = {}
     evals: dict = {}
     for row in runs.itertuples(index=False):
