@@ -246,3 +246,23 @@ def test_the_reports_produced_by_line_is_a_command_that_reproduces_it(tmp_path, 
     )
     assert again.returncode == 0, again.stdout + again.stderr
     assert (tmp_path / "out dir" / "report.md").read_text() == report
+
+
+def test_dashboard_command_builds_the_report_offline(tmp_path, tiny, monkeypatch, capsys):
+    pytest.importorskip("wandb_workspaces.reports.v2")
+    argv = ["dashboard", "team/proj", str(tiny), "--out", str(tmp_path / "o"), "--dry-run"]
+    assert cli.main(argv) == 0
+    panels = capsys.readouterr().out.splitlines()
+    assert (
+        "ParallelCoordinatesPlot: norm x train batch size x learning rate x accuracy"
+        in (panels[1].split(" (")[0])
+    )
+    assert panels[0].startswith("ScatterPlot: accuracy vs train batch size")
+    assert cli.main(["dashboard", "no-project", str(tiny), "--dry-run"]) == 2
+    assert "'no-project' is not ENTITY/PROJECT" in capsys.readouterr().out
+    for name in [k for k in os.environ if k.startswith("WANDB_")] + ["NETRC"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cli.main(["dashboard", "team/proj", str(tiny)]) == 2  # saving needs a login
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "`wandb login`" in out
