@@ -209,6 +209,8 @@ def main(
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    global _quiet
+    _quiet = getattr(args, "quiet", False)
     return COMMANDS[args.command](args)
 
 
@@ -250,8 +252,6 @@ def load(args: argparse.Namespace) -> Loaded:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    global _quiet
-    _quiet = args.quiet
     logging.basicConfig(
         level=logging.INFO,
         format="%(message)s",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from normzoo.bench.plan.config import Config
 from normzoo.bench.plan.cost import timing_key
 from normzoo.bench.record.provenance import device_name
@@ -51,7 +53,7 @@ def stored_timings(config: Config, out_dir: str | Path | None) -> dict:
             continue
         key = timing_key(row.norm, json.loads(row.norm_options), row.train_batch_size)
         train.setdefault(key, []).append(row.train_seconds / steps[row.run_key])
-        if stored.get("eval") == evaluation and row.eval_seconds == row.eval_seconds:  # not NaN
+        if stored.get("eval") == evaluation and pd.notna(row.eval_seconds):  # evaluated
             evals.setdefault(key[:2], []).append(row.eval_seconds)
     timings["train"] = {k: sum(v) / len(v) for k, v in train.items()}
     timings["eval"] = {k: sum(v) / len(v) for k, v in evals.items()}

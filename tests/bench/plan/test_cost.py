@@ -97,13 +97,17 @@ def test_the_stores_own_timings_replace_the_model_where_they_exist(tiny_raw, tmp
     )
     with Store(tmp_path) as store:
         _store_run(store, config, batch8, train_seconds=2.0, last_step=20, eval_seconds=5.0)
+        group8 = next(r for r in expand_runs(config) if r.norm.name == "group" and r.seed == 0)
+        # trained, then killed before its evaluation finished: no eval seconds yet
+        _store_run(store, config, group8, train_seconds=1.0, last_step=40, eval_seconds=None)
         for run in expand_runs(other_config):
             _store_run(
                 store, other_config, run, train_seconds=99.0, last_step=10, eval_seconds=99.0
             )
     timings = stored_timings(config, tmp_path)
     key = cost.timing_key("batch", {}, 8)
-    assert timings == {"train": {key: 0.1}, "eval": {key[:2]: 5.0}}
+    group_key = cost.timing_key("group", {"groups": 8}, group8.train_batch_size)
+    assert timings == {"train": {key: 0.1, group_key: 0.025}, "eval": {key[:2]: 5.0}}
     assert stored_timings(config, tmp_path / "no store") == {"train": {}, "eval": {}}
 
     estimate = cost.estimate_seconds(config, workers=1, timings=timings)
@@ -113,7 +117,8 @@ def test_the_stores_own_timings_replace_the_model_where_they_exist(tiny_raw, tmp
     train_total = eval_total = 0.0
     for run in expand_runs(config):
         b, stored = run.train_batch_size, run.norm.name == "batch"
-        train_total += 40 * (0.1 if stored and b == 8 else 0.01 * b * cost.TRAIN_FACTOR)
+        measured = {("batch", 8): 0.1, ("group", 8): 0.025}.get((run.norm.name, b))
+        train_total += 40 * (measured or 0.01 * b * cost.TRAIN_FACTOR)
         computed = {
             computed_condition(c, is_batch_dependent(run.norm.name), largest)
             for c in expand_conditions(config)
@@ -126,6 +131,6 @@ def test_the_stores_own_timings_replace_the_model_where_they_exist(tiny_raw, tmp
     assert estimate["eval_seconds"] == pytest.approx(eval_total)
     seeds = len(config.train.seeds)
     assert estimate["basis"].startswith(
-        f"{seeds} of {len(expand_runs(config))} runs from the store"
+        f"{2 * seeds} of {len(expand_runs(config))} runs from the store"
     )
     assert cost.estimate_seconds(config, 1)["basis"] == "from timed steps of the backbone"
