@@ -367,13 +367,15 @@ def run_grid(
     rerun_other_versions: bool = False,
     workers_per_gpu: int = 1,
     executor=None,
+    console=None,
 ) -> Summary:
     """Train and evaluate what the store lacks, writing each unit of work as it arrives.
 
     ``executor(tasks, config, out_dir) -> Iterator[message]`` replaces the local one (submitit
     when ``execution.executor`` says so). A run whose worker dies is recorded failed and retried
     once. Raises `Interrupted` (with ``.summary``) on SIGINT/SIGTERM inside
-    `interrupt_on_signals`.
+    `interrupt_on_signals`. ``console``: the rich Console of the CLI's log handler; the progress
+    bar draws on it, so log lines print above the bar instead of through it.
     """
     from rich.progress import (
         BarColumn,
@@ -430,7 +432,8 @@ def run_grid(
         TimeRemainingColumn(),
     )
     try:
-        with Progress(*columns, disable=not show_progress or not plan.tasks) as progress:
+        disable = not show_progress or not plan.tasks
+        with Progress(*columns, console=console, disable=disable) as progress:
             bar = progress.add_task("runs", total=len(plan.tasks))
             tasks = plan.tasks
             for attempt in (1, 2):

@@ -15,6 +15,7 @@ from wandb_offline import wandb_run
 
 from normzoo.bench.plan.config import load_config
 from normzoo.bench.plan.grid import expand_conditions, expand_runs
+from normzoo.bench.plan.identity import experiment_identity
 from normzoo.bench.record.store import Store
 from normzoo.bench.record.track import offline_run_dirs, setting
 
@@ -81,12 +82,13 @@ def test_compare_produces_store_wandb_runs_and_report(compare, tiny_config_path,
     assert len(train) == 4 and len(summary) == 1
     by_key = {w["config"]["run_key"]: w for w in train}
     assert set(by_key) == {r.key for r in runs}
+    identity = experiment_identity(config, load_config(tiny_config_path))  # --set changed it
     for run in runs:
         w = by_key[run.key]
-        assert w["run"].display_name == f"tiny-{run.name}"
+        assert w["run"].display_name == f"{identity}-{run.name}"
         # issue 14: the group is the setting (seeds are its members), not the experiment, and
         # the config is flat inputs (no nested experiment_config)
-        assert w["run"].run_group == setting("tiny", run)
+        assert w["run"].run_group == setting(identity, run)
         assert {run.norm.label, "bs=16"} <= set(w["run"].tags)
         assert w["config"]["norm"] == run.norm.name and w["config"]["seed"] == run.seed
         assert w["config"]["epochs"] == 1 and "experiment_config" not in w["config"]

@@ -69,10 +69,8 @@ class TestCondition:
 
     @property
     def label(self) -> str:
-        """Readable label, e.g. ``bs8/batch/fog-3/iid``."""
-        shift = "clean" if self.shift == "clean" else f"{self.shift}-{self.severity}"
-        mode = self.stats_mode.label
-        return f"bs{self.test_batch_size}/{mode}/{shift}/{self.composition.label}"
+        """The condition's name, e.g. ``bs8/batch/fog-3/iid`` (see `condition_name`)."""
+        return condition_name(self.columns())
 
     def columns(self) -> dict:
         """The identifying columns of the evaluations table."""
@@ -83,6 +81,20 @@ class TestCondition:
             "severity": self.severity,
             "test_composition": self.composition.label,
         }
+
+
+def condition_name(columns: dict) -> str:
+    """The one name of a test condition, from its stored columns (`TestCondition.columns`, an
+    evaluation row): ``bs<test batch size>/<stats mode>/<shift>[-<severity>]/<composition>``,
+    e.g. ``bs8/batch/fog-3/iid``, ``bs128/running/clean/iid``. The CLI, the store's
+    ``computed_as``, the report and W&B (``test/<name>``) all spell it with this function."""
+    shift = columns["shift"]
+    if shift != "clean":
+        shift = f"{shift}-{columns['severity']}"
+    return (
+        f"bs{columns['test_batch_size']}/{columns['stats_mode']}/{shift}/"
+        f"{columns['test_composition']}"
+    )
 
 
 def stable_json(obj) -> str:

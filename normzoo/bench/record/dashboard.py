@@ -3,6 +3,7 @@
 Built from the config alone (the summary names follow `track.condition_key`), so it is the same
 before, during and after the runs; `save_dashboard` uploads it when online. Panels:
 - accuracy vs train batch size, runs grouped (coloured) by norm (clean data, running statistics);
+- parallel coordinates over norm x train batch size x learning rate x accuracy, one line per run;
 - accuracy vs test batch size, one panel per stats mode, bars per norm (mean over seeds);
 - accuracy vs severity, one panel per corruption;
 - validation accuracy during training, one line per setting;
@@ -53,11 +54,16 @@ def summary_filter(experiment: str) -> str:
 
 
 def build_dashboard(
-    config, project: str, entity: str, significance_table: str = SIGNIFICANCE_TABLES[0]
+    config,
+    project: str,
+    entity: str,
+    significance_table: str = SIGNIFICANCE_TABLES[0],
+    experiment: str | None = None,
 ):
-    """The Report object (not saved) for ``config``'s experiment in ``entity/project``."""
+    """The Report object (not saved) for ``config``'s experiment in ``entity/project``;
+    ``experiment`` is its identity as the runs were logged (default: the config's name)."""
     wr = _require()
-    experiment = config.experiment.name
+    experiment = experiment or config.experiment.name
     if any(c in experiment for c in "='\""):
         raise ValueError(
             f"experiment name {experiment!r} contains = or quotes, which W&B report filters "
@@ -85,6 +91,20 @@ def build_dashboard(
                 x=wr.Config("train_batch_size"),
                 y=wr.SummaryMetric(clean),
                 log_x=True,
+            )
+        ],
+    )
+    parallel = wr.PanelGrid(
+        runsets=[runset("runs", train_filter(experiment))],
+        panels=[
+            wr.ParallelCoordinatesPlot(
+                title=f"norm x train batch size x learning rate x accuracy ({clean})",
+                columns=[
+                    wr.ParallelCoordinatesPlotColumn(metric=wr.Config("norm_label")),
+                    wr.ParallelCoordinatesPlotColumn(metric=wr.Config("train_batch_size")),
+                    wr.ParallelCoordinatesPlotColumn(metric=wr.Config("lr")),
+                    wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(clean)),
+                ],
             )
         ],
     )
@@ -142,11 +162,13 @@ def build_dashboard(
             wr.H1(f"normzoo: {experiment}"),
             wr.P(
                 "Accuracy is the mean over seeds (bars: standard error); each training run's "
-                "summary holds every test condition as test/<shift>-<severity>/<stats mode>/"
-                "bs<test batch size>/<composition>."
+                "summary holds every test condition as test/bs<test batch size>/<stats mode>/"
+                "<shift>[-<severity>]/<composition>."
             ),
             wr.H2("Accuracy vs train batch size, per norm"),
             train_bs,
+            wr.H2("Norm x train batch size x learning rate x accuracy, one line per run"),
+            parallel,
             wr.H2("Accuracy vs test batch size, per stats mode"),
             test_bs,
             wr.H2("Accuracy vs severity, per corruption"),
@@ -171,7 +193,8 @@ def pick_significance_table(table_names) -> str:
 
 
 def save_dashboard(config, tracker, significance_table: str = SIGNIFICANCE_TABLES[0]) -> str:
-    """Build and save the report (online only); returns its URL."""
+    """Build and save the report (online only) for the tracker's experiment identity; returns
+    its URL."""
     if tracker.mode != "online":
         raise ValueError(
             f"saving a W&B Report needs W&B online (mode is {tracker.mode}); log in with "
@@ -180,6 +203,8 @@ def save_dashboard(config, tracker, significance_table: str = SIGNIFICANCE_TABLE
     import wandb
 
     entity = tracker.entity or wandb.Api().default_entity
-    report = build_dashboard(config, tracker.project, entity, significance_table)
+    report = build_dashboard(
+        config, tracker.project, entity, significance_table, tracker.experiment
+    )
     report.save()
     return report.url

@@ -2,13 +2,16 @@
 plus one summary run per experiment.
 
 Layout (what a dashboard filters and groups by, without joins):
-- id: ``<experiment>-<run key>`` for a training run, ``<experiment>-summary-<config hash>`` for the
-  summary run, so a rerun, ``--retry-failed`` or ``--report-only`` resumes the same run;
+- id: ``run-<run key>`` for a training run, ``summary-<config hash>`` for the summary run: ids
+  follow what was computed, never the experiment's name, so a rerun, ``--retry-failed``,
+  ``--report-only`` or a renamed experiment resumes the same run instead of duplicating it;
 - group: the setting ``<experiment>/<norm label>/bs<train batch size>/<train composition>`` (its
-  members are the seeds); job_type ``train`` or ``summary``; tags: norm label, ``bs=<N>``,
-  composition;
+  members are the seeds), where ``<experiment>`` is the experiment's identity (its name, plus a
+  short hash of what ``--set`` changed, `normzoo.bench.plan.identity`); job_type ``train`` or
+  ``summary``; tags: norm label, ``bs=<N>``, composition;
 - config: inputs only, flat (see `run_config`); results live in the summary: one scalar per test
-  condition named by `condition_key` plus the ``evaluations`` table.
+  condition named by `condition_key` (``test/`` + the condition's one name) plus the
+  ``evaluations`` table.
 
 Offline unless the user is logged in; files land in ``$WANDB_DIR`` or ``<out_dir>``, under
 ``wandb/``, and ``wandb sync <dir>/wandb/offline-run-*`` uploads them later.
@@ -29,6 +32,8 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
+from normzoo.bench.plan.config import stable_hash
+from normzoo.bench.plan.grid import condition_name
 from normzoo.bench.plan.schema import WANDB_MODES, WANDB_RUN_MODES
 from normzoo.bench.record.provenance import versions
 
@@ -40,19 +45,51 @@ DEFAULT_PROJECT = "normzoo"
 METRIC_SUMMARIES = {"val/acc": "max,last", "train/loss": "min,last", "train/epoch_loss": "min,last"}
 
 
+NOT_LOGGED_IN = (
+    "W&B online needs a login and none was found (WANDB_API_KEY, ~/.netrc): run `wandb login`,"
+    " or use --wandb offline (and `wandb sync` later)"
+)
+
+
 def logged_in() -> bool:
-    """Whether a W&B API key is available: ``WANDB_API_KEY`` or a ``wandb login`` netrc entry.
+    """Whether a W&B API key is available, found as wandb itself finds one, without network:
+    ``WANDB_API_KEY`` (or ``WANDB_IDENTITY_TOKEN_FILE``), else the netrc entry ``wandb login``
+    writes for the server (``$NETRC``, else ``~/.netrc``).
 
     Only the presence of a key is checked; it is never printed or logged.
     """
-    if os.environ.get("WANDB_API_KEY"):
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    import wandb
+
+    host = os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
     try:
-        return netrc.netrc(path).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):  # no netrc file: not logged in
+        from wandb.sdk.lib.wbauth import read_netrc_auth  # wandb's own netrc lookup
+    except ImportError:  # another wandb layout: read the netrc entry of the host directly
+        path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+        try:
+            return netrc.netrc(path).authenticators(urlparse(host).hostname) is not None
+        except (OSError, netrc.NetrcParseError):  # no netrc file: not logged in
+            return False
+    try:
+        return read_netrc_auth(host=host) is not None
+    except Exception:  # noqa: BLE001 - a malformed key is no usable login
         return False
+
+
+def check_online(mode: str) -> None:
+    """Raise ValueError (one line naming the fix) when ``mode`` is online without a login."""
+    if mode == "online" and not logged_in():
+        raise ValueError(NOT_LOGGED_IN)
+
+
+def describe_mode(requested: str, mode: str) -> str:
+    """What the CLI says at start: the mode, and for ``auto`` why."""
+    if requested != "auto" or os.environ.get("WANDB_MODE") or mode == "disabled":
+        return f"W&B mode: {mode}"
+    if mode == "online":
+        return "W&B mode: online (auto: logged in to W&B)"
+    return "W&B mode: offline (auto: not logged in to W&B; `wandb login` to log online)"
 
 
 def resolve_mode(requested: str) -> str:
@@ -83,14 +120,15 @@ def slug(text: str, length: int = 40) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:length] or "x"
 
 
-def run_id(experiment: str, run_key: str) -> str:
-    """The W&B id of a training run: stable for a run key within an experiment."""
-    return f"{slug(experiment)}-{run_key}"
+def run_id(run_key: str) -> str:
+    """The W&B id of a training run: its run key, so renaming the experiment or adding test
+    conditions resumes the same W&B run."""
+    return f"run-{run_key}"
 
 
-def summary_id(experiment: str, config_hash: str) -> str:
-    """The W&B id of an experiment's summary run (one per experiment and config)."""
-    return f"{slug(experiment)}-summary-{config_hash}"
+def summary_id(config_hash: str) -> str:
+    """The W&B id of an experiment's summary run: one per config (results), not per name."""
+    return f"summary-{config_hash}"
 
 
 def setting(experiment: str, run) -> str:
@@ -104,16 +142,10 @@ def run_tags(run) -> list[str]:
 
 
 def condition_key(evaluation: dict) -> str:
-    """The summary name of a test condition's accuracy:
-    ``test/<shift>-<severity>/<stats_mode>/bs<test batch size>/<test composition>``, with
-    ``clean`` (no severity) for clean data, e.g. ``test/contrast-5/batch/bs8/iid``."""
-    shift = evaluation["shift"]
-    if shift != "clean":
-        shift = f"{shift}-{evaluation['severity']}"
-    return (
-        f"test/{shift}/{evaluation['stats_mode']}/bs{evaluation['test_batch_size']}/"
-        f"{evaluation['test_composition']}"
-    )
+    """The summary name of a test condition's accuracy: ``test/`` (W&B's panel section) and the
+    condition's one name (`condition_name`, as the CLI, store and report spell it), e.g.
+    ``test/bs8/batch/contrast-5/iid``."""
+    return f"test/{condition_name(evaluation)}"
 
 
 def _flat(prefix: str, options: dict) -> dict:
@@ -126,10 +158,13 @@ def _flat(prefix: str, options: dict) -> dict:
     return out
 
 
-def run_config(run, config, code_versions: dict | None = None) -> dict:
+def run_config(
+    run, config, code_versions: dict | None = None, experiment: str | None = None
+) -> dict:
     """A training run's W&B config: its inputs only, one level deep.
 
-    Identity (experiment, run_key, config_hash, setting), data (dataset, ``data_<option>``),
+    Identity (experiment: ``experiment`` or the config's name; experiment_name; run_key,
+    config_hash, setting), data (dataset, ``data_<option>``),
     model (backbone, ``model_<option>``), norm (norm, norm_label, norm_options as JSON,
     ``norm_<option>``, batch_dependent), the train condition (train_batch_size,
     train_composition, seed), every other training hyper-parameter under its own name (lr,
@@ -139,9 +174,10 @@ def run_config(run, config, code_versions: dict | None = None) -> dict:
 
     from normzoo.registry import is_batch_dependent
 
-    experiment = config.experiment.name
+    experiment = experiment or config.experiment.name
     out = {
         "experiment": experiment,
+        "experiment_name": config.experiment.name,
         "run_key": run.key,
         "config_hash": config.hash,
         "setting": setting(experiment, run),
@@ -206,8 +242,11 @@ class Tracker:
     config: object = field(default=None, repr=False, compare=False)  # the experiment's Config
 
     @classmethod
-    def from_config(cls, config, out_dir: str | Path, mode: str | None = None) -> Tracker:
-        """Settings from ``config.execution`` and the environment.
+    def from_config(
+        cls, config, out_dir: str | Path, mode: str | None = None, experiment: str | None = None
+    ) -> Tracker:
+        """Settings from ``config.execution`` and the environment; ``experiment`` is the identity
+        that groups, artifacts and the summary carry (default: the config's name).
 
         Project and entity: the config's value when set (``--set execution.wandb_project=...``),
         else ``WANDB_PROJECT``/``WANDB_ENTITY``, else ``normzoo`` and the login's default entity.
@@ -220,7 +259,7 @@ class Tracker:
         resolved = resolve_mode(mode or ex.wandb)
         return cls(
             mode=resolved,
-            experiment=config.experiment.name,
+            experiment=experiment or config.experiment.name,
             project=ex.wandb_project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
             entity=getattr(ex, "wandb_entity", None) or os.environ.get("WANDB_ENTITY") or None,
             root=Path(os.environ.get("WANDB_DIR") or out_dir),
@@ -265,12 +304,12 @@ class Tracker:
 
     def _train_kwargs(self, run, config) -> dict:
         return self._init_kwargs(
-            id=run_id(self.experiment, run.key),
+            id=run_id(run.key),
             name=f"{self.experiment}-{run.name}",
             group=setting(self.experiment, run),
             job_type="train",
             tags=run_tags(run),
-            config=run_config(run, config, self.code_versions),
+            config=run_config(run, config, self.code_versions, self.experiment),
         )
 
     # --- a training run, in the process that trains it ---------------------------------------
@@ -363,11 +402,13 @@ class Tracker:
         counts: dict | None = None,
     ) -> str | None:
         """The summary run: tables (headline first), plots as images, the results store and the
-        report as versioned artifacts. Returns the run's URL when online."""
+        report as versioned artifacts. Returns the run's URL when online.
+
+        A summary identical to the one last logged in this mode (same tables, counts, report
+        text and settings) is not logged again: a no-op rerun creates no W&B run or folder.
+        """
         if not self.enabled:
             return None
-        import wandb
-
         config = config or self.config
         experiment_config = {
             "experiment": self.experiment,
@@ -384,9 +425,26 @@ class Tracker:
             "severities": list(config.eval.severities),
             **self.code_versions,
         }
+        marker = self.root / "wandb" / f"normzoo-{summary_id(config.hash)}-{self.mode}.logged"
+        fingerprint = _fingerprint(experiment_config, tables, counts, report_files, self)
+        if marker.is_file() and marker.read_text() == fingerprint:
+            log.info("W&B summary run unchanged since it was last logged; not logged again")
+            return None
+        url = self._log_summary(
+            config, experiment_config, tables, images, store_path, report_files, counts
+        )
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(fingerprint)
+        return url
+
+    def _log_summary(
+        self, config, experiment_config, tables, images, store_path, report_files, counts
+    ) -> str | None:
+        import wandb
+
         run = wandb.init(
             **self._init_kwargs(
-                id=summary_id(self.experiment, config.hash),
+                id=summary_id(config.hash),
                 name=f"{self.experiment}-summary",
                 group=f"{self.experiment}/summary",
                 job_type="summary",
@@ -419,6 +477,27 @@ class Tracker:
         return url
 
 
+def _fingerprint(experiment_config: dict, tables: dict, counts, report_files, tracker) -> str:
+    """What a summary run would hold, hashed: its config, tables, counts and report text."""
+    texts = {
+        Path(p).name: Path(p).read_text()
+        for p in report_files
+        if Path(p).suffix in (".md", ".csv") and Path(p).is_file()
+    }
+    return stable_hash(
+        {
+            "config": experiment_config,
+            "where": [tracker.project, tracker.entity, tracker.experiment],
+            "tables": {
+                k: v.to_json(orient="split", default_handler=str) for k, v in tables.items()
+            },
+            "counts": {str(k): int(v) for k, v in (counts or {}).items()},
+            "report": texts,
+        },
+        length=32,
+    )
+
+
 def _log_results(experiment, run, experiment_name: str, row: dict, evaluations: list[dict]) -> None:
     import wandb
 
@@ -438,7 +517,7 @@ def _log_weights(experiment, run, experiment_name: str, path: Path) -> None:
     import wandb
 
     artifact = wandb.Artifact(
-        f"model-{run_id(experiment_name, run.key)}", type="model", metadata={"run_key": run.key}
+        f"model-{run_id(run.key)}", type="model", metadata={"run_key": run.key}
     )
     artifact.add_file(str(path))
     experiment.log_artifact(artifact)

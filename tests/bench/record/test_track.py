@@ -2,15 +2,19 @@
 
 import os
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 from wandb_offline import wandb_runs
 
+import normzoo
 import normzoo.models
 from normzoo.bench.plan.config import load_config
-from normzoo.bench.plan.grid import expand_conditions, expand_runs
+from normzoo.bench.plan.grid import condition_name, expand_conditions, expand_runs
+from normzoo.bench.plan.identity import experiment_identity
 from normzoo.bench.record.store import Store
 from normzoo.bench.record.track import (
     Tracker,
@@ -43,21 +47,46 @@ def env(monkeypatch, tmp_path):
     return monkeypatch
 
 
-def test_condition_names_are_predictable():
+def test_condition_names_are_predictable_and_one_string_everywhere(tiny_config_path):
     row = dict(shift="contrast", severity=5, stats_mode="batch", test_batch_size=8)
-    assert condition_key({**row, "test_composition": "iid"}) == "test/contrast-5/batch/bs8/iid"
+    assert condition_key({**row, "test_composition": "iid"}) == "test/bs8/batch/contrast-5/iid"
     clean = {**row, "shift": "clean", "severity": 0, "test_composition": "label_skew(alpha=0.1)"}
-    assert condition_key(clean) == "test/clean/batch/bs8/label_skew(alpha=0.1)"
+    assert condition_key(clean) == "test/bs8/batch/clean/label_skew(alpha=0.1)"
+    # the CLI's and the store's name (computed_as) of a condition is W&B's after "test/"
+    for condition in expand_conditions(load_config(tiny_config_path)):
+        assert condition_key(condition.columns()) == f"test/{condition.label}"
+        assert condition_name(condition.columns()) == condition.label
 
 
 def test_ids_are_stable_valid_and_distinct(tiny_config_path):
     config = load_config(tiny_config_path)
     runs = expand_runs(config)
-    ids = [run_id("tiny run/α", r.key) for r in runs]
-    assert ids == [run_id("tiny run/α", r.key) for r in expand_runs(load_config(tiny_config_path))]
+    ids = [run_id(r.key) for r in runs]
+    assert ids == [run_id(r.key) for r in expand_runs(load_config(tiny_config_path))]
     assert len(set(ids)) == len(runs)
-    for value in [*ids, summary_id("tiny run/α", config.hash)]:
+    for value in [*ids, summary_id(config.hash)]:
         assert re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value), value
+    # the name is a label: renaming the experiment keeps every run key, hence every W&B id
+    renamed = load_config(tiny_config_path, ["experiment.name=renamed"])
+    assert [run_id(r.key) for r in expand_runs(renamed)] == ids
+    assert summary_id(renamed.hash) == summary_id(config.hash)
+
+
+def test_wandb_git_sha_is_the_checkouts_head(tiny_config_path, tmp_path):
+    root = Path(normzoo.__file__).resolve().parents[1]
+    git = ["git", "-C", str(root)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    status = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    expected = head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
+    config = load_config(tiny_config_path, ["execution.wandb=offline"])
+    tracker = Tracker.from_config(config, tmp_path)
+    flat = run_config(expand_runs(config)[0], config, tracker.code_versions)
+    assert flat["git_sha"] == tracker.code_versions["git_sha"] == expected
 
 
 def test_config_is_flat_inputs_only(tiny_config_path):
@@ -127,12 +156,17 @@ def test_two_invocations_leave_one_wandb_run_per_training_run(
     logged = wandb_runs(out)
     config = load_config(tiny_config_path, TINY_SET)
     runs, conditions = expand_runs(config), expand_conditions(config)
+    # --set changed results: the experiment is "tiny-<hash of the changes>" wherever it groups
+    identity = experiment_identity(config, load_config(tiny_config_path))
+    assert re.fullmatch(r"tiny-[0-9a-f]{6}", identity)
 
     train = _train_runs(logged)
     assert len(train) == len(_train_runs(first)) == len(runs) == 4  # no run logged twice
-    assert {w["id"] for w in train} == {run_id("tiny", r.key) for r in runs}
+    assert {w["id"] for w in train} == {run_id(r.key) for r in runs}
     summaries = [w for w in logged if w["job_type"] == "summary"]
-    assert {w["id"] for w in summaries} == {summary_id("tiny", config.hash)}  # resumed, not new
+    assert {w["id"] for w in summaries} == {summary_id(config.hash)}  # resumed, not new
+    # the no-op reruns (everything stored and logged) created no W&B folder at all
+    assert sorted(w["dir"] for w in logged) == sorted(w["dir"] for w in first)
     assert len({w["id"] for w in logged}) == len(runs) + 1
 
     by_id = {w["id"]: w for w in train}
@@ -140,8 +174,8 @@ def test_two_invocations_leave_one_wandb_run_per_training_run(
         evaluations = store.evaluations_frame()
         curves = store.curves_frame()
     for run in runs:
-        w = by_id[run_id("tiny", run.key)]
-        assert w["group"] == setting("tiny", run)
+        w = by_id[run_id(run.key)]
+        assert w["group"] == setting(identity, run) and w["config"]["experiment"] == identity
         assert w["tags"] == [run.norm.label, "bs=16", "iid"]
         assert not RESULT_KEYS & set(w["config"])
         assert w["config"]["run_key"] == run.key and w["config"]["max_steps"] == 12
@@ -161,7 +195,9 @@ def test_two_invocations_leave_one_wandb_run_per_training_run(
         assert len(logged_loss) == 1  # 12 steps, one point every 10
         assert any("val/acc" in h for h in w["history"])
     summary = summaries[-1]
-    assert summary["group"] == "tiny/summary"
+    assert summary["group"] == f"{identity}/summary"
+    artifacts = {name for _, name in summary["artifacts"]}
+    assert {f"results-{identity}", f"report-{identity}"} <= artifacts
     assert {"results", "report"} <= {kind for kind, _ in summary["artifacts"]}
     assert any(key.startswith("tables/headline") for key in summary["summary"])
 
