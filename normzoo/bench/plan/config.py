@@ -57,6 +57,10 @@ class TrainSection:
     lr_scaling: str = "none"
     lr_reference_batch_size: int = 32
     seeds: tuple[int, ...] = (0,)
+    # learning-rate selection on the validation split (normzoo.bench.plan.tuning); None: train.lr
+    lr_grid: tuple[float, ...] | None = None
+    tune_seeds: tuple[int, ...] | None = None  # disjoint from seeds
+    tune_extensions: int = 2  # grid steps added at most per edge when the best lr sits there
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,9 @@ class Config:
         d.pop("stats")
         d["data"].pop("root")
         d["data"].pop("download")
+        if d["train"]["lr_grid"] is None:  # a fixed lr: the hash of configs before tuning existed
+            for key in TUNING_KEYS:
+                d["train"].pop(key)
         return d
 
     @property
@@ -131,6 +138,9 @@ class Config:
         """Hash of everything that affects results; equal hashes give equal results."""
         return stable_hash(self.result_dict())
 
+
+# The train keys of learning-rate selection (what tunes the lr, not what trains a model).
+TUNING_KEYS = ("lr_grid", "tune_seeds", "tune_extensions")
 
 SECTIONS = {
     "experiment": ExperimentSection,

@@ -188,6 +188,17 @@ FIELD_RULES: dict[str, Rule] = {
     "train.lr_scaling": _choice(schema.LR_SCALINGS, "lr scaling"),
     "train.lr_reference_batch_size": _int(),
     "train.seeds": _int(0, many=True, distinct=True, hint=" (or a count n: seeds 0..n-1)"),
+    "train.lr_grid": Rule(
+        "number",
+        low=0,
+        open_low=True,
+        many=True,
+        distinct=True,
+        optional=True,
+        hint=" (learning rates to select from on the validation split; null: train.lr)",
+    ),
+    "train.tune_seeds": _int(0, many=True, distinct=True, optional=True),
+    "train.tune_extensions": _int(0, hint=" (grid steps added per edge at most)"),
     "eval.test_batch_sizes": _int(many=True),
     "eval.stats_modes": _choice(schema.EVAL_STATS_MODES, "stats mode", many=True),
     "eval.mix_prior": Rule(
@@ -287,6 +298,7 @@ def check_combinations(config: Any) -> list[str]:
                     f"train.compositions[{i}] classes(k={composition.k}) needs k <= "
                     f"{info.num_classes} (the classes of {data.dataset})"
                 )
+    problems += check_tuning(train)
     backbone = config.model.backbone
     try:
         check_backbone(backbone)
@@ -359,6 +371,31 @@ def check_combinations(config: Any) -> list[str]:
                 f"train.batch_sizes {odd} cannot be split over execution.ddp_devices="
                 f"{ex.ddp_devices} processes; use batch sizes divisible by it"
             )
+    return problems
+
+
+def check_tuning(train: Any) -> list[str]:
+    """Problems of learning-rate selection: a grid needs its own seeds, disjoint from the
+    compared ones, and selects the lr itself (no scaling rule on top)."""
+    if train.lr_grid is None:
+        if train.tune_seeds is not None:
+            return ["train.tune_seeds is set without train.lr_grid; add a grid or drop tune_seeds"]
+        return []
+    problems = []
+    if not train.tune_seeds:
+        problems.append("train.lr_grid needs train.tune_seeds (seeds of the tuning runs)")
+    else:
+        shared = sorted(set(train.tune_seeds) & set(train.seeds))
+        if shared:
+            problems.append(
+                f"train.tune_seeds {shared} are also in train.seeds; tuning runs must use seeds"
+                " the comparison does not (e.g. tune_seeds: [100, 101])"
+            )
+    if train.lr_scaling != "none":
+        problems.append(
+            f"train.lr_grid selects the lr per norm and train batch size; set train.lr_scaling"
+            f" to none (got {train.lr_scaling})"
+        )
     return problems
 
 

@@ -44,7 +44,9 @@ __all__ = [
 
 STORE_NAME = "results.sqlite"
 # Version 2: run keys cover training only, weights kept, provenance columns, wandb_logged.
-SCHEMA_VERSION = 2
+# Version 3: runs record what training reached (train_accuracy, train_loss,
+# train_accuracy_train_mode), the learning rate (lr) and the role (compare/tune).
+SCHEMA_VERSION = 3
 
 # The columns of an evaluation that name its test condition (with run_key: the primary key).
 EVAL_KEY = TEST_KEYS
@@ -61,7 +63,9 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at TEXT, finished_at TEXT,
     normzoo_version TEXT, git_sha TEXT, torch_version TEXT, lightning_version TEXT,
     timm_version TEXT, device TEXT,
-    wandb_logged INTEGER NOT NULL DEFAULT 0
+    wandb_logged INTEGER NOT NULL DEFAULT 0,
+    train_accuracy REAL, train_loss REAL, train_accuracy_train_mode REAL, lr REAL,
+    role TEXT NOT NULL DEFAULT 'compare' CHECK (role IN ('compare', 'tune'))
 );
 CREATE TABLE IF NOT EXISTS evaluations (
     run_key TEXT NOT NULL REFERENCES runs(run_key) ON DELETE CASCADE,
@@ -141,8 +145,8 @@ def check_store(path: str | Path) -> None:
     if version < SCHEMA_VERSION:
         raise StoreError(
             f"{path} was written by an older normzoo (store schema {version}, this one writes"
-            f" {SCHEMA_VERSION}: run keys now cover training only and weights are kept), so its"
-            f" runs cannot be resumed; {fix}"
+            f" {SCHEMA_VERSION}: runs now record training accuracy, learning rate and role),"
+            f" so its runs cannot be resumed; {fix}"
         )
     for table, required in _REQUIRED.items():
         if required - columns[table]:
