@@ -2,7 +2,10 @@
 
 import dataclasses
 import functools
+import importlib.util
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -82,3 +85,17 @@ def test_run_grid_tunes_first_and_trains_at_the_selected_lr(tiny_raw, tmp_path):
     best = tuned.sort_values(["val_accuracy", "lr"], ascending=[False, True]).iloc[0]
     assert lr == best["lr"]  # the rule, read off the stored tuning runs
     assert summary.total == 1  # tuning runs are not part of the compared grid
+    # benchmarks/lr_sensitivity.py: the table of validation accuracy vs lr, and its plot
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "lr_sensitivity.py"
+    spec = importlib.util.spec_from_file_location("lr_sensitivity", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    csv, png = tmp_path / "lr.csv", tmp_path / "lr.png"
+    assert script.main([str(tmp_path), "--csv", str(csv), "--png", str(png)]) == 0
+    table = pd.read_csv(csv)
+    assert sorted(table["lr"]) == sorted(tuned["lr"])
+    assert table.loc[table["selected"], "lr"].tolist() == [lr]
+    assert table.set_index("lr")["val_accuracy"].to_dict() == pytest.approx(
+        tuned.set_index("lr")["val_accuracy"].to_dict()
+    )
+    assert png.stat().st_size > 0
