@@ -34,9 +34,9 @@ def report(argv: list[str]) -> int:
 
     from normzoo import cli
     from normzoo.bench.plan.config import load_config, parse_config
-    from normzoo.bench.plan.grid import expand_runs
     from normzoo.bench.plan.presets import resolve_config
     from normzoo.bench.record.store import STORE_NAME, Store
+    from normzoo.bench.run import grid_runs
 
     out_dir = Path(args.dir)
     try:
@@ -64,7 +64,9 @@ def report(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError) as error:
         cli.console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
         return 2
-    cli._report(config, out_dir, [r.key for r in expand_runs(config)], tracker=None)
+    with Store(out_dir, read_only=True) as store:  # tuned lrs: the compared runs' keys
+        keys = [r.key for r in grid_runs(config, store)]
+    cli._report(config, out_dir, keys, tracker=None)
     return 0
 
 

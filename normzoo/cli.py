@@ -326,12 +326,11 @@ def _print_plan(config, out_dir: Path, args) -> None:
 
 def _invoke(config, out_dir: Path, args) -> int:
     """The work under the output dir's lock: fresh, grid, report; returns the exit status."""
-    from normzoo.bench.plan.grid import expand_runs
     from normzoo.bench.plan.validate import check_files, download_missing
     from normzoo.bench.record.outdir import claim, fresh, listing
-    from normzoo.bench.record.store import check_store
+    from normzoo.bench.record.store import Store, check_store
     from normzoo.bench.record.track import Tracker
-    from normzoo.bench.run import grid_status, run_grid
+    from normzoo.bench.run import grid_runs, grid_status, run_grid
 
     if args.fresh:
         deleted = fresh(out_dir)
@@ -379,7 +378,9 @@ def _invoke(config, out_dir: Path, args) -> int:
         )
     status = summary.exit_status
     try:
-        _report(config, out_dir, [r.key for r in expand_runs(config)], tracker)
+        with Store(out_dir, read_only=True) as store:  # tuned lrs: the compared runs' keys
+            keys = [r.key for r in grid_runs(config, store)]
+        _report(config, out_dir, keys, tracker)
     except Exception as error:  # noqa: BLE001 - the stored results stay valid; say what failed
         log.debug("report failed", exc_info=True)
         console.print(f"[red]report failed:[/] {type(error).__name__}: {error}")
