@@ -138,8 +138,8 @@ def plan_tuning(config: Config, scores: Mapping[str, float | None]) -> TuningSta
     """The state of learning-rate selection given the tuning runs done so far.
 
     ``scores``: run key -> validation accuracy of every finished tuning run (None for a failed or
-    diverged one); a key absent is a run not done. A grid of one value only grows upwards (its
-    single value is both edges; the larger neighbour is tried first).
+    diverged one); a key absent is a run not done. A grid of one value is both edges: it grows
+    upwards first (x3), then downwards if its value still wins.
     """
     if config.train.lr_grid is None:
         raise ValueError("plan_tuning needs train.lr_grid; this config trains with train.lr")

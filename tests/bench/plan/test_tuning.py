@@ -140,3 +140,11 @@ def test_tuning_table_lists_every_lr_tried(tiny_raw):
     assert set(table.loc[table["selected"], "lr"]) == {2e-3}
     assert (table["seeds"] == 2).all()
     assert table.loc[table["lr"] == 2e-3, "val_accuracy"].tolist() == [0.5, 0.5]
+
+
+def test_a_single_value_grid_grows_up_then_down_by_three(tiny_raw):
+    state, rounds = _select(_tuned(tiny_raw, grid=(1e-3,), extensions=1), _peaked(1e-4))
+    assert rounds == 3
+    for tuning in state.cells.values():
+        assert tuning.grid == pytest.approx((1e-3 / 3, 1e-3, 3e-3))
+        assert tuning.selected == pytest.approx(1e-3 / 3)
