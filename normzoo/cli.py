@@ -476,12 +476,11 @@ def _print_plan(config, out_dir: Path, args) -> None:
 
 def _invoke(loaded: Loaded, out_dir: Path, args) -> int:
     """The work under the output dir's lock: fresh, grid, report; returns the exit status."""
-    from normzoo.bench.plan.grid import expand_runs
     from normzoo.bench.plan.validate import check_files, download_missing
     from normzoo.bench.record.outdir import claim, fresh, listing
-    from normzoo.bench.record.store import check_store
+    from normzoo.bench.record.store import Store, check_store
     from normzoo.bench.record.track import Tracker, describe_mode
-    from normzoo.bench.run import grid_status, run_grid
+    from normzoo.bench.run import grid_runs, grid_status, run_grid
 
     config = loaded.config
     if args.fresh:
@@ -520,7 +519,9 @@ def _invoke(loaded: Loaded, out_dir: Path, args) -> int:
             console=console,
         )
         console.print(f"[bold]summary:[/] {summary.line()}")
-    return _finish(loaded, out_dir, args, tracker, summary, before, expand_runs(config))
+    with Store(out_dir, read_only=True) as store:  # tuned lrs: the compared runs' keys
+        runs = grid_runs(config, store)
+    return _finish(loaded, out_dir, args, tracker, summary, before, runs)
 
 
 def _finish(loaded: Loaded, out_dir: Path, args, tracker, summary, before, runs) -> int:
@@ -635,7 +636,8 @@ def _stored_identity(config) -> str:
 
 def _report_command(args: argparse.Namespace) -> int:
     """Rebuild DIR's report from its store, with the config its runs were made with."""
-    from normzoo.bench.plan.grid import expand_runs
+    from normzoo.bench.record.store import Store
+    from normzoo.bench.run import grid_runs
 
     out_dir = Path(args.dir)
     words = ["python", "-m", "normzoo", "report", _shown_path(out_dir)]
@@ -644,7 +646,8 @@ def _report_command(args: argparse.Namespace) -> int:
     try:  # StoreError (a ValueError): stored values of the wrong type, one line
         config = _stored_config(out_dir, args.config)
         report_dir = out_dir if _writable(out_dir) else _copy_of_store(out_dir)
-        keys = [r.key for r in expand_runs(config)]
+        with Store(report_dir, read_only=True) as store:  # tuned lrs: the compared runs' keys
+            keys = [r.key for r in grid_runs(config, store)]
         _report(config, report_dir, keys, None, _stored_identity(config), shlex.join(words))
     except (ValueError, FileNotFoundError) as error:
         _error(str(error))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from normzoo.bench.execute.evaluate import condition_fingerprint
+from normzoo.bench.execute.tuning import select_learning_rates, stored_selection
 from normzoo.bench.execute.worker import (
     CHECKPOINTS_DIR,
     WEIGHTS_DIR,
@@ -92,6 +93,12 @@ def interrupt_on_signals():
 # ---- planning: what the store lacks ----------------------------------------------------------
 
 
+def grid_runs(config: Config, store: Store) -> list[Run]:
+    """The compared runs, with the learning rates selected by the stored tuning runs (a config
+    with ``train.lr_grid`` whose tuning is incomplete gets ``train.lr`` as a placeholder)."""
+    return expand_runs(config, stored_selection(config, store))
+
+
 def condition_key(condition: TestCondition) -> tuple:
     """A test condition as stored: the values of `EVAL_KEY`."""
     columns = condition.columns()
@@ -146,7 +153,7 @@ def plan_grid(
     re-evaluated, others retrained. Weights that fail `verify_weights` (damaged, truncated,
     another run's) are never evaluated: the run is retrained, with a warning.
     """
-    runs, conditions = expand_runs(config), expand_conditions(config)
+    runs, conditions = grid_runs(config, store), expand_conditions(config)
     statuses, evaluated, versions = store.statuses(), store.evaluated(), store.versions()
     current = tuple(code_versions()[c] for c in VERSION_COLUMNS)
     fingerprints = {c: condition_fingerprint(c, config.eval) for c in conditions}
@@ -389,11 +396,14 @@ def run_grid(
     from normzoo.bench.record.outdir import claim
 
     out_dir = Path(out_dir)
-    runs = {run.key: run for run in expand_runs(config)}
     out_dir.mkdir(parents=True, exist_ok=True)
     new_dirs = [d for d in (WEIGHTS_DIR, CHECKPOINTS_DIR) if not os.path.lexists(out_dir / d)]
     claim(out_dir, [STORE_NAME, f"{STORE_NAME}-wal", f"{STORE_NAME}-shm", *new_dirs])
     store = Store(out_dir)
+    if config.train.lr_grid is not None:  # tuning runs first: they decide the compared run keys
+        tune = executor or _local_executor(config, workers, workers_per_gpu)
+        select_learning_rates(config, store, lambda tasks: tune(tasks, config, str(out_dir)))
+    runs = {run.key: run for run in grid_runs(config, store)}
     relabelled = store.relabel(runs, config.experiment.name)
     if relabelled:
         log.info(
@@ -481,6 +491,15 @@ def _claims(plan: Plan, out_dir: Path) -> list[str]:
     return [path.relative_to(out_dir).as_posix() for path in paths]
 
 
+def _local_executor(config: Config, workers: int | None, workers_per_gpu: int):
+    """The local executor of the tuning runs (submitit configs use theirs)."""
+    if config.execution.executor == "submitit":
+        return submitit_results
+    gpus = gpu_count()
+    workers = workers or config.execution.workers or default_workers(gpus, workers_per_gpu)
+    return functools.partial(local_results, workers=workers, gpus=gpus)
+
+
 def _remove_stale_checkpoints(out_dir: Path, store: Store, plan: Plan) -> None:
     """Remove the checkpoints of runs whose training is stored and not planned again (a parent
     killed between storing a run and removing its checkpoint leaves one); a failed run keeps its
@@ -495,9 +514,9 @@ def _remove_stale_checkpoints(out_dir: Path, store: Store, plan: Plan) -> None:
 
 def grid_status(config: Config, out_dir: str | Path) -> Summary:
     """The state of the grid in the store (nothing run): failed runs, missing evaluations."""
-    runs = {run.key: run for run in expand_runs(config)}
-    summary = Summary(total=len(runs), skipped=len(runs))
     with Store(out_dir, read_only=True) as store:
+        runs = {run.key: run for run in grid_runs(config, store)}
+        summary = Summary(total=len(runs), skipped=len(runs))
         _final_state(summary, store, runs, config, out_dir)
     return summary
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from normzoo.bench.plan.config import Config, TrainSection
 from normzoo.bench.plan.grid import Run
+from normzoo.bench.plan.tuning import effective_lr
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,20 @@ class Classifier(L.LightningModule):
     """
 
     def __init__(
-        self, model: nn.Module, train: TrainSection, train_batch_size: int, log_every: int = 10
+        self,
+        model: nn.Module,
+        train: TrainSection,
+        train_batch_size: int,
+        log_every: int = 10,
+        lr: float | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.train_config = train
         self.train_batch_size = train_batch_size
         self.log_every = log_every
+        # the selected learning rate of the run (None: train.lr under train.lr_scaling)
+        self.lr = effective_lr(train, train_batch_size, lr)
         # The step drives the optimizer itself (forward, zero_grad, backward, step, scheduler
         # step: the order of Lightning's automatic optimization, same numbers) and so skips its
         # closure machinery, about a third of Lightning's per-step cost on CPU.
@@ -120,22 +128,27 @@ class Classifier(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_correct: torch.Tensor | int = 0
+        self._val_loss: torch.Tensor | float = 0.0
         self._val_total = 0
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        self._val_correct = self._val_correct + (self.model(x).argmax(1) == y).sum()
+        logits = self.model(x)
+        self._val_correct = self._val_correct + (logits.argmax(1) == y).sum()
+        self._val_loss = self._val_loss + F.cross_entropy(logits, y, reduction="sum")
         self._val_total += len(y)
 
     def on_validation_epoch_end(self) -> None:
+        """The validation curve: accuracy and loss once per epoch (the store's curves table)."""
+        total = max(self._val_total, 1)
         correct = torch.as_tensor(self._val_correct, dtype=torch.float32, device=self.device)
-        self.log("val/acc", correct / max(self._val_total, 1))
+        loss = torch.as_tensor(self._val_loss, dtype=torch.float32, device=self.device)
+        self.log("val/acc", correct / total)
+        self.log("val/loss", loss / total)
 
     def configure_optimizers(self):
         cfg = self.train_config
-        lr = cfg.lr
-        if cfg.lr_scaling == "linear":  # Goyal et al. 2017: lr proportional to batch size
-            lr = cfg.lr * self.train_batch_size / cfg.lr_reference_batch_size
+        lr = self.lr
         decay = [p for p in self.model.parameters() if p.ndim > 1]
         no_decay = [p for p in self.model.parameters() if p.ndim <= 1]  # norm affine and biases
         groups = [
@@ -239,7 +252,7 @@ def build_module(run: Run, config: Config, datamodule: L.LightningDataModule) ->
     """Seed, and build the backbone with the run's norm inside a Classifier."""
     L.seed_everything(run.seed, workers=True, verbose=False)
     model = build_run_model(run, config, datamodule)
-    return Classifier(model, config.train, run.train_batch_size, log_every=LOG_EVERY)
+    return Classifier(model, config.train, run.train_batch_size, log_every=LOG_EVERY, lr=run.lr)
 
 
 def build_trainer(config: Config, loggers: list[Logger], **overrides) -> L.Trainer:

@@ -30,6 +30,7 @@ from pathlib import Path
 from normzoo.bench.execute.pool import TaskDone, WorkerDied, pool_results
 from normzoo.bench.plan.config import Config
 from normzoo.bench.plan.grid import Run, TestCondition, computed_condition
+from normzoo.bench.plan.tuning import effective_lr
 from normzoo.bench.record.provenance import code_versions, device_name
 from normzoo.bench.record.store import config_json, now
 
@@ -265,6 +266,12 @@ def run_row(run: Run, config: Config) -> dict:
         "finished_at": None,
         **code_versions(),
         "device": device_name(),
+        # what training reached: measured after training (execute.measure), NULL until then
+        "train_accuracy": None,
+        "train_loss": None,
+        "train_accuracy_train_mode": None,
+        "lr": effective_lr(config.train, run.train_batch_size, run.lr),
+        "role": run.role,
     }
 
 
@@ -293,6 +300,7 @@ def execute_task(task: Task, config: Config, out_dir: str, tracker=None) -> Iter
     training logs live to the run's W&B run, which then gets the results (``wandb_logged``).
     """
     from normzoo.bench.execute.evaluate import evaluate_run
+    from normzoo.bench.execute.measure import training_fit
     from normzoo.bench.execute.module import DivergedError, train_run
     from normzoo.models import has_batch_layers
 
@@ -308,6 +316,7 @@ def execute_task(task: Task, config: Config, out_dir: str, tracker=None) -> Iter
             outcome = train_run(run, config, datamodule, loggers, checkpoint_path(out_dir, run.key))
             digest = save_weights(outcome.model, path, run.key)
             row.update(val_accuracy=outcome.val_accuracy, train_seconds=outcome.seconds)
+            row.update(training_fit(outcome.model, datamodule, run, config))
             yield Trained(run.key, dict(row), outcome.curves, weights_sha256=digest)
             model = outcome.model
         else:

@@ -29,6 +29,7 @@ from normzoo.bench.plan.overrides import (
 from normzoo.bench.plan.sections import (
     SECTIONS,
     TOP_LEVEL_KEYS,
+    TUNING_KEYS,
     Config,
     DataSection,
     EvalSection,
@@ -45,6 +46,7 @@ from normzoo.bench.plan.validate import check_combinations
 __all__ = [
     "SECTIONS",
     "TOP_LEVEL_KEYS",
+    "TUNING_KEYS",
     "Composition",
     "Config",
     "DataSection",

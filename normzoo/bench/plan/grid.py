@@ -12,7 +12,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from normzoo.bench.plan.config import Composition, Config, NormSpec, StatsMode, stable_hash
+from normzoo.bench.plan.config import (
+    TUNING_KEYS,
+    Composition,
+    Config,
+    NormSpec,
+    StatsMode,
+    stable_hash,
+)
 from normzoo.bench.plan.schema import BATCHWISE_MODES, PER_SAMPLE_MODES
 
 
@@ -27,6 +34,8 @@ class Run:
     train_batch_size: int
     train_composition: Composition
     seed: int
+    lr: float | None = None  # a selected or tuning learning rate (None: the config's train.lr)
+    role: str = "compare"  # or "tune": a learning-rate selection run (schema.RUN_ROLES)
 
     @property
     def name(self) -> str:
@@ -34,6 +43,8 @@ class Run:
         base = f"{self.norm.label}-bs{self.train_batch_size}-s{self.seed}"
         if self.train_composition.name != "iid":
             base += f"-{self.train_composition.label}"
+        if self.role == "tune":
+            base += f"-lr{self.lr:g}"
         return base
 
     def columns(self, experiment: str) -> dict:
@@ -105,13 +116,23 @@ def stable_json(obj) -> str:
 
 
 def run_key(
-    config: Config, norm: NormSpec, batch_size: int, composition: Composition, seed: int
+    config: Config,
+    norm: NormSpec,
+    batch_size: int,
+    composition: Composition,
+    seed: int,
+    lr: float | None = None,
 ) -> str:
-    """Stable hash of one trained model: covers training only (see the module docstring)."""
+    """Stable hash of one trained model: covers training only (see the module docstring).
+
+    ``lr``: the learning rate selected (or tried) for this run; it replaces ``train.lr`` in the
+    key, and the tuning keys are never part of it (a fixed-lr config keeps its keys)."""
     result = config.result_dict()
     train = result["train"]
-    for plural in ("batch_sizes", "compositions", "seeds"):
-        train.pop(plural)
+    for plural in ("batch_sizes", "compositions", "seeds", *TUNING_KEYS):
+        train.pop(plural, None)
+    if lr is not None:
+        train["lr"] = lr
     train.update(batch_size=batch_size, composition=dataclasses.asdict(composition), seed=seed)
     return stable_hash(
         {
@@ -123,8 +144,13 @@ def run_key(
     )
 
 
-def expand_runs(config: Config) -> list[Run]:
-    """All runs of the grid; seeds outermost so an interrupted grid has complete pairs early."""
+def expand_runs(config: Config, lrs: dict | None = None) -> list[Run]:
+    """All runs of the grid; seeds outermost so an interrupted grid has complete pairs early.
+
+    ``lrs`` maps a cell ``(norm label, train batch size, composition label)`` to its selected
+    learning rate (`normzoo.bench.plan.tuning`); a cell not in it trains with ``train.lr``.
+    """
+    lrs = lrs or {}
     runs = []
     for seed in config.train.seeds:
         for composition in config.train.compositions:
@@ -132,15 +158,17 @@ def expand_runs(config: Config) -> list[Run]:
                 for norm in config.norms:
                     if norm.train_batch_sizes and batch_size not in norm.train_batch_sizes:
                         continue
+                    lr = lrs.get((norm.label, batch_size, composition.label))
                     runs.append(
                         Run(
-                            key=run_key(config, norm, batch_size, composition, seed),
+                            key=run_key(config, norm, batch_size, composition, seed, lr),
                             dataset=config.data.dataset,
                             backbone=config.model.backbone,
                             norm=norm,
                             train_batch_size=batch_size,
                             train_composition=composition,
                             seed=seed,
+                            lr=lr,
                         )
                     )
     return runs

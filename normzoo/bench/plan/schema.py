@@ -55,6 +55,25 @@ TEST_KEYS = ("test_batch_size", "stats_mode", "shift", "severity", "test_composi
 # Columns that identify a setting whose seeds are paired (norm and train batch size vary inside).
 SETTING_KEYS = ("experiment", "dataset", "backbone", "train_composition")
 
+# The provenance that trained a run: the code and libraries, and where (issue 12).
+PROVENANCE_COLUMNS = (
+    "normzoo_version",
+    "git_sha",
+    "torch_version",
+    "lightning_version",
+    "timm_version",
+    "device",
+)
+# The provenance that makes a stored run "of another version" (--rerun-other-versions).
+VERSION_COLUMNS = PROVENANCE_COLUMNS[:-1]
+# Run roles: `compare` runs are the experiment; `tune` runs only select learning rates
+# (normzoo.bench.plan.tuning) and stay out of every comparison.
+RUN_ROLES = ("compare", "tune")
+# What training reached (issue 23's convergence contract), NULL for failed/diverged runs:
+# accuracy and mean cross-entropy of the final model in eval mode on a fixed training subset
+# (normzoo.bench.execute.measure), the same subset in train mode at the run's train batch size
+# (batch-dependent norms only), the learning rate the run trained with, and its role.
+CONVERGENCE_COLUMNS = ("train_accuracy", "train_loss", "train_accuracy_train_mode", "lr", "role")
 # The `runs` table of the results store, in order.
 RUN_COLUMNS = (
     "run_key",
@@ -75,17 +94,9 @@ RUN_COLUMNS = (
     "config_json",
     "started_at",
     "finished_at",
-    # provenance: the code and libraries that trained the run, and where (issue 12)
-    "normzoo_version",
-    "git_sha",
-    "torch_version",
-    "lightning_version",
-    "timm_version",
-    "device",
+    *PROVENANCE_COLUMNS,
+    *CONVERGENCE_COLUMNS,
 )
-PROVENANCE_COLUMNS = RUN_COLUMNS[-6:]
-# The provenance that makes a stored run "of another version" (--rerun-other-versions).
-VERSION_COLUMNS = PROVENANCE_COLUMNS[:-1]
 # The `evaluations` table of the results store, in order. Metrics over the n_test scored
 # samples (injected outliers carry no label): `accuracy`; `loss`, the mean negative
 # log-likelihood (softmax cross-entropy, nats: the NLL of calibration studies); `ece`, the

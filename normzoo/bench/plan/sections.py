@@ -29,6 +29,10 @@ def _hint(text: str) -> dict:
     return {"x-hint": text}
 
 
+# The train keys of learning-rate selection (what tunes the lr, not what trains a model).
+TUNING_KEYS = ("lr_grid", "tune_seeds", "tune_extensions")
+
+
 @dataclass(frozen=True, config=FROZEN)
 class ExperimentSection:
     """What the experiment is called (a label: never part of a run's identity)."""
@@ -119,6 +123,18 @@ class TrainSection:
         (0,),
         description="seeds (grid; pairs across norms); a count n means 0..n-1",
         json_schema_extra=_hint(" (or a count n: seeds 0..n-1)"),
+    )
+
+    lr_grid: many(number(gt=0), distinct=True) | None = Field(
+        None,
+        description="learning rates to select from on the validation split, per norm and train"
+        " batch size (normzoo.bench.plan.tuning); null: train.lr for every run",
+    )
+    tune_seeds: many(integer(ge=0), distinct=True) | None = Field(
+        None, description="seeds of the tuning runs, disjoint from train.seeds"
+    )
+    tune_extensions: integer(ge=0) = Field(
+        2, description="grid steps added at most per edge when the best lr sits on it"
     )
 
     @field_validator("compositions", mode="before")
@@ -250,6 +266,9 @@ class Config:
             d.pop(key)
         d["data"].pop("root")
         d["data"].pop("download")
+        if d["train"]["lr_grid"] is None:  # a fixed lr: the hash of configs before tuning existed
+            for key in TUNING_KEYS:
+                d["train"].pop(key)
         return d
 
     @property

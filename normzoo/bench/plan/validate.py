@@ -67,6 +67,32 @@ def check_combinations(config: Any) -> list[str]:
     problems += _norms(config, info)
     problems += _batch_sizes(config, info)
     problems += _execution(config)
+    problems += check_tuning(config.train)
+    return problems
+
+
+def check_tuning(train: Any) -> list[str]:
+    """Problems of learning-rate selection: a grid needs its own seeds, disjoint from the
+    compared ones, and selects the lr itself (no scaling rule on top)."""
+    if train.lr_grid is None:
+        if train.tune_seeds is not None:
+            return ["train.tune_seeds is set without train.lr_grid; add a grid or drop tune_seeds"]
+        return []
+    problems = []
+    if not train.tune_seeds:
+        problems.append("train.lr_grid needs train.tune_seeds (seeds of the tuning runs)")
+    else:
+        shared = sorted(set(train.tune_seeds) & set(train.seeds))
+        if shared:
+            problems.append(
+                f"train.tune_seeds {shared} are also in train.seeds; tuning runs must use seeds"
+                " the comparison does not (e.g. tune_seeds: [100, 101])"
+            )
+    if train.lr_scaling != "none":
+        problems.append(
+            f"train.lr_grid selects the lr per norm and train batch size; set train.lr_scaling"
+            f" to none (got {train.lr_scaling})"
+        )
     return problems
 
 

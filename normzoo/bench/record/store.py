@@ -53,14 +53,21 @@ __all__ = [
 
 STORE_NAME = "results.sqlite"
 # Version 2: run keys cover training only, weights kept, provenance columns, wandb_logged.
-# Version 3: evaluations.fingerprint and .ece (expected calibration error), runs.weights_sha256;
-# a version-2 store is migrated by adding the columns of `ADDED_COLUMNS`.
+# Version 3: evaluations.fingerprint and .ece (expected calibration error); runs.weights_sha256,
+# what training reached (train_accuracy, train_loss, train_accuracy_train_mode), the learning rate
+# (lr) and the role (compare/tune). A version-2 store is migrated by adding `ADDED_COLUMNS`.
 SCHEMA_VERSION = 3
 MIGRATABLE_VERSIONS = (2,)
 # Columns added since version 2: (table, column, SQL type). An older store gets them as NULL, so
 # its evaluations (no fingerprint) count as stale and are recomputed from the kept weights.
+ROLE_COLUMN = "TEXT NOT NULL DEFAULT 'compare' CHECK (role IN ('compare', 'tune'))"
 ADDED_COLUMNS = (
     ("runs", "weights_sha256", "TEXT"),
+    ("runs", "train_accuracy", "REAL"),
+    ("runs", "train_loss", "REAL"),
+    ("runs", "train_accuracy_train_mode", "REAL"),
+    ("runs", "lr", "REAL"),
+    ("runs", "role", ROLE_COLUMN),
     ("evaluations", "fingerprint", "TEXT"),
     ("evaluations", "ece", "REAL"),
 )
@@ -81,7 +88,9 @@ CREATE TABLE IF NOT EXISTS runs (
     normzoo_version TEXT, git_sha TEXT, torch_version TEXT, lightning_version TEXT,
     timm_version TEXT, device TEXT,
     wandb_logged INTEGER NOT NULL DEFAULT 0,
-    weights_sha256 TEXT
+    weights_sha256 TEXT,
+    train_accuracy REAL, train_loss REAL, train_accuracy_train_mode REAL, lr REAL,
+    role TEXT NOT NULL DEFAULT 'compare' CHECK (role IN ('compare', 'tune'))
 );
 CREATE TABLE IF NOT EXISTS evaluations (
     run_key TEXT NOT NULL REFERENCES runs(run_key) ON DELETE CASCADE,
@@ -256,7 +265,12 @@ class Store:
             present = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
             absent = [c for t, c, _ in ADDED_COLUMNS if t == table and c not in present]
             if absent:
-                extra = ", ".join(f"NULL AS {column}" for column in absent)
+                extra = ", ".join(
+                    f"{'compare' if column == 'role' else None!r} AS {column}".replace(
+                        "None", "NULL"
+                    )
+                    for column in absent
+                )
                 self._conn.execute(
                     f"CREATE TEMP VIEW {table} AS SELECT *, {extra} FROM main.{table}"
                 )

@@ -127,7 +127,7 @@ def test_readme_override_of_the_quick_preset_validates_and_narrows_the_family(ca
     notes = caplog.text
     assert "keeps the config's options, group(groups=8)" in notes
     assert "stats.primary narrowed to the norms left by the override: dropped" in notes
-    assert "'layer vs batch'" in notes and "removed norms: batch_renorm, layer" in notes
+    assert "'layer vs batch'" in notes and "removed norms: layer" in notes
 
 
 def test_an_override_can_ask_for_a_norms_defaults_and_is_told_the_fix():
