@@ -47,7 +47,7 @@ def fisher_table(n_a: int, n_b: int) -> np.ndarray:
         (n_a + 1, n_b + 1) array of p-values (``scipy.stats.fisher_exact``, two-sided:
         the summed probability of tables no more likely than the observed one).
 
-    Example:
+    Examples:
         >>> round(float(fisher_table(10, 10)[0, 5]), 4)
         0.0325
     """
@@ -72,8 +72,10 @@ def collapse_power(
     power at Holm's first step (Bonferroni), a lower bound on Holm's power for that comparison.
 
     Args:
-        rate_a, rate_b: true collapse rates of the two norms.
-        n_a, n_b: runs (seeds) of each.
+        rate_a: true collapse rates of the two norms.
+        rate_b: true collapse rates of the two norms.
+        n_a: runs (seeds) of each.
+        n_b: runs (seeds) of each.
         alpha: family-wise level.
         family_size: comparisons in the Holm family.
 
@@ -114,7 +116,7 @@ def detectable_collapse_rate(
     """Smallest collapse rate (on a 0.01 grid) that the test tells from a norm that never
     collapses with ``power``; NaN when even 100% is not detectable (n too small).
 
-    Example:
+    Examples:
         >>> detectable_collapse_rate(10, 10), detectable_collapse_rate(3, 3)
         (0.59, nan)
     """
@@ -183,7 +185,7 @@ def compare_collapse(
         One :class:`CollapseComparison` per pair. A non-significant verdict is not evidence of
         equal rates: each result carries the power the test had.
 
-    Example:
+    Examples:
         >>> r = compare_collapse([([False] * 10, [True] * 6 + [False] * 4)], [("a", "b")],
         ...     [(range(10), range(10))])[0]
         >>> r.verdict, r.more_often, r.seeds_b, round(r.pvalue, 4)

@@ -16,7 +16,7 @@ def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
     A NaN (a declared comparison that could not be tested) stays NaN but still counts in m,
     as if its p-value were 1: the family size never depends on which p-values are missing.
 
-    Example:
+    Examples:
         >>> holm([0.01, 0.04, float("nan")]).round(3).tolist()
         [0.03, 0.08, nan]
     """
@@ -44,7 +44,7 @@ def holm_levels(pvalues: Sequence[float] | np.ndarray, alpha: float) -> np.ndarr
     interval is at least as wide as the nominal one. It is not the simultaneous compatible
     interval of Strassburger & Bretz (2008), which this package does not implement.
 
-    Example:
+    Examples:
         >>> holm_levels([0.001, 0.04, 0.2], 0.05).round(4).tolist()
         [0.0167, 0.025, 0.025]
     """

@@ -21,7 +21,7 @@ from normzoo.stats._common import as_1d
 def sign_proportion(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
     """Share of paired seeds with a > b, ties counting 1/2 (paired sign proportion).
 
-    Example:
+    Examples:
         >>> sign_proportion([0.8, 0.7, 0.9], [0.7, 0.7, 0.95])
         0.5
     """
@@ -41,7 +41,7 @@ def probability_of_improvement(
     ``scores_x`` is (runs_x, tasks) and ``scores_y`` (runs_y, tasks), or 1-D for one task.
     Runs are unpaired (rliable's setting); for paired seeds see :func:`sign_proportion`.
 
-    Example:
+    Examples:
         >>> probability_of_improvement([0.8, 0.9], [0.7, 0.85])
         0.75
     """

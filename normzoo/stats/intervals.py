@@ -45,7 +45,7 @@ def t_half_width(
     Returns:
         The half-width(s), broadcast over ``sd`` and ``n``.
 
-    Example:
+    Examples:
         >>> round(float(t_half_width(1.0, 10)), 4)
         0.7154
     """
@@ -67,7 +67,7 @@ def mean_confidence_interval(
     Returns:
         (mean, low, high).
 
-    Example:
+    Examples:
         >>> [round(v, 4) for v in mean_confidence_interval([0.8, 0.82, 0.84])]
         [0.82, 0.7703, 0.8697]
     """
@@ -106,7 +106,7 @@ def paired_t_interval(
     Returns:
         An :class:`Interval` (NaN bounds for n < 2).
 
-    Example:
+    Examples:
         >>> i = paired_t_interval([0.01, 0.03, 0.02])
         >>> round(i.low, 4), round(i.high, 4), i.method
         (-0.0048, 0.0448, 'paired t (df = n - 1)')
@@ -127,12 +127,13 @@ def bca_interval(
     Args:
         values: at least :data:`BOOTSTRAP_MIN_N` values.
         confidence_level: two-sided level.
-        n_resamples, random_state: of ``scipy.stats.bootstrap``.
+        n_resamples: of ``scipy.stats.bootstrap``.
+        random_state: of ``scipy.stats.bootstrap``.
 
     Returns:
         An :class:`Interval`; ValueError below :data:`BOOTSTRAP_MIN_N` values.
 
-    Example:
+    Examples:
         >>> bca_interval([1.0] * 30).low
         1.0
     """

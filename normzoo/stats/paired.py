@@ -176,7 +176,7 @@ def cohens_dz(differences: Sequence[float] | np.ndarray) -> float:
     Returns:
         d_z; NaN when it is undefined: n < 2 or zero spread (never +-inf).
 
-    Example:
+    Examples:
         >>> round(cohens_dz([0.01, 0.03, 0.02]), 3), cohens_dz([0.02, 0.02])
         (2.0, nan)
     """
@@ -195,7 +195,7 @@ def paired_t_test(differences: Sequence[float] | np.ndarray) -> tuple[float, flo
     Returns:
         (t, p); NaNs when undefined (n < 2 or zero spread): such data get an explicit verdict.
 
-    Example:
+    Examples:
         >>> [round(v, 4) for v in paired_t_test([0.01, 0.03, 0.02])]
         [3.4641, 0.0742]
     """
@@ -388,7 +388,8 @@ def compare_pairs(
     over the family; interval: the paired t-interval at the level Holm tests the comparison at.
 
     Args:
-        a, b: per comparison, per-seed values aligned by seed (same length, no NaN).
+        a: per comparison, per-seed values aligned by seed (same length, no NaN).
+        b: per comparison, per-seed values aligned by seed (same length, no NaN).
         names: per comparison, (name of a, name of b).
         alpha: family-wise error rate.
         confidence_level: nominal level; ``ci`` is widened to the Holm level (see
@@ -401,7 +402,7 @@ def compare_pairs(
     Returns:
         One :class:`PairedComparison` per pair, in order.
 
-    Example:
+    Examples:
         >>> r = compare_pairs([[0.80, 0.82, 0.81, 0.83]], [[0.70, 0.71, 0.73, 0.72]],
         ...     [("group", "batch")])[0]
         >>> r.verdict, r.better, round(r.mean_difference, 3), round(r.t_test.pvalue, 5)
@@ -437,14 +438,18 @@ def paired_comparison(
     """One paired comparison (a family of one): a[i], b[i] share seed i.
 
     Args:
-        a, b: per-seed values aligned by seed.
-        name_a, name_b: their names in the result.
-        alpha, confidence_level, equivalence_margin: as in :func:`compare_pairs`.
+        a: per-seed values aligned by seed.
+        b: per-seed values aligned by seed.
+        name_a: their names in the result.
+        name_b: their names in the result.
+        alpha: as in :func:`compare_pairs`.
+        confidence_level: as in :func:`compare_pairs`.
+        equivalence_margin: as in :func:`compare_pairs`.
 
     Returns:
         A :class:`PairedComparison` (paired t-test, no multiplicity correction).
 
-    Example:
+    Examples:
         >>> r = paired_comparison([0.80, 0.82, 0.81], [0.79, 0.80, 0.80], "group", "batch")
         >>> r.n, round(r.mean_difference, 4), r.verdict
         (3, 0.0133, 'not significant')
@@ -475,12 +480,14 @@ def compare_family(
     Args:
         scores: name -> per-seed values of equal length, NaN for a missing seed.
         reference: compare every other name with it; None: all pairs.
-        alpha, confidence_level, equivalence_margin: as in :func:`compare_pairs`.
+        alpha: as in :func:`compare_pairs`.
+        confidence_level: as in :func:`compare_pairs`.
+        equivalence_margin: as in :func:`compare_pairs`.
 
     Returns:
         One :class:`PairedComparison` per pair; each pair uses the seeds both names have.
 
-    Example:
+    Examples:
         >>> family = compare_family({"batch": [0.8, 0.7, 0.9, 0.85], "group": [0.82, 0.73,
         ...     0.93, 0.86], "layer": [0.8, 0.71, float("nan"), 0.84]}, reference="batch")
         >>> [(r.a, r.n, r.family_size, r.correction) for r in family]

@@ -26,7 +26,7 @@ _CHUNK = 1 << 15
 def min_pvalue(n: int) -> float:
     """Smallest two-sided p-value a sign-flip test on n non-zero pairs can give: 2 / 2^n.
 
-    Example:
+    Examples:
         >>> min_pvalue(5), min_pvalue(10)
         (0.0625, 0.001953125)
     """
@@ -136,7 +136,7 @@ def wilcoxon_test(
         A :class:`WilcoxonResult`, ``underpowered`` when even the smallest reachable p-value,
         times ``family_size``, is not below ``alpha``.
 
-    Example:
+    Examples:
         >>> r = wilcoxon_test([0.5, 1.0, 1.5, 2.0, 2.5, -0.1])
         >>> r.statistic, r.pvalue, r.underpowered
         (1.0, 0.0625, False)

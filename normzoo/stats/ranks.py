@@ -41,7 +41,7 @@ def _verdict(n: int, p: float, alpha: float) -> str:
 def average_ranks(scores: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
     """Mean rank of each of k columns over N blocks (rows); rank 1 = best, ties share ranks.
 
-    Example:
+    Examples:
         >>> average_ranks(np.array([[0.9, 0.8, 0.8], [0.5, 0.7, 0.6]])).tolist()
         [2.0, 1.75, 2.25]
     """
@@ -59,7 +59,7 @@ def nemenyi_q(k: int, alpha: float = 0.05) -> float:
 
     Demšar (2006), Table 5a: q_0.05 = 1.960, 2.343, 2.569, ... for k = 2, 3, 4, ...
 
-    Example:
+    Examples:
         >>> round(nemenyi_q(4), 3)
         2.569
     """
