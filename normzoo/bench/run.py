@@ -107,11 +107,11 @@ class Plan:
 
     @property
     def to_train(self) -> int:
-        return sum(t.train for t in self.tasks)
+        return sum(len(t.runs) for t in self.tasks if t.train)
 
     @property
     def to_evaluate(self) -> int:
-        return sum(not t.train for t in self.tasks)
+        return sum(len(t.runs) for t in self.tasks if not t.train)
 
     def line(self) -> str:
         return (
@@ -169,7 +169,53 @@ def plan_grid(
             task = Task(run, tuple(conditions))
         plan.tasks.append(task)
         plan.evaluations_pending += len(task.conditions)
+    plan.tasks = stack_tasks(plan.tasks, config, store, out_dir)
     return plan
+
+
+def stack_tasks(tasks: list[Task], config: Config, store: Store, out_dir: str | Path) -> list[Task]:
+    """Group training tasks of one grid cell (runs that differ only by seed) into stacked tasks
+    of at most ``execution.stack`` runs (`normzoo.bench.execute.stack`), in grid order.
+
+    A run stored ok from a stack whose weights are lost is retrained the same way (its recorded
+    stack size and slot, the other slots holding copies of it), so it reproduces its weights;
+    runs that cannot stack (`stack_support`) stay alone.
+    """
+    from normzoo.bench.execute.stack import stack_support
+
+    cells: dict[tuple, list[Task]] = {}
+    out: list[Task | tuple] = []
+    statuses = store.statuses()
+    for task in tasks:
+        run = task.run
+        lost = statuses.get(run.key) == "ok" and not weights_path(out_dir, run.key).exists()
+        row = store.run_row(run.key) if lost else None
+        if not task.train or stack_support(config, run) is not None:
+            out.append(task)
+        elif row is not None and row["stack_size"] > 1:  # retrained after lost weights
+            size, slot = row["stack_size"], row["stack_slot"]
+            out.append(Task(run, task.conditions, stack=(run,) * size, keep=(slot,)))
+        else:
+            cell = (run.norm.label, run.train_batch_size, run.train_composition.label)
+            if cell not in cells:
+                cells[cell] = []
+                out.append(cell)  # the cell's stacks take the place of its first run
+            cells[cell].append(task)
+    stacked: list[Task] = []
+    size = config.execution.stack
+    for item in out:
+        if isinstance(item, Task):
+            stacked.append(item)
+            continue
+        members = cells[item]
+        for i in range(0, len(members), size):
+            chunk = members[i : i + size]
+            if len(chunk) == 1:
+                stacked.append(chunk[0])
+            else:
+                runs = tuple(t.run for t in chunk)
+                stacked.append(Task(runs[0], chunk[0].conditions, stack=runs))
+    return stacked
 
 
 # ---- the grid --------------------------------------------------------------------------------
@@ -267,17 +313,19 @@ class _Writer:
                 )
                 self._ended(run, "ok", None, message.wandb_logged)
         elif isinstance(message, WorkerDied):
-            run = message.task.run
             if message.exitcode in (-signal.SIGTERM, -signal.SIGINT):
                 time.sleep(0.5)  # a signal to the whole group reaches this process too: let it
             reason = message.reason
-            if self.store.statuses().get(run.key) == "ok":  # trained, died while evaluating
-                self.store.mark_failed(run.key, reason)
-            else:
-                self.store.write_run(_died_row(run, self.config, reason))
-            self.died.add(run.key)
-            self._ended(run, "failed", reason, wandb_logged=None)
-            log.warning("%s: %s", run.name, reason)
+            for run in message.task.runs:  # a stacked task: each of its runs
+                if run.key in self.summary.outcomes:  # stored and evaluated before it died
+                    continue
+                if self.store.statuses().get(run.key) == "ok":  # trained, died while evaluating
+                    self.store.mark_failed(run.key, reason)
+                else:
+                    self.store.write_run(_died_row(run, self.config, reason))
+                self.died.add(run.key)
+                self._ended(run, "failed", reason, wandb_logged=None)
+                log.warning("%s: %s", run.name, reason)
             return True
         return isinstance(message, TaskDone)
 
@@ -353,7 +401,8 @@ def run_grid(
     store = Store(out_dir)
     plan = plan_grid(config, out_dir, store, retry_failed, rerun_other_versions)
     _remove_stale_checkpoints(out_dir, store, plan)
-    summary = Summary(total=len(runs), skipped=len(runs) - len({t.run.key for t in plan.tasks}))
+    planned = {run.key for task in plan.tasks for run in task.runs}
+    summary = Summary(total=len(runs), skipped=len(runs) - len(planned))
     log.info(plan.line())
     gpus = gpu_count()
     workers = workers or config.execution.workers or default_workers(gpus, workers_per_gpu)
@@ -420,7 +469,7 @@ def _remove_stale_checkpoints(out_dir: Path, store: Store, plan: Plan) -> None:
     """Remove the checkpoints of runs whose training is stored and not planned again (a parent
     killed between storing a run and removing its checkpoint leaves one); a failed run keeps its
     checkpoint for ``--retry-failed``."""
-    training = {task.run.key for task in plan.tasks if task.train}
+    training = {run.key for task in plan.tasks if task.train for run in task.runs}
     statuses = store.statuses()
     for path in (out_dir / CHECKPOINTS_DIR).glob("*.ckpt"):
         key = path.stem

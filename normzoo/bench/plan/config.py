@@ -97,6 +97,9 @@ class ExecutionSection:
     ddp_devices: int = 1  # processes per run (Lightning DDP, zoo batch layers synced)
     # a resumable checkpoint of a run in training every N epochs (0: none); see bench/checkpoint.py
     checkpoint_every_epochs: int = 1
+    # most runs of one grid cell (seeds) trained together as one stacked model (1: each alone);
+    # see bench/execute/stack.py for where stacking applies
+    stack: int = 16
 
 
 @dataclass(frozen=True)

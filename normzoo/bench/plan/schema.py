@@ -91,8 +91,13 @@ RUN_COLUMNS = (
     "lightning_version",
     "timm_version",
     "device",
+    # stacked training (bench/execute/stack.py): how many runs trained as one, and which slot
+    "stack_size",
+    "stack_slot",
 )
-PROVENANCE_COLUMNS = RUN_COLUMNS[-6:]
+PROVENANCE_COLUMNS = RUN_COLUMNS[
+    RUN_COLUMNS.index("normzoo_version") : RUN_COLUMNS.index("device") + 1
+]
 # The provenance that makes a stored run "of another version" (--rerun-other-versions).
 VERSION_COLUMNS = PROVENANCE_COLUMNS[:-1]
 # The `evaluations` table of the results store, in order.

@@ -213,6 +213,7 @@ FIELD_RULES: dict[str, Rule] = {
     "execution.submitit": Rule("mapping"),
     "execution.ddp_devices": _int(hint=" (processes per run; 1: no DDP)"),
     "execution.checkpoint_every_epochs": _int(0, hint=" (0: no mid-run checkpoints)"),
+    "execution.stack": _int(hint=" (most seeds of a cell trained as one; 1: each alone)"),
 }
 
 

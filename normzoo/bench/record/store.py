@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at TEXT, finished_at TEXT,
     normzoo_version TEXT, git_sha TEXT, torch_version TEXT, lightning_version TEXT,
     timm_version TEXT, device TEXT,
-    wandb_logged INTEGER NOT NULL DEFAULT 0
+    wandb_logged INTEGER NOT NULL DEFAULT 0,
+    stack_size INTEGER NOT NULL DEFAULT 1, stack_slot INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS evaluations (
     run_key TEXT NOT NULL REFERENCES runs(run_key) ON DELETE CASCADE,
@@ -87,7 +88,10 @@ class StoreError(ValueError):
     """An existing ``results.sqlite`` that this normzoo cannot use (left untouched)."""
 
 
-_REQUIRED = {"runs": set(RUN_COLUMNS), "evaluations": set(EVAL_COLUMNS)}
+# Columns added to the runs table after schema 2 and their value for runs stored before them
+# (every such run was trained alone): added on open, so older stores keep working.
+_ADDED_RUN_COLUMNS = {"stack_size": 1, "stack_slot": 0}
+_REQUIRED = {"runs": set(RUN_COLUMNS) - set(_ADDED_RUN_COLUMNS), "evaluations": set(EVAL_COLUMNS)}
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -166,6 +170,13 @@ class Store:
             self._conn = sqlite3.connect(uri, uri=True)
             if target is None:
                 self._conn.executescript(_SCHEMA)
+            else:  # an older store read as if it had the added columns (a view shadows it)
+                added = self._missing_run_columns()
+                if added:
+                    values = ", ".join(f"{_ADDED_RUN_COLUMNS[c]} AS {c}" for c in added)
+                    self._conn.execute(
+                        f"CREATE TEMP VIEW runs AS SELECT *, {values} FROM main.runs"
+                    )
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, timeout=60)
@@ -174,7 +185,16 @@ class Store:
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self._conn:
             self._conn.executescript(_SCHEMA)
+            for column in self._missing_run_columns():
+                self._conn.execute(
+                    f"ALTER TABLE runs ADD COLUMN {column} INTEGER NOT NULL"
+                    f" DEFAULT {_ADDED_RUN_COLUMNS[column]}"
+                )
             self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _missing_run_columns(self) -> list[str]:
+        present = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
+        return [c for c in _ADDED_RUN_COLUMNS if c not in present]
 
     def close(self) -> None:
         """Close the connection."""
