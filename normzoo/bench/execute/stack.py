@@ -27,6 +27,14 @@ same order of forward, zero_grad, backward, step, scheduler step; the same logge
 same steps; validation at every epoch's end; sampler epochs set as Lightning sets them), so a
 stacked run equals the run trained alone up to floating-point rounding (tests/bench/execute/
 test_stack.py). A killed stacked task leaves no checkpoint: its runs are retrained.
+
+Per run, everything stays as for a run trained alone: its row (plus ``stack_size`` and
+``stack_slot``), key, safetensors weights (`StackedModel.unstack` gives a plain model of the
+run's backbone), curves and W&B run (logged by the parent from the store once the run is
+stored). A slot's result does not depend on what the other slots hold, only on the stack size
+and its slot (same kernels, same shapes), so a run whose weights are lost is retrained in its
+recorded slot of a stack of its recorded size filled with copies of itself
+(`normzoo.bench.run.stack_tasks`) and reproduces its weights bit for bit.
 """
 
 from __future__ import annotations

@@ -278,3 +278,30 @@ def test_grid_stores_each_stacked_run_as_its_own(tiny_raw, tmp_path):
         assert {k: v.shape for k, v in weights.items()} == {
             k: v.shape for k, v in reference.items()
         }
+
+
+def test_lost_weights_are_retrained_in_their_slot_and_reproduced(tiny_raw, tmp_path):
+    """The grid retrains a stacked run whose weights file is gone as it was trained (its
+    recorded stack size and slot) and gets the same bytes back."""
+    from normzoo.bench.execute.worker import weights_path
+    from normzoo.bench.record.store import Store
+    from normzoo.bench.run import plan_grid, run_grid
+
+    raw = copy.deepcopy(tiny_raw)
+    raw["eval"] = {**raw["eval"], "test_batch_sizes": [32], "shifts": ["clean"]}
+    config = _tiny(raw, ["batch"], seeds=3, epochs=1)
+    run_grid(config, tmp_path, workers=1, show_progress=False)
+    lost = expand_runs(config)[2]
+    path = weights_path(tmp_path, lost.key)
+    before = path.read_bytes()
+    path.unlink()
+    raw["eval"]["test_batch_sizes"] = [1, 32]  # a new test condition: weights are needed again
+    config = _tiny(raw, ["batch"], seeds=3, epochs=1)
+    with Store(tmp_path) as store:
+        (task,) = [t for t in plan_grid(config, tmp_path, store).tasks if t.train]
+    assert task.runs == (lost,) and task.stack == (lost,) * 3 and task.keep == (2,)
+    run_grid(config, tmp_path, workers=1, show_progress=False)
+    assert path.read_bytes() == before
+    with Store(tmp_path, read_only=True) as store:
+        row = store.run_row(lost.key)
+    assert (row["status"], row["stack_size"], row["stack_slot"]) == ("ok", 3, 2)
