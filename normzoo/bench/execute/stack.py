@@ -26,7 +26,9 @@ reproduces what the per-run Lightning path does step by step (`Classifier.traini
 same order of forward, zero_grad, backward, step, scheduler step; the same logged values at the
 same steps; validation at every epoch's end; sampler epochs set as Lightning sets them), so a
 stacked run equals the run trained alone up to floating-point rounding (tests/bench/execute/
-test_stack.py). A killed stacked task leaves no checkpoint: its runs are retrained.
+test_stack.py). A stacked task writes its own resumable checkpoint every
+``execution.checkpoint_every_epochs`` epochs (all K models, optimizer, schedule, train orders,
+curves) and a killed one resumes from it bit-identically.
 
 Per run, everything stays as for a run trained alone: its row (plus ``stack_size`` and
 ``stack_slot``), key, safetensors weights (`StackedModel.unstack` gives a plain model of the
@@ -41,9 +43,12 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -71,6 +76,8 @@ from normzoo.layers import (
     LayerNorm,
     NoNorm,
 )
+
+log = logging.getLogger(__name__)
 
 STACKABLE_BACKBONES = ("small_cnn", "resnet_tiny")
 # Norm classes whose statistics never mix channels of different models once the K models'
@@ -358,12 +365,62 @@ def _validate(stacked: StackedModel, slots: list[_Slot], device) -> list[float]:
     return (correct.float() / max(total, 1)).tolist()
 
 
+def _stack_key(runs: list[Run]) -> str:
+    return "+".join(run.key for run in runs)
+
+
+def _save_checkpoint(path: Path, runs, stacked, training, slots, progress) -> None:
+    """Everything the loop needs to continue after ``progress`` = (epoch, step, seconds)."""
+    from normzoo.bench.execute.checkpoint import identity
+
+    optimizer, scheduler = training
+    state = {
+        "normzoo": identity(_stack_key(runs)),
+        "progress": list(progress),
+        "model": stacked.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "curves": [slot.curves for slot in slots],
+        "errors": [None if slot.error is None else str(slot.error) for slot in slots],
+        "checked": [slot.checked_step for slot in slots],
+        "datamodules": [slot.datamodule.state_dict() for slot in slots],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def _resume(path: Path | None, runs: list[Run], slots: list[_Slot]) -> dict | None:
+    """The stack's checkpoint at ``path`` (made for these runs by this code), or None; restores
+    each slot's curves, divergence and train order (before its loader is built)."""
+    from normzoo.bench.execute.checkpoint import resumable
+
+    if path is None or resumable(path, _stack_key(runs)) is None:
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for k, slot in enumerate(slots):
+        slot.curves = state["curves"][k]
+        slot.error = None if state["errors"][k] is None else DivergedError(state["errors"][k])
+        slot.checked_step = state["checked"][k]
+        slot.datamodule.load_state_dict(state["datamodules"][k])
+    log.info("%s: resuming the stack from %s", runs[0].name, path)
+    return state
+
+
 def train_stack(
-    runs: list[Run], config: Config, datamodules: list
+    runs: list[Run],
+    config: Config,
+    datamodules: list,
+    checkpoint: Path | None = None,
 ) -> list[TrainOutcome | DivergedError]:
     """Train ``runs`` (seeds of one cell) stacked; per run, in order, a `TrainOutcome` with the
     run's own model (unstacked), validation accuracy, curves and an equal share of the time, or
-    the `DivergedError` that ended it. Raises `NotStackable` when the models cannot be folded."""
+    the `DivergedError` that ended it. Raises `NotStackable` when the models cannot be folded.
+
+    With a ``checkpoint`` path the stack writes a resumable checkpoint there every
+    ``execution.checkpoint_every_epochs`` epochs and resumes from one made for the same runs by
+    the same code: the result is bit-identical to an uninterrupted stack."""
     from lightning.fabric.utilities.data import _set_sampler_epoch
 
     start = time.perf_counter()
@@ -373,12 +430,19 @@ def train_stack(
         model = build_module(run, config, datamodule).model  # seeded as when trained alone
         slots.append(_Slot(run, datamodule, model, []))
     stacked = StackedModel([slot.model for slot in slots]).to(device).train()
+    resumed = _resume(checkpoint, runs, slots)
     loaders = [slot.datamodule.train_dataloader() for slot in slots]
     if len({len(loader) for loader in loaders}) != 1:
         raise NotStackable(f"runs have different numbers of batches: {[len(x) for x in loaders]}")
-    epochs, step = config.train.epochs, 0
+    epochs, step, first, seconds_before = config.train.epochs, 0, 0, 0.0
     optimizer, scheduler = stacked_optimizer(stacked, config, runs[0], epochs * len(loaders[0]))
-    for epoch in range(epochs):
+    if resumed is not None:
+        stacked.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        first, step, seconds_before = resumed["progress"]
+    every = config.execution.checkpoint_every_epochs if checkpoint is not None else 0
+    for epoch in range(first, epochs):
         for loader in loaders:
             _set_sampler_epoch(loader, epoch)
         tally = torch.zeros(len(slots), 3, device=device)
@@ -409,7 +473,10 @@ def train_stack(
         _log(slots, step - 1, epoch, {"train/epoch_loss": mean_loss, "train/epoch_acc": accuracy})
         if all(slot.error is not None for slot in slots):
             break
-    seconds = (time.perf_counter() - start) / len(slots)
+        if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
+            progress = (epoch + 1, step, seconds_before + time.perf_counter() - start)
+            _save_checkpoint(checkpoint, runs, stacked, (optimizer, scheduler), slots, progress)
+    seconds = (seconds_before + time.perf_counter() - start) / len(slots)
     outcomes = []
     for k, slot in enumerate(slots):
         model = stacked.unstack(k, slot.model).cpu().eval()

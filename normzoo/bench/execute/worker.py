@@ -331,7 +331,9 @@ def _execute_stacked(task: Task, config: Config, out_dir: str, tracker=None) -> 
     runs = task.stack
     try:
         datamodules = [_datamodule(run, config) for run in runs]
-        outcomes = train_stack(list(runs), config, datamodules)
+        checkpoint = checkpoint_path(out_dir, f"stack-{runs[0].key}-{len(runs)}")
+        outcomes = train_stack(list(runs), config, datamodules, checkpoint)
+        checkpoint.unlink(missing_ok=True)  # each run's result is stored next
     except Exception as error:
         log.warning(
             "stacked training of %s failed (%s: %s); training each run alone",

@@ -305,3 +305,33 @@ def test_lost_weights_are_retrained_in_their_slot_and_reproduced(tiny_raw, tmp_p
     with Store(tmp_path, read_only=True) as store:
         row = store.run_row(lost.key)
     assert (row["status"], row["stack_size"], row["stack_slot"]) == ("ok", 3, 2)
+
+
+def test_killed_stack_resumes_bit_identically(tiny_raw, tmp_path, monkeypatch):
+    """A stack killed after its first epoch's checkpoint continues from it to the same weights
+    and curves as an uninterrupted stack."""
+    from normzoo.bench.execute import stack
+    from normzoo.bench.execute.worker import _datamodule
+
+    config = _tiny(tiny_raw, ["batch"], epochs=2)
+    runs = expand_runs(config)
+    path = tmp_path / "stack.ckpt"
+    whole = stack.train_stack(runs, config, [_datamodule(r, config) for r in runs])
+    save = stack._save_checkpoint
+
+    def save_and_die(*args):
+        save(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stack, "_save_checkpoint", save_and_die)
+    with pytest.raises(KeyboardInterrupt):
+        stack.train_stack(runs, config, [_datamodule(r, config) for r in runs], path)
+    monkeypatch.setattr(stack, "_save_checkpoint", save)
+    validations, validate = [], stack._validate
+    monkeypatch.setattr(stack, "_validate", lambda *a: validations.append(1) or validate(*a))
+    resumed = stack.train_stack(runs, config, [_datamodule(r, config) for r in runs], path)
+    assert len(validations) == 1  # only the second epoch was trained again
+    for a, b in zip(whole, resumed, strict=True):
+        assert a.curves == b.curves
+        for name, value in a.model.state_dict().items():
+            assert torch.equal(value, b.model.state_dict()[name]), name
