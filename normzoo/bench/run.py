@@ -283,6 +283,7 @@ class _Writer:
         self.out_dir = store.path.parent
         self.runs = runs  # run key -> Run
         self.died: set[str] = set()
+        self.finished: set[str] = set()  # runs whose task ended for them (a stack goes on)
         self.wandb_failed: set[str] = set()  # not retried until the next invocation
 
     def handle(self, message) -> bool:
@@ -317,7 +318,7 @@ class _Writer:
                 time.sleep(0.5)  # a signal to the whole group reaches this process too: let it
             reason = message.reason
             for run in message.task.runs:  # a stacked task: each of its runs
-                if run.key in self.summary.outcomes:  # stored and evaluated before it died
+                if run.key in self.finished:  # stored and evaluated before the worker died
                     continue
                 if self.store.statuses().get(run.key) == "ok":  # trained, died while evaluating
                     self.store.mark_failed(run.key, reason)
@@ -332,6 +333,8 @@ class _Writer:
     def _ended(self, run: Run, status: str, error: str | None, wandb_logged: bool | None) -> None:
         """A run's task ended; ``wandb_logged``: W&B has it all (None: a retry follows)."""
         self.summary.outcomes[run.key] = status
+        if wandb_logged is not None:
+            self.finished.add(run.key)
         log.info("%s: %s%s", run.name, status, f" ({error})" if error and status != "ok" else "")
         if wandb_logged:
             self.store.mark_wandb_logged(run.key)

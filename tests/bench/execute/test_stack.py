@@ -335,3 +335,26 @@ def test_killed_stack_resumes_bit_identically(tiny_raw, tmp_path, monkeypatch):
         assert a.curves == b.curves
         for name, value in a.model.state_dict().items():
             assert torch.equal(value, b.model.state_dict()[name]), name
+
+
+def test_a_dead_stacked_task_fails_each_of_its_runs(tiny_raw, tmp_path):
+    """A worker that dies in a stacked task records every run of the stack failed (and each is
+    retried), also when the retry dies again; runs of the stack already finished stay as they
+    are."""
+    from normzoo.bench.execute.worker import WorkerDied
+    from normzoo.bench.record.store import Store
+    from normzoo.bench.run import Summary, _Writer, plan_grid
+
+    config = _tiny(tiny_raw, ["batch"], seeds=3, epochs=1)
+    runs = {run.key: run for run in expand_runs(config)}
+    with Store(tmp_path) as store:
+        (task,) = plan_grid(config, tmp_path, store).tasks
+        assert set(r.key for r in task.runs) == set(runs) and len(task.stack) == 3
+        writer = _Writer(store, config, Summary(total=3), None, runs)
+        writer.handle(WorkerDied(task, -9))
+        assert store.statuses() == dict.fromkeys(runs, "failed")
+        assert writer.died == set(runs)
+        writer.died.clear()  # the retry
+        writer._ended(task.runs[0], "ok", None, wandb_logged=False)  # its first run finished
+        writer.handle(WorkerDied(task, -9))
+        assert writer.died == {r.key for r in task.runs[1:]}
