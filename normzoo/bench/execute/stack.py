@@ -193,10 +193,11 @@ def _stack_norm(norms: list[nn.Module], layout: dict, prefix: str) -> nn.Module:
         derived = isinstance(getattr(type(first), attribute, None), property)
         if hasattr(stacked, attribute) and not derived:
             setattr(stacked, attribute, k * getattr(first, attribute))
-    if any(True for _ in first.children() for _ in _.parameters()) or any(
-        True for _ in first.children() for _ in _.buffers()
+    if any(next(c.parameters(), None) is not None for c in first.children()) or any(
+        next(c.buffers(), None) is not None for c in first.children()
     ):
         raise NotStackable(f"{type(first).__name__} holds a submodule with state")
+    channels = next(getattr(first, a) for a in _CHANNEL_ATTRIBUTES if hasattr(first, a))
     for name, value in [
         *first.named_parameters(recurse=False),
         *first.named_buffers(recurse=False),
@@ -208,6 +209,8 @@ def _stack_norm(norms: list[nn.Module], layout: dict, prefix: str) -> nn.Module:
             layout[prefix + name] = None
             continue
         dim = 0 if value.ndim == 1 else 1
+        if value.numel() != channels or value.shape[dim] != channels:
+            raise NotStackable(f"{type(first).__name__}.{name} is not one value per channel")
         joined = torch.cat([v.detach() for v in values], dim).clone()
         if isinstance(value, nn.Parameter):
             setattr(stacked, name, nn.Parameter(joined, requires_grad=value.requires_grad))

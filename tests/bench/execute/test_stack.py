@@ -358,3 +358,21 @@ def test_a_dead_stacked_task_fails_each_of_its_runs(tiny_raw, tmp_path):
         writer._ended(task.runs[0], "ok", None, wandb_logged=False)  # its first run finished
         writer.handle(WorkerDied(task, -9))
         assert writer.died == {r.key for r in task.runs[1:]}
+
+
+def test_a_per_model_scalar_parameter_keeps_runs_alone():
+    """Filter response norm with a learned eps (one scalar per layer and model) cannot share a
+    stacked layer: the engine plans such runs alone and the fold refuses them."""
+    options = {"learn_eps": True}
+    config = parse_config(
+        {
+            "model": {"backbone": "small_cnn", "options": {"widths": list(WIDTHS)}},
+            "norms": [{"name": "filter_response", "options": options}],
+            "train": {"batch_sizes": [BATCH], "seeds": 2},
+            "execution": {"wandb": "disabled"},
+        }
+    )
+    assert "eps" in stack_support(config, expand_runs(config)[0])
+    models = [build_model("small_cnn", "filter_response", CLASSES, 3, options) for _ in range(2)]
+    with pytest.raises(NotStackable, match="eps_learned"):
+        StackedModel(models)
