@@ -175,47 +175,60 @@ def plan_grid(
 
 def stack_tasks(tasks: list[Task], config: Config, store: Store, out_dir: str | Path) -> list[Task]:
     """Group training tasks of one grid cell (runs that differ only by seed) into stacked tasks
-    of at most ``execution.stack`` runs (`normzoo.bench.execute.stack`), in grid order.
+    (`normzoo.bench.execute.stack`).
 
-    A run stored ok from a stack whose weights are lost is retrained the same way (its recorded
-    stack size and slot, the other slots holding copies of it), so it reproduces its weights;
-    runs that cannot stack (`stack_support`) stay alone.
+    A run's stack and slot are a function of the config alone: the stackable runs of each cell,
+    in grid (seed) order, cut into stacks of ``execution.stack``. A stack trains whole and keeps
+    the results of its runs that are due (``keep``), so a run trains the same way whatever else
+    is stored (an interrupted grid resumes to the uninterrupted results). A run stored ok from a
+    stack whose weights are lost is retrained as it was recorded (its stack size and slot, the
+    other slots holding copies of it) and reproduces its weights; runs that cannot stack
+    (`stack_support`) stay alone.
     """
     from normzoo.bench.execute.stack import stack_support
 
-    cells: dict[tuple, list[Task]] = {}
-    out: list[Task | tuple] = []
     statuses = store.statuses()
+    recorded: dict[str, tuple[int, int]] = {}  # run key -> (stack size, slot) to reproduce
+    for task in tasks:
+        key = task.run.key
+        if task.train and statuses.get(key) == "ok" and not weights_path(out_dir, key).exists():
+            row = store.run_row(key)
+            if row["stack_size"] > 1:
+                recorded[key] = (row["stack_size"], row["stack_slot"])
+    due = {task.run.key for task in tasks if task.train and task.run.key not in recorded}
+    cells: dict[tuple, list[Run]] = {}
+    for run in expand_runs(config):
+        if stack_support(config, run) is None:
+            cell = (run.norm.label, run.train_batch_size, run.train_composition.label)
+            cells.setdefault(cell, []).append(run)
+    size = config.execution.stack
+    stack_of: dict[str, tuple[Run, ...]] = {}
+    for runs in cells.values():
+        for i in range(0, len(runs), size):
+            for run in runs[i : i + size]:
+                stack_of[run.key] = tuple(runs[i : i + size])
+    out: list[Task] = []
+    placed: set[str] = set()
     for task in tasks:
         run = task.run
-        lost = statuses.get(run.key) == "ok" and not weights_path(out_dir, run.key).exists()
-        row = store.run_row(run.key) if lost else None
-        if not task.train or stack_support(config, run) is not None:
-            out.append(task)
-        elif row is not None and row["stack_size"] > 1:  # retrained after lost weights
-            size, slot = row["stack_size"], row["stack_slot"]
+        if run.key in recorded:
+            size, slot = recorded[run.key]
             out.append(Task(run, task.conditions, stack=(run,) * size, keep=(slot,)))
-        else:
-            cell = (run.norm.label, run.train_batch_size, run.train_composition.label)
-            if cell not in cells:
-                cells[cell] = []
-                out.append(cell)  # the cell's stacks take the place of its first run
-            cells[cell].append(task)
-    stacked: list[Task] = []
-    size = config.execution.stack
-    for item in out:
-        if isinstance(item, Task):
-            stacked.append(item)
-            continue
-        members = cells[item]
-        for i in range(0, len(members), size):
-            chunk = members[i : i + size]
-            if len(chunk) == 1:
-                stacked.append(chunk[0])
-            else:
-                runs = tuple(t.run for t in chunk)
-                stacked.append(Task(runs[0], chunk[0].conditions, stack=runs))
-    return stacked
+        elif not task.train or len(stack_of.get(run.key, ())) < 2:
+            out.append(task)
+        elif run.key not in placed:  # the stack takes the place of its first due run
+            stack = stack_of[run.key]
+            keep = tuple(i for i, r in enumerate(stack) if r.key in due and r.key not in placed)
+            placed.update(stack[i].key for i in keep)
+            out.append(
+                Task(
+                    stack[keep[0]],
+                    task.conditions,
+                    stack=stack,
+                    keep=keep if len(keep) < len(stack) else (),
+                )
+            )
+    return out
 
 
 # ---- the grid --------------------------------------------------------------------------------
