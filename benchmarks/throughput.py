@@ -111,10 +111,10 @@ def flops_per_sample(model: torch.nn.Module, x: torch.Tensor, samples: int) -> f
     return counter.get_total_flops() / samples
 
 
-def peak_flops(norm: str, batch_size: int = 256, repeats: int = 10) -> float:
-    """FLOP/s of the same model's forward+backward at a large batch (the convolutions' peak):
-    the fastest of ``repeats`` steps, the one least slowed by other jobs."""
-    model = _model(norm).train()
+def peak_flops(batch_size: int = 256, repeats: int = 10) -> float:
+    """FLOP/s of the model's convolutions (the model without norms, ``none``) forward+backward
+    at a large batch: the fastest of ``repeats`` steps, the one least slowed by other jobs."""
+    model = _model("none").train()
     x = torch.randn(batch_size, 3, IMAGE, IMAGE)
     flops = flops_per_sample(model, x, batch_size) * batch_size
     times = []
@@ -129,7 +129,7 @@ def measure(args) -> list[dict]:
     rows = []
     for norm in args.norms:
         per_sample = flops_per_sample(_model(norm).train(), torch.randn(8, 3, IMAGE, IMAGE), 8)
-        peak = peak_flops(norm)
+        peak = peak_flops()
         for batch_size in args.batch_sizes:
             today, stacked = [], {k: [] for k in args.stack}
             for _ in range(args.repeats):  # interleaved: the load hits both paths alike
@@ -169,7 +169,8 @@ def markdown(rows: list[dict], args, load: tuple, load_end: tuple) -> str:
         "- samples/s: medians over the repetitions; stacked/today: the median of the"
         " per-repetition ratios (the two paths alternate, so each pair shares the load).",
         "- FLOP/s = forward+backward FLOPs per sample (FlopCounterMode) x samples/s; peak ="
-        " the same model's forward+backward at batch 256 on this machine (fastest of 10 steps)."
+        " the same convolutions (the model with norm `none`) forward+backward at batch 256 on this"
+        " machine, the fastest of 10 steps."
         " Under this load the peak itself is uncertain; fractions of it are indicative.",
         "",
         "| norm | train batch | K | today samples/s | stacked samples/s | stacked/today |"
