@@ -120,11 +120,11 @@ class Plan:
 
     @property
     def to_train(self) -> int:
-        return sum(t.train for t in self.tasks)
+        return sum(len(t.runs) for t in self.tasks if t.train)
 
     @property
     def to_evaluate(self) -> int:
-        return sum(not t.train for t in self.tasks)
+        return sum(len(t.runs) for t in self.tasks if not t.train)
 
     def line(self) -> str:
         return (
@@ -185,6 +185,7 @@ def plan_grid(
             task = Task(run, tuple(conditions))
         plan.tasks.append(task)
         plan.evaluations_pending += len(task.conditions)
+    plan.tasks = stack_tasks(plan.tasks, config, store, out_dir)
     return plan
 
 
@@ -198,6 +199,64 @@ def _intact(out_dir: str | Path, run: Run, store: Store) -> bool:
         )
         return False
     return True
+
+
+def stack_tasks(tasks: list[Task], config: Config, store: Store, out_dir: str | Path) -> list[Task]:
+    """Group training tasks of one grid cell (runs that differ only by seed) into stacked tasks
+    (`normzoo.bench.execute.stack`).
+
+    A run's stack and slot are a function of the config alone: the stackable runs of each cell,
+    in grid (seed) order, cut into stacks of ``execution.stack``. A stack trains whole and keeps
+    the results of its runs that are due (``keep``), so a run trains the same way whatever else
+    is stored (an interrupted grid resumes to the uninterrupted results). A run stored ok from a
+    stack whose weights are lost is retrained as it was recorded (its stack size and slot, the
+    other slots holding copies of it) and reproduces its weights; runs that cannot stack
+    (`stack_support`) stay alone.
+    """
+    from normzoo.bench.execute.stack import stack_support
+
+    statuses = store.statuses()
+    recorded: dict[str, tuple[int, int]] = {}  # run key -> (stack size, slot) to reproduce
+    for task in tasks:
+        key = task.run.key
+        if task.train and statuses.get(key) == "ok" and not weights_path(out_dir, key).exists():
+            row = store.run_row(key)
+            if row["stack_size"] > 1:
+                recorded[key] = (row["stack_size"], row["stack_slot"])
+    due = {task.run.key for task in tasks if task.train and task.run.key not in recorded}
+    cells: dict[tuple, list[Run]] = {}
+    for run in grid_runs(config, store):  # tuned configs: the selected learning rates
+        if stack_support(config, run) is None:
+            cell = (run.norm.label, run.train_batch_size, run.train_composition.label)
+            cells.setdefault(cell, []).append(run)
+    size = config.execution.stack
+    stack_of: dict[str, tuple[Run, ...]] = {}
+    for runs in cells.values():
+        for i in range(0, len(runs), size):
+            for run in runs[i : i + size]:
+                stack_of[run.key] = tuple(runs[i : i + size])
+    out: list[Task] = []
+    placed: set[str] = set()
+    for task in tasks:
+        run = task.run
+        if run.key in recorded:
+            size, slot = recorded[run.key]
+            out.append(Task(run, task.conditions, stack=(run,) * size, keep=(slot,)))
+        elif not task.train or len(stack_of.get(run.key, ())) < 2:
+            out.append(task)
+        elif run.key not in placed:  # the stack takes the place of its first due run
+            stack = stack_of[run.key]
+            keep = tuple(i for i, r in enumerate(stack) if r.key in due and r.key not in placed)
+            placed.update(stack[i].key for i in keep)
+            out.append(
+                Task(
+                    stack[keep[0]],
+                    task.conditions,
+                    stack=stack,
+                    keep=keep if len(keep) < len(stack) else (),
+                )
+            )
+    return out
 
 
 # ---- the grid --------------------------------------------------------------------------------
@@ -265,6 +324,7 @@ class _Writer:
         self.out_dir = store.path.parent
         self.runs = runs  # run key -> Run
         self.died: set[str] = set()
+        self.finished: set[str] = set()  # runs whose task ended for them (a stack goes on)
         self.wandb_failed: set[str] = set()  # not retried until the next invocation
 
     def handle(self, message) -> bool:
@@ -317,23 +377,27 @@ class _Writer:
                 )
                 self._ended(run, "ok", None, message.wandb_logged)
         elif isinstance(message, WorkerDied):
-            run = message.task.run
             if message.exitcode in (-signal.SIGTERM, -signal.SIGINT):
                 time.sleep(0.5)  # a signal to the whole group reaches this process too: let it
             reason = message.reason
-            if self.store.statuses().get(run.key) == "ok":  # trained, died while evaluating
-                self.store.mark_failed(run.key, reason)
-            else:
-                self.store.write_run(_died_row(run, self.config, reason))
-            self.died.add(run.key)
-            self._ended(run, "failed", reason, wandb_logged=None)
-            log.warning("%s: %s", run.name, reason)
+            for run in message.task.runs:  # a stacked task: each of its runs
+                if run.key in self.finished:  # stored and evaluated before the worker died
+                    continue
+                if self.store.statuses().get(run.key) == "ok":  # trained, died while evaluating
+                    self.store.mark_failed(run.key, reason)
+                else:
+                    self.store.write_run(_died_row(run, self.config, reason))
+                self.died.add(run.key)
+                self._ended(run, "failed", reason, wandb_logged=None)
+                log.warning("%s: %s", run.name, reason)
             return True
         return isinstance(message, TaskDone)
 
     def _ended(self, run: Run, status: str, error: str | None, wandb_logged: bool | None) -> None:
         """A run's task ended; ``wandb_logged``: W&B has it all (None: a retry follows)."""
         self.summary.outcomes[run.key] = status
+        if wandb_logged is not None:
+            self.finished.add(run.key)
         log.info("%s: %s%s", run.name, status, f" ({error})" if error and status != "ok" else "")
         if wandb_logged:
             self.store.mark_wandb_logged(run.key)
@@ -415,7 +479,8 @@ def run_grid(
     plan = plan_grid(config, out_dir, store, retry_failed, rerun_other_versions)
     claim(out_dir, _claims(plan, out_dir))
     _remove_stale_checkpoints(out_dir, store, plan)
-    summary = Summary(total=len(runs), skipped=len(runs) - len({t.run.key for t in plan.tasks}))
+    planned = {run.key for task in plan.tasks for run in task.runs}
+    summary = Summary(total=len(runs), skipped=len(runs) - len(planned))
     log.info(plan.line())
     gpus = gpu_count()
     workers = workers or config.execution.workers or default_workers(gpus, workers_per_gpu)
@@ -487,7 +552,12 @@ def _claims(plan: Plan, out_dir: Path) -> list[str]:
     paths = []
     for task in plan.tasks:
         if task.train:
-            paths += [weights_path(out_dir, task.run.key), checkpoint_path(out_dir, task.run.key)]
+            for run in task.runs:
+                paths += [weights_path(out_dir, run.key), checkpoint_path(out_dir, run.key)]
+            if task.stack:
+                paths.append(
+                    checkpoint_path(out_dir, f"stack-{task.stack[0].key}-{len(task.stack)}")
+                )
     return [path.relative_to(out_dir).as_posix() for path in paths]
 
 
@@ -504,7 +574,7 @@ def _remove_stale_checkpoints(out_dir: Path, store: Store, plan: Plan) -> None:
     """Remove the checkpoints of runs whose training is stored and not planned again (a parent
     killed between storing a run and removing its checkpoint leaves one); a failed run keeps its
     checkpoint for ``--retry-failed``."""
-    training = {task.run.key for task in plan.tasks if task.train}
+    training = {run.key for task in plan.tasks if task.train for run in task.runs}
     statuses = store.statuses()
     for path in (out_dir / CHECKPOINTS_DIR).glob("*.ckpt"):
         key = path.stem

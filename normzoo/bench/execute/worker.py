@@ -47,12 +47,30 @@ __all__ = ["TaskDone", "WorkerDied"]
 
 @dataclass(frozen=True)
 class Task:
-    """Train ``run`` (when ``train``) and evaluate it under ``conditions``."""
+    """Train ``run`` (when ``train``) and evaluate it under ``conditions``.
+
+    A stacked task (``stack``: runs in slot order, ``run`` the first of those it keeps) trains
+    the runs of ``stack`` as one model (`normzoo.bench.execute.stack`) and keeps the results of
+    the slots in ``keep`` (empty: all); a run retrained on its own is retrained in its recorded
+    slot of a stack of its recorded size, the other slots holding copies of it.
+    """
 
     run: Run
     conditions: tuple[TestCondition, ...]
     train: bool = True
     weights_sha256: str | None = None  # recorded hash of the weights an evaluation loads
+    stack: tuple[Run, ...] = ()
+    keep: tuple[int, ...] = ()
+
+    @property
+    def slots(self) -> tuple[int, ...]:
+        """The stack slots whose runs this task produces."""
+        return self.keep or tuple(range(len(self.stack)))
+
+    @property
+    def runs(self) -> tuple[Run, ...]:
+        """The runs this task trains and/or evaluates."""
+        return tuple(self.stack[i] for i in self.slots) if self.stack else (self.run,)
 
 
 @dataclass
@@ -272,6 +290,8 @@ def run_row(run: Run, config: Config) -> dict:
         "train_accuracy_train_mode": None,
         "lr": effective_lr(config.train, run.train_batch_size, run.lr),
         "role": run.role,
+        "stack_size": 1,
+        "stack_slot": 0,
     }
 
 
@@ -299,11 +319,12 @@ def execute_task(task: Task, config: Config, out_dir: str, tracker=None) -> Iter
     `Finished` with an error. Evaluations are yielded per computed condition. With a tracker,
     training logs live to the run's W&B run, which then gets the results (``wandb_logged``).
     """
-    from normzoo.bench.execute.evaluate import evaluate_run
     from normzoo.bench.execute.measure import training_fit
     from normzoo.bench.execute.module import DivergedError, train_run
-    from normzoo.models import has_batch_layers
 
+    if task.stack:
+        yield from _execute_stacked(task, config, out_dir, tracker)
+        return
     run = task.run
     path = weights_path(out_dir, run.key)
     row = run_row(run, config)
@@ -337,6 +358,18 @@ def execute_task(task: Task, config: Config, out_dir: str, tracker=None) -> Iter
         else:
             yield Finished(run.key, 0.0, f"loading weights: {row['error']}")
         return
+    yield from _evaluate(
+        run, model, datamodule, task.conditions, config, row, (tracker, logger, path)
+    )
+
+
+def _evaluate(run: Run, model, datamodule, conditions, config: Config, row: dict, tracking):
+    """Evaluate a trained model under ``conditions``: `Evaluated`s, then `Finished`.
+    ``tracking``: (tracker, the run's live W&B logger or None, weights path)."""
+    from normzoo.bench.execute.evaluate import evaluate_run
+    from normzoo.models import has_batch_layers
+
+    tracker, logger, path = tracking
     start = time.perf_counter()
     evaluations: list[dict] = []
     error_text = None
@@ -344,7 +377,7 @@ def execute_task(task: Task, config: Config, out_dir: str, tracker=None) -> Iter
         batch_dependent = has_batch_layers(model)
         largest = max(config.eval.test_batch_sizes)
         groups: dict[TestCondition, list[TestCondition]] = {}
-        for condition in task.conditions:
+        for condition in conditions:
             computed = computed_condition(condition, batch_dependent, largest)
             groups.setdefault(computed, []).append(condition)
         for group in groups.values():
@@ -362,6 +395,57 @@ def execute_task(task: Task, config: Config, out_dir: str, tracker=None) -> Iter
     logged_rows = [{k: v for k, v in e.items() if k != "fingerprint"} for e in evaluations]
     logged = _finish_logger(tracker, logger, run, row, logged_rows, path)  # as the store exports
     yield Finished(run.key, seconds, error_text, wandb_logged=logged)
+
+
+def _execute_stacked(task: Task, config: Config, out_dir: str, tracker=None) -> Iterator:
+    """Train a stacked task's runs as one model, then store and evaluate each kept run as
+    `execute_task` does for a run trained alone. W&B gets each run from the parent once it is
+    stored (no live logging: the K runs train as one). If the stack cannot train (a model that
+    does not fold, or an error inside the stacked step such as a batch layer rejecting one
+    model's non-finite batch), each kept run is trained alone instead."""
+    from normzoo.bench.execute.measure import training_fit
+    from normzoo.bench.execute.module import DivergedError
+    from normzoo.bench.execute.stack import train_stack
+
+    runs = task.stack
+    try:
+        datamodules = [_datamodule(run, config) for run in runs]
+        checkpoint = checkpoint_path(out_dir, f"stack-{runs[0].key}-{len(runs)}")
+        outcomes = train_stack(list(runs), config, datamodules, checkpoint)
+        checkpoint.unlink(missing_ok=True)  # each run's result is stored next
+    except Exception as error:
+        log.warning(
+            "stacked training of %s failed (%s: %s); training each run alone",
+            ", ".join(sorted({run.name for run in runs})),
+            type(error).__name__,
+            error,
+        )
+        for slot in task.slots:
+            yield from execute_task(Task(runs[slot], task.conditions), config, out_dir, tracker)
+        return
+    for slot in task.slots:
+        run, outcome = runs[slot], outcomes[slot]
+        row = {**run_row(run, config), "stack_size": len(runs), "stack_slot": slot}
+        if isinstance(outcome, DivergedError):
+            row.update(status="diverged", error=str(outcome), finished_at=now())
+            yield Trained(run.key, row)
+            continue
+        path = weights_path(out_dir, run.key)
+        try:
+            digest = save_weights(outcome.model, path, run.key)
+        except OSError as error:
+            if not no_space(error):
+                raise
+            row.update(status="failed", error=f"{type(error).__name__}: {error}")
+            yield Trained(run.key, row, no_space=True)
+            return
+        row.update(val_accuracy=outcome.val_accuracy, train_seconds=outcome.seconds)
+        row.update(training_fit(outcome.model, datamodules[slot], run, config))
+        yield Trained(run.key, dict(row), outcome.curves, weights_sha256=digest)
+        tracking = (tracker, None, path)
+        yield from _evaluate(
+            run, outcome.model, datamodules[slot], task.conditions, config, row, tracking
+        )
 
 
 # ---- executors: (tasks, config, out_dir) -> Iterator[message] ---------------------------------

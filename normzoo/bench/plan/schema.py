@@ -96,6 +96,9 @@ RUN_COLUMNS = (
     "finished_at",
     *PROVENANCE_COLUMNS,
     *CONVERGENCE_COLUMNS,
+    # stacked training (bench/execute/stack.py): how many runs trained as one, and which slot
+    "stack_size",
+    "stack_slot",
 )
 # The `evaluations` table of the results store, in order. Metrics over the n_test scored
 # samples (injected outliers carry no label): `accuracy`; `loss`, the mean negative

@@ -235,6 +235,11 @@ class ExecutionSection:
         description="a resumable checkpoint every N epochs (0: none)",
         json_schema_extra=_hint(" (0: no mid-run checkpoints)"),
     )
+    stack: integer(ge=1) = Field(
+        16,
+        description="the most seeds of one grid cell trained together as one stacked model "
+        "(bench/execute/stack.py; each run's result equals training it alone); 1: every run alone",
+    )
 
 
 @dataclass(frozen=True, config=FROZEN)

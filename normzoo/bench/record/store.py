@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -60,6 +61,8 @@ SCHEMA_VERSION = 3
 MIGRATABLE_VERSIONS = (2,)
 # Columns added since version 2: (table, column, SQL type). An older store gets them as NULL, so
 # its evaluations (no fingerprint) count as stale and are recomputed from the kept weights.
+# Runs stored before stacking were trained alone (stack of 1, slot 0) and before tuning were
+# compared runs; the other added values are unknown (NULL).
 ROLE_COLUMN = "TEXT NOT NULL DEFAULT 'compare' CHECK (role IN ('compare', 'tune'))"
 ADDED_COLUMNS = (
     ("runs", "weights_sha256", "TEXT"),
@@ -68,9 +71,18 @@ ADDED_COLUMNS = (
     ("runs", "train_accuracy_train_mode", "REAL"),
     ("runs", "lr", "REAL"),
     ("runs", "role", ROLE_COLUMN),
+    ("runs", "stack_size", "INTEGER NOT NULL DEFAULT 1"),
+    ("runs", "stack_slot", "INTEGER NOT NULL DEFAULT 0"),
     ("evaluations", "fingerprint", "TEXT"),
     ("evaluations", "ece", "REAL"),
 )
+
+
+def _default_sql(kind: str) -> str:
+    """The value an added column reads as in an older store: its SQL DEFAULT, else NULL."""
+    match = re.search(r"DEFAULT (\S+)", kind)
+    return match[1] if match else "NULL"
+
 
 # The columns of an evaluation that name its test condition (with run_key: the primary key).
 EVAL_KEY = TEST_KEYS
@@ -90,7 +102,8 @@ CREATE TABLE IF NOT EXISTS runs (
     wandb_logged INTEGER NOT NULL DEFAULT 0,
     weights_sha256 TEXT,
     train_accuracy REAL, train_loss REAL, train_accuracy_train_mode REAL, lr REAL,
-    role TEXT NOT NULL DEFAULT 'compare' CHECK (role IN ('compare', 'tune'))
+    role TEXT NOT NULL DEFAULT 'compare' CHECK (role IN ('compare', 'tune')),
+    stack_size INTEGER NOT NULL DEFAULT 1, stack_slot INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS evaluations (
     run_key TEXT NOT NULL REFERENCES runs(run_key) ON DELETE CASCADE,
@@ -263,14 +276,10 @@ class Store:
             self._conn.execute(statement.replace("REFERENCES runs(run_key) ON DELETE CASCADE", ""))
         for table in dict.fromkeys(table for table, _, _ in ADDED_COLUMNS):
             present = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
-            absent = [c for t, c, _ in ADDED_COLUMNS if t == table and c not in present]
+            kinds = {c: kind for t, c, kind in ADDED_COLUMNS if t == table}
+            absent = [c for c in kinds if c not in present]
             if absent:
-                extra = ", ".join(
-                    f"{'compare' if column == 'role' else None!r} AS {column}".replace(
-                        "None", "NULL"
-                    )
-                    for column in absent
-                )
+                extra = ", ".join(f"{_default_sql(kinds[column])} AS {column}" for column in absent)
                 self._conn.execute(
                     f"CREATE TEMP VIEW {table} AS SELECT *, {extra} FROM main.{table}"
                 )
