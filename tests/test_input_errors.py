@@ -31,10 +31,11 @@ def test_plain_channel_mismatch_keeps_its_message():
 
 
 def test_vit_built_with_a_zoo_norm_layer_gets_the_token_hint():
-    """The issue's case, at a small image size: timm's ViT calls norm_layer(embed_dim)."""
-    model = timm.create_model(
-        "vit_tiny_patch16_224", img_size=32, norm_layer=normzoo.norm_layer("group", groups=8)
-    )
+    """The issue's case, at a small image size, with the layout forced to channels first (the
+    default ``layout="auto"`` builds token variants that normalize it): timm's ViT calls
+    norm_layer(embed_dim), and the error names channels, not tokens."""
+    layer = normzoo.norm_layer("group", groups=8, layout="channels_first")  # "auto" handles it
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, norm_layer=layer)
     tokens = (32 // 16) ** 2 + 1  # patches + class token
     with pytest.raises(ValueError, match=rf"C=192 channels last \(L={tokens} tokens\)"):
         model(torch.randn(1, 3, 32, 32))

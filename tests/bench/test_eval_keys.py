@@ -59,7 +59,7 @@ def _pending(path, out, overrides=()) -> int:
 def _count(path, mode=None, shifted=None, composition=None) -> int:
     conditions = expand_conditions(load_config(path))
     return sum(
-        (mode is None or c.stats_mode == mode)
+        (mode is None or c.stats_mode.name == mode)
         and (shifted is None or (c.shift != "clean") == shifted)
         and (composition is None or c.composition.name == composition)
         for c in conditions

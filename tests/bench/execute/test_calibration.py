@@ -3,6 +3,7 @@ calibration error (`ece`, 15 equal-width confidence bins; Guo et al. 2017), chec
 independent numpy computation, also on the test-batch-1 and outlier paths."""
 
 import math
+import re
 import sqlite3
 
 import numpy as np
@@ -15,7 +16,7 @@ from normzoo.bench.execute.evaluate import evaluate_condition, evaluate_run, pre
 from normzoo.bench.plan.config import Composition, EvalSection
 from normzoo.bench.plan.grid import TestCondition
 from normzoo.bench.plan.schema import EVAL_COLUMNS
-from normzoo.bench.record.store import STORE_NAME, Store, StoreError
+from normzoo.bench.record.store import STORE_NAME, Store
 from normzoo.models import build_model
 
 
@@ -120,17 +121,19 @@ def test_every_evaluation_row_has_ece_and_merged_conditions_share_it():
     assert by[1, "batch"]["ece"] != pytest.approx(by[1, "running"]["ece"], abs=1e-6)
 
 
-def test_a_store_of_the_previous_schema_is_refused_as_older(tmp_path):
-    """Schema 2 had no ece column: such a store is refused with the older-version message."""
-    path = tmp_path / STORE_NAME
-    conn = sqlite3.connect(path)
-    columns = ", ".join(c for c in EVAL_COLUMNS if c != "ece")
-    conn.executescript(
-        f"CREATE TABLE runs (run_key TEXT PRIMARY KEY, status TEXT);"
-        f"CREATE TABLE evaluations ({columns});"
-    )
+def test_a_store_of_the_previous_schema_gets_the_ece_column(tmp_path):
+    """Schema 2 had no ece column: such a store is migrated (the column added, old rows NULL
+    and, without a fingerprint, recomputed), never silently read as if it had one."""
+    from normzoo.bench.record import store as store_module
+
+    v2 = store_module._SCHEMA
+    for _, column, kind in store_module.ADDED_COLUMNS:
+        v2 = re.sub(rf",\s*{column} {re.escape(kind)}", "", v2)
+    conn = sqlite3.connect(tmp_path / STORE_NAME)
+    conn.executescript(v2)
     conn.execute("PRAGMA user_version=2")
     conn.commit()
     conn.close()
-    with pytest.raises(StoreError, match="older normzoo.*calibration"):
-        Store(tmp_path)
+    with Store(tmp_path) as store:
+        columns = {row[1] for row in store._conn.execute("PRAGMA table_info(evaluations)")}
+    assert "ece" in columns

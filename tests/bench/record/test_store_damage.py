@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sqlite3
 
@@ -172,10 +173,11 @@ def test_a_renamed_experiment_reuses_its_runs_as_one_experiment(tmp_path, caplog
 def test_a_version_2_store_is_read_and_migrated_its_rows_counted_stale(tmp_path):
     from normzoo.bench.record import store as store_module
 
-    v2 = store_module._SCHEMA.replace(",\n    weights_sha256 TEXT", "").replace(
-        "\n    fingerprint TEXT,", ""
-    )
-    assert "fingerprint" not in v2 and "weights_sha256" not in v2
+    v2 = store_module._SCHEMA
+    for _, column, kind in store_module.ADDED_COLUMNS:  # the schema as version 2 wrote it
+        v2 = re.sub(rf",\s*{column} {re.escape(kind)}", "", v2)
+    added = {column for _, column, _ in store_module.ADDED_COLUMNS}
+    assert not any(re.search(rf"\b{column}\b", v2) for column in added)
     older = tmp_path / "older"
     older.mkdir()
     conn = sqlite3.connect(older / STORE_NAME)
@@ -184,12 +186,12 @@ def test_a_version_2_store_is_read_and_migrated_its_rows_counted_stale(tmp_path)
     conn.commit()
     conn.close()
     row = _row("a")
-    values = [row[c] for c in store_module.RUN_COLUMNS]
-    evaluation = _evals("a", [(1, 0.7)])[0]
+    run_columns = [c for c in store_module.RUN_COLUMNS if c not in added]
+    values = [row[c] for c in run_columns]
+    evaluation = {k: v for k, v in _evals("a", [(1, 0.7)])[0].items() if k not in added}
     conn = sqlite3.connect(older / STORE_NAME)
     conn.execute(
-        f"INSERT INTO runs ({', '.join(store_module.RUN_COLUMNS)}) VALUES"
-        f" ({', '.join('?' * len(values))})",
+        f"INSERT INTO runs ({', '.join(run_columns)}) VALUES ({', '.join('?' * len(values))})",
         values,
     )
     conn.execute(
