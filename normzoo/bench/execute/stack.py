@@ -64,6 +64,7 @@ from normzoo.bench.execute.module import (
 )
 from normzoo.bench.plan.config import Config
 from normzoo.bench.plan.grid import Run
+from normzoo.bench.plan.tuning import effective_lr
 from normzoo.layers import (
     BatchNorm,
     BatchRenorm,
@@ -295,6 +296,7 @@ def stacked_optimizer(stacked: StackedModel, config: Config, run: Run, total_ste
         model=stacked.net,
         train_config=config.train,
         train_batch_size=run.train_batch_size,
+        lr=effective_lr(config.train, run.train_batch_size, run.lr),
         trainer=SimpleNamespace(estimated_stepping_batches=total_steps),
     )
     configured = Classifier.configure_optimizers(shim)

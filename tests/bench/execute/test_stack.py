@@ -21,6 +21,7 @@ from normzoo.bench.execute.stack import (
 )
 from normzoo.bench.plan.config import parse_config
 from normzoo.bench.plan.grid import expand_runs
+from normzoo.bench.plan.tuning import effective_lr
 from normzoo.models import build_model
 
 K, BATCH, STEPS, CLASSES = 3, 4, 6, 5
@@ -59,6 +60,7 @@ def _run_optimizer(model, config, total: int):
         model=model,
         train_config=config.train,
         train_batch_size=BATCH,
+        lr=effective_lr(config.train, BATCH),
         trainer=SimpleNamespace(estimated_stepping_batches=total),
     )
     configured = Classifier.configure_optimizers(shim)
