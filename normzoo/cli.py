@@ -133,8 +133,8 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="bare overrides right after CONFIG, the same as --set KEY=VALUE (what a W&B sweep"
-        " agent passes with ${args_no_hyphens})",
+        help="bare overrides right after CONFIG, applied after the --set ones (what a W&B sweep"
+        " agent passes with ${args_no_hyphens}: the trial's values win)",
     )
     parser.add_argument(
         "--out",
@@ -230,10 +230,10 @@ def main(
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    if args.command == "compare":  # bare KEY=VALUE overrides (W&B sweeps) are --set ones
+    if args.command == "compare":  # bare KEY=VALUE words (a W&B sweep trial's) after --set's
         if "=" in args.config and not Path(args.config).exists():
             args.config, args.overrides = DEFAULT_CONFIG, [args.config, *args.overrides]
-        args.set = [*args.overrides, *args.set]
+        args.set = [*args.set, *args.overrides]
     global _quiet
     _quiet = getattr(args, "quiet", False)
     return COMMANDS[args.command](args)

@@ -5,7 +5,8 @@ The sweep is a grid (``method: grid``) over norm x train batch size x learning r
 without one) and ``train.tune_seeds`` (``train.seeds`` without them). Each W&B trial is one
 ``normzoo compare`` of a single cell: the agent expands ``${args_no_hyphens}`` to bare
 ``KEY=VALUE`` tokens (``train.lr=0.002``, ``norms=['batch']``), which ``normzoo compare`` reads
-as ``--set`` overrides; the command itself adds ``train.lr_grid=null`` and
+as ``--set`` overrides applied after its ``--set`` ones (the trial's values win over the user's
+overrides the command repeats); the command itself adds ``train.lr_grid=null`` and
 ``train.tune_seeds=null`` (the trial trains at the lr it is given) and one cheap test condition
 (compare has no train-only mode; the sweep's metric is the validation accuracy the training
 logs, ``val/acc``, never a test number). All trials share one output dir and store; ``--wait``

@@ -69,6 +69,17 @@ def agent_command(sweep: dict, point: dict) -> list[str]:
     return argv
 
 
+def test_the_agent_transcription_matches_wandbs_own_argument_builder():
+    """Our transcription of the agent's ``${args}``/``${args_no_hyphens}`` against the installed
+    wandb's builder (what its agent calls)."""
+    utils = pytest.importorskip("wandb.sdk.launch.sweeps.utils")
+    point = {"norms": ["group(groups=4)"], "train.batch_sizes": [16], "train.lr": 1e-05}
+    built = utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in point.items()}})
+    sweep = {"command": ["${args}", "${args_no_hyphens}"]}
+    assert agent_command(sweep, point) == [*built["args"], *built["args_no_hyphens"]]
+    assert built["args_no_hyphens"][0] == "norms=['group(groups=4)']"
+
+
 def test_the_grid_is_the_configs_lr_grid_and_the_metric_the_logged_one(tmp_path):
     sweep = _sweep(tmp_path, str(_write(tmp_path, TINY)))
     assert sweep["method"] == "grid"
@@ -122,6 +133,22 @@ def test_compare_reads_bare_overrides_as_set(tmp_path, capsys):
     assert cli.main([*argv, "--set", "train.lr_grid=null", "--set", "train.tune_seeds=null"]) == 0
     out = capsys.readouterr().out
     assert "-s7 " in out and "-s0 " not in out
+
+
+def test_a_trials_values_win_over_the_users_overrides(tmp_path, capsys):
+    """The user's --set norms is repeated in the command; the trial's one norm still wins."""
+    config = str(_write(tmp_path, TINY))
+    sweep = _sweep(tmp_path, config, "--set", "norms=[group(groups=4), batch]")
+    point = {name: spec["values"][0] for name, spec in sweep["parameters"].items()}
+    assert point["norms"] == ["group(groups=4)"]  # the grid follows the user's order
+    argv = agent_command(sweep, point)
+    assert argv[2:5] == ["-m", "normzoo", "compare"]
+    words = argv[4:]  # the command after `env python -m normzoo`, run in this process
+    words[words.index("--out") + 1] = str(tmp_path / "dry")
+    assert cli.main([*words, "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 runs" in printed or "1 run " in printed, printed
+    assert "group(groups=4)-bs8-s100" in printed and "batch-bs8" not in printed
 
 
 @pytest.mark.slow
