@@ -4,6 +4,7 @@ normzoo compare [CONFIG] [options]   # config -> runs -> store -> statistics -> 
 normzoo report DIR                   # rebuild DIR's CSVs, report.md and plots from its store
 normzoo presets [list | show NAME]   # the shipped presets; show prints one's YAML
 normzoo dashboard ENTITY/PROJECT     # save the W&B Report (standard panels) of an experiment
+normzoo sweep [CONFIG] [--out FILE]  # a W&B sweep file over the config's learning-rate grid
 normzoo --version
 
 ``main(argv) -> int`` is the whole command. The console script ``normzoo``, ``python -m normzoo``
@@ -111,6 +112,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
             " W&B login; --dry-run lists the panels offline.",
         )
     )
+    sweep = commands.add_parser(
+        "sweep",
+        help="write a W&B sweep file over the config's learning-rate grid",
+        description="Write a W&B sweep configuration (method grid, metric val/acc) over norm x"
+        " train batch size x train.lr_grid x tune seed; each trial runs `normzoo compare` on one"
+        " cell. Start it with `wandb sweep FILE`, then `wandb agent ID` from this directory.",
+    )
+    _config_arguments(sweep)
+    sweep.add_argument("--out", default="sweep.yaml", help="file to write (default: sweep.yaml)")
     return parser
 
 
@@ -118,6 +128,14 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
     from normzoo.bench.plan.schema import WANDB_MODES
 
     _config_arguments(parser)
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="bare overrides right after CONFIG, applied after the --set ones (what a W&B sweep"
+        " agent passes with ${args_no_hyphens}: the trial's values win)",
+    )
     parser.add_argument(
         "--out",
         default=None,
@@ -212,6 +230,10 @@ def main(
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if args.command == "compare":  # bare KEY=VALUE words (a W&B sweep trial's) after --set's
+        if "=" in args.config and not Path(args.config).exists():
+            args.config, args.overrides = DEFAULT_CONFIG, [args.config, *args.overrides]
+        args.set = [*args.set, *args.overrides]
     global _quiet
     _quiet = getattr(args, "quiet", False)
     return COMMANDS[args.command](args)
@@ -731,11 +753,29 @@ def _dashboard_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_command(args: argparse.Namespace) -> int:
+    from normzoo.bench.plan.presets import resolve_config
+    from normzoo.bench.plan.sweep import build_sweep, write_sweep
+
+    try:
+        sweep = build_sweep(args.config, resolve_config(args.config), args.set)
+        path = write_sweep(sweep, args.out)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        _error(str(error))
+        return 2
+    trials = 1
+    for parameter in sweep["parameters"].values():
+        trials *= len(parameter["values"])
+    print(f"wrote {path} ({trials} trials); start it with: wandb sweep {shlex.quote(str(path))}")
+    return 0
+
+
 COMMANDS = {
     "compare": _compare,
     "report": _report_command,
     "presets": _presets_command,
     "dashboard": _dashboard_command,
+    "sweep": _sweep_command,
 }
 
 if __name__ == "__main__":
