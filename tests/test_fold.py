@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -61,6 +64,7 @@ MODELS = {
     "small_cnn-batch_renorm": (lambda: zoo("small_cnn", "batch_renorm"), (6, 3, 16, 16), 4),
     "resnet_tiny-batch": (lambda: zoo("resnet_tiny", "batch"), (6, 3, 16, 16), 9),
     "resnet_tiny-batch_renorm": (lambda: zoo("resnet_tiny", "batch_renorm"), (6, 3, 16, 16), 9),
+    "small_cnn-ghost_batch": (lambda: zoo("small_cnn", "ghost_batch"), (6, 3, 16, 16), 4),
     "mlp-batch": (lambda: zoo("mlp", "batch"), (6, 3, 16, 16), 2),
     "torchvision-resnet18": (torchvision_resnet18, (2, 3, 32, 32), 20),
     "timm-resnet18": (lambda: timm_model("resnet18"), (2, 3, 32, 32), 20),
@@ -181,3 +185,23 @@ def test_pairs_not_proven_are_left() -> None:
 def test_weight_standardized_conv_is_not_folded_into() -> None:
     model = trained(build_model("small_cnn", "batch", 10, conv="ws"), (4, 3, 8, 8), torch.float64)
     assert plan_fold(model).folded == ()
+
+
+def test_inference_benchmark_writes_a_row_per_variant_and_batch(tmp_path: Path) -> None:
+    """benchmarks/inference.py: its section's structure (no timing is asserted)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "inference.py"
+    spec = importlib.util.spec_from_file_location("inference", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "perf.md"
+    out.write_text("# kept\n")
+    argv = ["--norms", "batch", "group", "--batch-sizes", "1", "3", "--repeats", "1"]
+    assert bench.main([*argv, "--min-run", "0.001", "--markdown", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# kept\n")
+    assert "| batch 1 ms | batch 1 ratio | batch 3 ms | batch 3 ratio |" in text
+    for label in ("batch", "batch folded", "group"):
+        assert f"| {label} |" in text
+    assert "| batch folded | " in text and "1.00x" in text
+    bench.main([*argv, "--min-run", "0.001", "--markdown", str(out)])
+    assert out.read_text().count(bench.START) == 1  # rewritten in place, not appended twice
