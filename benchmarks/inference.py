@@ -99,8 +99,8 @@ def measure(models: dict[str, torch.nn.Module], batch: int, args) -> list[dict]:
 
 
 def _command() -> str:
-    threads = os.environ.get("OMP_NUM_THREADS")
-    return (f"OMP_NUM_THREADS={threads} " if threads else "") + f"python {command_line()}"
+    env = [f"{k}={os.environ[k]}" for k in ("PYTHONPATH", "OMP_NUM_THREADS") if k in os.environ]
+    return " ".join([*env, "python", command_line()])
 
 
 def markdown(rows: list[dict], args, load: tuple, load_end: tuple) -> str:
