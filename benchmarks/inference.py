@@ -4,10 +4,13 @@
 The model is quick.yaml's: small_cnn widths 16-32-64-64, 16x16 images, 10 classes, in eval mode
 after a few training-mode forwards (non-trivial running statistics). Each variant runs the
 forward under ``torch.inference_mode`` on one thread (``torch.utils.benchmark.Timer``,
-``blocked_autorange``); the variants alternate within each repetition (the order rotates every
+``blocked_autorange``, timing process CPU time: on a shared machine wall time also counts the
+waits for a core); the variants alternate within each repetition (the order rotates every
 repetition) so machine load hits all alike. Latency: the median over repetitions of each block
 median; ratio: the median over repetitions of the per-repetition ratio to the folded batch norm
-model. Folded outputs are checked against the unfolded model before timing.
+model. Folded outputs are checked against the unfolded model before timing. Folded batch renorm
+is the same network as folded batch norm (convolutions with a bias, ReLU): its ratio is the
+A/A noise floor the other ratios are read against.
 
     OMP_NUM_THREADS=1 python benchmarks/inference.py --markdown reports/perf.md
 """
@@ -82,7 +85,7 @@ def measure(models: dict[str, torch.nn.Module], batch: int, args) -> list[dict]:
         shift = repeat % len(labels)
         for label in labels[shift:] + labels[:shift]:
             timer = Timer("infer(model, x)", globals={"infer": infer, "model": models[label],
-                          "x": x}, num_threads=1)  # fmt: skip
+                          "x": x}, num_threads=1, timer=time.process_time)  # fmt: skip
             times[label].append(timer.blocked_autorange(min_run_time=args.min_run).median)
     base = times.get(BASELINE)
     rows = []
@@ -123,9 +126,13 @@ def markdown(rows: list[dict], args, load: tuple, load_end: tuple) -> str:
         f" {CLASSES} classes, eval mode, forward under `torch.inference_mode`, float32, CPU."
         " `folded`: `normzoo.fold(model)` (each conv -> batch norm pair folded into the conv;"
         " outputs checked equal to the unfolded model). Group and EvoNorm-S0: 8 groups.",
-        f"- ms: median over {args.repeats} interleaved repetitions (order rotated each time) of"
-        f" `Timer.blocked_autorange(min_run_time={args.min_run})` medians; ratio: median of the"
-        f" per-repetition ratios to `{BASELINE}`.",
+        f"- ms: process CPU time per forward, median over {args.repeats} interleaved"
+        " repetitions (order rotated each time) of"
+        f" `Timer.blocked_autorange(min_run_time={args.min_run}, timer=time.process_time)`"
+        f" medians; ratio: median of the per-repetition ratios to `{BASELINE}`."
+        " `batch_renorm folded` is the same network as `batch folded` (convolutions with a"
+        " bias, ReLU), so its ratio is the A/A noise floor; `none` is that network too"
+        " (a conv bias, no norm).",
         "",
         "| norm | " + " | ".join(f"batch {b} ms | batch {b} ratio" for b in batches) + " |",
         "|---|" + "---:|---:|" * len(batches),
