@@ -12,7 +12,8 @@ model. Folded outputs are checked against the unfolded model before timing. Fold
 is the same network as folded batch norm (convolutions with a bias, ReLU): its ratio is the
 A/A noise floor the other ratios are read against.
 
-    OMP_NUM_THREADS=1 python benchmarks/inference.py --markdown reports/perf.md
+    OMP_NUM_THREADS=1 python benchmarks/inference.py --repeats 21 --min-run 0.1 \
+        --markdown reports/perf.md
 """
 
 from __future__ import annotations
