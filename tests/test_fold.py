@@ -205,3 +205,23 @@ def test_inference_benchmark_writes_a_row_per_variant_and_batch(tmp_path: Path) 
     assert "| batch folded | " in text and "1.00x" in text
     bench.main([*argv, "--min-run", "0.001", "--markdown", str(out)])
     assert out.read_text().count(bench.START) == 1  # rewritten in place, not appended twice
+
+
+def test_untraceable_model_folds_its_sequential_pairs_only() -> None:
+    class Branchy(nn.Module):  # data-dependent control flow: torch.fx cannot trace it
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+            self.conv = nn.Conv2d(4, 4, 1)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.body(x)
+            return self.bn(self.conv(y)) if bool(y.sum() > 0) else y
+
+    model = trained(Branchy(), (4, 3, 6, 6), torch.float64)
+    plan = plan_fold(model)
+    assert plan.folded == (("body.0", "body.1"),)
+    assert [name for name, _ in plan.left] == ["bn"]
+    x = torch.randn(3, 3, 6, 6, dtype=torch.float64) + 1
+    torch.testing.assert_close(reference_eval(normzoo.fold(model), x), reference_eval(model, x))
