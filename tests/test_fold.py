@@ -17,10 +17,16 @@ RENORM = {"warmup": 0, "r_ramp": 0, "d_ramp": 0, "renorm_momentum": 0.3}
 
 
 def trained(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> nn.Module:
-    """``model`` in ``dtype`` after a few training-mode forwards on shifted data (non-trivial
-    running statistics; batch renorm's r and d active), then in eval mode."""
+    """``model`` in ``dtype`` with random norm affine parameters, after a few training-mode
+    forwards on shifted data (non-trivial running statistics; batch renorm's r and d active),
+    then in eval mode."""
     torch.manual_seed(0)
     model.to(dtype).train()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_()
     with torch.no_grad():
         for _ in range(4):
             model(torch.randn(*shape, dtype=dtype) * 3 + 1.5)
