@@ -16,6 +16,7 @@ MODULES = [
     "normzoo.registry",
     "normzoo.interop",
     "normzoo.convert",
+    "normzoo.export",
     "normzoo.testtime.modes",
     "normzoo.testtime.recompute",
     "normzoo.testtime.adapt",
@@ -43,6 +44,7 @@ PUBLIC_API = [
     "stats_mode",
     "recompute_stats",
     "adapt",
+    "fold",
 ]
 
 
