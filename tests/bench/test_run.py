@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import normzoo.models
-from normzoo.bench.execute.worker import assign_devices, default_workers
+from normzoo.bench.execute.devices import assign_devices, default_workers
 from normzoo.bench.plan.config import load_config
 from normzoo.bench.plan.grid import expand_conditions, expand_runs
 from normzoo.bench.record.store import Store

@@ -36,8 +36,9 @@ from pathlib import Path
 
 import submitit
 
+from normzoo.bench.execute.messages import Task
 from normzoo.bench.execute.pool import TaskDone, WorkerDied
-from normzoo.bench.execute.worker import Task, execute_task
+from normzoo.bench.execute.worker import execute_task
 from normzoo.bench.plan.config import Config
 from normzoo.bench.plan.schema import SUBMITIT_OPTIONS
 

@@ -18,8 +18,10 @@ import torch
 import yaml
 
 from normzoo.bench.execute.checkpoint import resumable
+from normzoo.bench.execute.messages import Trained
 from normzoo.bench.execute.module import train_run
-from normzoo.bench.execute.worker import Trained, _datamodule, checkpoint_path, in_process_results
+from normzoo.bench.execute.weights import checkpoint_path
+from normzoo.bench.execute.worker import _datamodule, in_process_results
 from normzoo.bench.plan.config import load_config
 from normzoo.bench.plan.grid import expand_runs
 from normzoo.bench.record import outdir

@@ -256,7 +256,7 @@ def test_grid_stores_each_stacked_run_as_its_own(tiny_raw, tmp_path):
     keys, and rms (not stackable) trained alone."""
     from safetensors.torch import load_file
 
-    from normzoo.bench.execute.worker import weights_path
+    from normzoo.bench.execute.weights import weights_path
     from normzoo.bench.record.store import Store
     from normzoo.bench.run import run_grid
 
@@ -283,7 +283,7 @@ def test_grid_stores_each_stacked_run_as_its_own(tiny_raw, tmp_path):
 def test_lost_weights_are_retrained_in_their_slot_and_reproduced(tiny_raw, tmp_path):
     """The grid retrains a stacked run whose weights file is gone as it was trained (its
     recorded stack size and slot) and gets the same bytes back."""
-    from normzoo.bench.execute.worker import weights_path
+    from normzoo.bench.execute.weights import weights_path
     from normzoo.bench.record.store import Store
     from normzoo.bench.run import plan_grid, run_grid
 
@@ -341,16 +341,16 @@ def test_a_dead_stacked_task_fails_each_of_its_runs(tiny_raw, tmp_path):
     """A worker that dies in a stacked task records every run of the stack failed (and each is
     retried), also when the retry dies again; runs of the stack already finished stay as they
     are."""
-    from normzoo.bench.execute.worker import WorkerDied
+    from normzoo.bench.execute.pool import WorkerDied
     from normzoo.bench.record.store import Store
-    from normzoo.bench.run import Summary, _Writer, plan_grid
+    from normzoo.bench.run import Summary, Writer, plan_grid
 
     config = _tiny(tiny_raw, ["batch"], seeds=3, epochs=1)
     runs = {run.key: run for run in expand_runs(config)}
     with Store(tmp_path) as store:
         (task,) = plan_grid(config, tmp_path, store).tasks
         assert set(r.key for r in task.runs) == set(runs) and len(task.stack) == 3
-        writer = _Writer(store, config, Summary(total=3), None, runs)
+        writer = Writer(store, config, Summary(total=3), None, runs)
         writer.handle(WorkerDied(task, -9))
         assert store.statuses() == dict.fromkeys(runs, "failed")
         assert writer.died == set(runs)
