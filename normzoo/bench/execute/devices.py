@@ -10,9 +10,6 @@ import os
 log = logging.getLogger(__name__)
 
 
-# ---- devices ---------------------------------------------------------------------------------
-
-
 def gpu_count() -> int:
     """Visible CUDA devices (0 without CUDA); does not initialize CUDA in this process."""
     import torch

@@ -13,9 +13,6 @@ from normzoo.bench.plan.grid import Run, TestCondition
 log = logging.getLogger(__name__)
 
 
-# ---- what flows from executors to the parent -------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Task:
     """Train ``run`` (when ``train``) and evaluate it under ``conditions``.

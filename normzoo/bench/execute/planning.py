@@ -18,8 +18,9 @@ from normzoo.bench.execute.tuning import stored_selection
 from normzoo.bench.execute.weights import WeightsError, verify_weights, weights_path
 from normzoo.bench.plan.config import Config
 from normzoo.bench.plan.grid import Run, TestCondition, expand_conditions, expand_runs
+from normzoo.bench.plan.schema import VERSION_COLUMNS
 from normzoo.bench.record.provenance import code_versions
-from normzoo.bench.record.store import EVAL_KEY, VERSION_COLUMNS, Store
+from normzoo.bench.record.store import EVAL_KEY, Store
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,6 @@ WEIGHTS_DIR = "weights"
 CHECKPOINTS_DIR = "checkpoints"  # of runs in training (normzoo.bench.execute.checkpoint)
 
 
-# ---- one task, in whatever process runs it ---------------------------------------------------
-
-
 def weights_path(out_dir: str | Path, run_key: str) -> Path:
     """Where a finished run's weights live (safetensors: loading executes no code)."""
     return Path(out_dir) / WEIGHTS_DIR / f"{run_key}.safetensors"
