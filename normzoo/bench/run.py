@@ -22,11 +22,7 @@ from pathlib import Path
 
 from normzoo.bench.execute.devices import default_workers, gpu_count
 from normzoo.bench.execute.messages import Task
-from normzoo.bench.execute.planning import (
-    Plan,
-    grid_runs,
-    plan_grid,
-)
+from normzoo.bench.execute.planning import Plan, grid_runs, plan_grid
 from normzoo.bench.execute.tuning import select_learning_rates
 from normzoo.bench.execute.weights import (
     CHECKPOINTS_DIR,

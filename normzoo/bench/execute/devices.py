@@ -7,8 +7,6 @@ from __future__ import annotations
 import logging
 import os
 
-log = logging.getLogger(__name__)
-
 
 def gpu_count() -> int:
     """Visible CUDA devices (0 without CUDA); does not initialize CUDA in this process."""

@@ -4,13 +4,10 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from normzoo.bench.plan.grid import Run, TestCondition
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

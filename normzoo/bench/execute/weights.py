@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import logging
 import os
 from pathlib import Path
-
-log = logging.getLogger(__name__)
-
 
 WEIGHTS_DIR = "weights"
 

@@ -16,9 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from normzoo.bench.execute.messages import Evaluated, Finished, RunResult, Trained
-from normzoo.bench.execute.planning import (
-    plan_grid,
-)
+from normzoo.bench.execute.planning import plan_grid
 from normzoo.bench.execute.pool import TaskDone, WorkerDied
 from normzoo.bench.execute.weights import checkpoint_path, no_space, weights_path
 from normzoo.bench.execute.worker import run_row

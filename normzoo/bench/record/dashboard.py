@@ -12,7 +12,7 @@ before, during and after the runs; `save_dashboard` uploads it when online. Pane
 
 from __future__ import annotations
 
-from normzoo.bench.record.track import condition_key
+from normzoo.bench.record.wandb_layout import condition_key
 
 SIGNIFICANCE_TABLES = ("significance_primary", "significance_vs_reference")
 

@@ -9,18 +9,11 @@ table is repaired on open (the table recreated, its rows recomputed), never dele
 
 from __future__ import annotations
 
-import logging
 import re
 import sqlite3
 from pathlib import Path
 
-from normzoo.bench.plan.schema import (
-    EVAL_COLUMNS,
-    RUN_COLUMNS,
-)
-
-log = logging.getLogger(__name__)
-
+from normzoo.bench.plan.schema import EVAL_COLUMNS, RUN_COLUMNS
 
 # Version 2: run keys cover training only, weights kept, provenance columns, wandb_logged.
 # Version 3: evaluations.fingerprint and .ece (expected calibration error); runs.weights_sha256,
