@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from normzoo.bench.execute.module import Classifier, quiet_lightning
-from normzoo.bench.execute.stack import StackedModel, _slot_losses, stacked_optimizer
+from normzoo.bench.execute.stack import _slot_losses, stacked_optimizer
+from normzoo.bench.execute.stacked_model import StackedModel
 from normzoo.bench.plan.config import parse_config
 from normzoo.bench.plan.grid import expand_runs
 from normzoo.bench.record.provenance import command_line, machine, versions

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from normzoo.bench.execute.evaluate import condition_fingerprint
 from normzoo.bench.execute.messages import Task
+from normzoo.bench.execute.stacked_model import stack_support
 from normzoo.bench.execute.tuning import stored_selection
 from normzoo.bench.execute.weights import WeightsError, verify_weights, weights_path
 from normzoo.bench.plan.config import Config
@@ -145,8 +146,6 @@ def stack_tasks(tasks: list[Task], config: Config, store: Store, out_dir: str | 
     other slots holding copies of it) and reproduces its weights; runs that cannot stack
     (`stack_support`) stay alone.
     """
-    from normzoo.bench.execute.stack import stack_support
-
     statuses = store.statuses()
     recorded: dict[str, tuple[int, int]] = {}  # run key -> (stack size, slot) to reproduce
     for task in tasks:

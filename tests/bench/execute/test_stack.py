@@ -11,13 +11,12 @@ import torch.nn.functional as F
 
 import normzoo
 from normzoo.bench.execute.module import Classifier
-from normzoo.bench.execute.stack import (
+from normzoo.bench.execute.stack import _slot_losses, stacked_optimizer
+from normzoo.bench.execute.stacked_model import (
     FOLDABLE_NORMS,
     NotStackable,
     StackedModel,
-    _slot_losses,
     stack_support,
-    stacked_optimizer,
 )
 from normzoo.bench.plan.config import parse_config
 from normzoo.bench.plan.grid import expand_runs
