@@ -14,10 +14,10 @@ from normzoo.bench.plan.grid import Run, TestCondition
 class Task:
     """Train ``run`` (when ``train``) and evaluate it under ``conditions``.
 
-    A stacked task (``stack``: runs in slot order, ``run`` the first of those it keeps) trains
-    the runs of ``stack`` as one model (`normzoo.bench.execute.stack`) and keeps the results of
-    the slots in ``keep`` (empty: all); a run retrained on its own is retrained in its recorded
-    slot of a stack of its recorded size, the other slots holding copies of it.
+    A stacked task (``stack``: runs in slot order, ``run`` the first of those it keeps) trains the
+    runs of ``stack`` as one model (`normzoo.bench.execute.train.stack`) and keeps the results of
+    the slots in ``keep`` (empty: all); a run retrained on its own is retrained in its recorded slot
+    of a stack of its recorded size, the other slots holding copies of it.
     """
 
     run: Run

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from normzoo.bench.execute.evaluate import condition_fingerprint
 from normzoo.bench.execute.messages import Task
-from normzoo.bench.execute.stacked_model import stack_support
+from normzoo.bench.execute.train.stacked_model import stack_support
 from normzoo.bench.execute.tuning import stored_selection
 from normzoo.bench.execute.weights import WeightsError, verify_weights, weights_path
 from normzoo.bench.plan.config import Config
@@ -136,7 +136,7 @@ def _intact(out_dir: str | Path, run: Run, store: Store) -> bool:
 
 def stack_tasks(tasks: list[Task], config: Config, store: Store, out_dir: str | Path) -> list[Task]:
     """Group training tasks of one grid cell (runs that differ only by seed) into stacked tasks
-    (`normzoo.bench.execute.stack`).
+    (`normzoo.bench.execute.train.stack`).
 
     A run's stack and slot are a function of the config alone: the stackable runs of each cell,
     in grid (seed) order, cut into stacks of ``execution.stack``. A stack trains whole and keeps

@@ -15,7 +15,7 @@ from pathlib import Path
 WEIGHTS_DIR = "weights"
 
 
-CHECKPOINTS_DIR = "checkpoints"  # of runs in training (normzoo.bench.execute.checkpoint)
+CHECKPOINTS_DIR = "checkpoints"  # of runs in training (normzoo.bench.execute.train.checkpoint)
 
 
 def weights_path(out_dir: str | Path, run_key: str) -> Path:

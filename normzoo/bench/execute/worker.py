@@ -64,7 +64,7 @@ def _datamodule(run: Run, config: Config):
 def _load_model(run: Run, config: Config, datamodule, path: Path, sha256: str | None):
     from safetensors.torch import load_file
 
-    from normzoo.bench.execute.module import build_run_model
+    from normzoo.bench.execute.train.module import build_run_model
 
     verify_weights(path, run.key, sha256)
     model = build_run_model(run, config, datamodule)
@@ -122,8 +122,8 @@ def execute_task(task: Task, config: Config, out_dir: str, tracker=None) -> Iter
     `Finished` with an error. Evaluations are yielded per computed condition. With a tracker,
     training logs live to the run's W&B run, which then gets the results (``wandb_logged``).
     """
-    from normzoo.bench.execute.measure import training_fit
-    from normzoo.bench.execute.module import DivergedError, train_run
+    from normzoo.bench.execute.train.measure import training_fit
+    from normzoo.bench.execute.train.module import DivergedError, train_run
 
     if task.stack:
         yield from _execute_stacked(task, config, out_dir, tracker)
@@ -206,9 +206,9 @@ def _execute_stacked(task: Task, config: Config, out_dir: str, tracker=None) -> 
     stored (no live logging: the K runs train as one). If the stack cannot train (a model that
     does not fold, or an error inside the stacked step such as a batch layer rejecting one
     model's non-finite batch), each kept run is trained alone instead."""
-    from normzoo.bench.execute.measure import training_fit
-    from normzoo.bench.execute.module import DivergedError
-    from normzoo.bench.execute.stack import train_stack
+    from normzoo.bench.execute.train.measure import training_fit
+    from normzoo.bench.execute.train.module import DivergedError
+    from normzoo.bench.execute.train.stack import train_stack
 
     runs = task.stack
     try:

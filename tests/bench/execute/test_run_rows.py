@@ -2,7 +2,7 @@
 
 import pytest
 
-import normzoo.bench.execute.module as bench_module
+import normzoo.bench.execute.train.module as bench_module
 from normzoo.bench.execute.messages import Finished, Task, Trained
 from normzoo.bench.execute.worker import execute_task
 from normzoo.bench.plan.config import parse_config

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import normzoo
-from normzoo.bench.execute.module import Classifier
-from normzoo.bench.execute.stack import _slot_losses, stacked_optimizer
-from normzoo.bench.execute.stacked_model import (
+from normzoo.bench.execute.train.module import Classifier
+from normzoo.bench.execute.train.stack import _slot_losses, stacked_optimizer
+from normzoo.bench.execute.train.stacked_model import (
     FOLDABLE_NORMS,
     NotStackable,
     StackedModel,
@@ -209,7 +209,7 @@ def _tiny(tiny_raw, norms, seeds=2, epochs=2):
 def test_each_slot_sees_the_batches_of_its_run_trained_alone(tiny_raw, monkeypatch):
     """Same labels at every step of every epoch as Lightning's loop feeds the run alone (the
     sampler's generator is never asked for a permutation Lightning does not draw)."""
-    from normzoo.bench.execute import module, stack
+    from normzoo.bench.execute.train import module, stack
     from normzoo.bench.execute.worker import _datamodule
 
     config = _tiny(tiny_raw, ["batch"])
@@ -238,7 +238,7 @@ def test_each_slot_sees_the_batches_of_its_run_trained_alone(tiny_raw, monkeypat
 def test_a_run_retrained_in_its_slot_reproduces_its_weights(tiny_raw):
     """Slot 1 of a stack [a, b] trained again as slot 1 of [b, b] (what a retrain after lost
     weights does): bit-identical weights, so the weights hash and old evaluations stay valid."""
-    from normzoo.bench.execute.stack import train_stack
+    from normzoo.bench.execute.train.stack import train_stack
     from normzoo.bench.execute.worker import _datamodule
 
     config = _tiny(tiny_raw, ["batch"], epochs=1)
@@ -309,7 +309,7 @@ def test_lost_weights_are_retrained_in_their_slot_and_reproduced(tiny_raw, tmp_p
 def test_killed_stack_resumes_bit_identically(tiny_raw, tmp_path, monkeypatch):
     """A stack killed after its first epoch's checkpoint continues from it to the same weights
     and curves as an uninterrupted stack."""
-    from normzoo.bench.execute import stack
+    from normzoo.bench.execute.train import stack
     from normzoo.bench.execute.worker import _datamodule
 
     config = _tiny(tiny_raw, ["batch"], epochs=2)

@@ -2,12 +2,12 @@
 and composition; different seeds) trained as one model, each with its own data order,
 parameters, optimizer state and running statistics.
 
-At small train batch sizes a step costs per-op dispatch, Python and optimizer overhead far more
-than arithmetic; K models stepped as one pay that overhead once. The K models are folded into
-one network (`normzoo.bench.execute.stacked_model`, which also says where stacking applies). The
-optimizer (the run's own, built by `Classifier.configure_optimizers`) steps the stacked tensors:
-AdamW and SGD are elementwise, so one optimizer equals K of them; it runs ``fused`` (AdamW) or
-``foreach`` (SGD), since the default CPU optimizer loops over tensors and would dominate.
+At small train batch sizes a step costs per-op dispatch, Python and optimizer overhead far more than
+arithmetic; K models stepped as one pay that overhead once. The K models are folded into one network
+(`normzoo.bench.execute.train.stacked_model`, which also says where stacking applies). The optimizer
+(the run's own, built by `Classifier.configure_optimizers`) steps the stacked tensors: AdamW and SGD
+are elementwise, so one optimizer equals K of them; it runs ``fused`` (AdamW) or ``foreach`` (SGD),
+since the default CPU optimizer loops over tensors and would dominate.
 
 Why a plain loop and not a Lightning module with manual optimization: Lightning's loggers and
 callbacks are per Trainer and every ``self.log`` reaches all of them, while here each of the K
@@ -44,14 +44,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normzoo.bench.execute.module import (
+from normzoo.bench.execute.train.module import (
     LOG_EVERY,
     Classifier,
     DivergedError,
     TrainOutcome,
     build_module,
 )
-from normzoo.bench.execute.stacked_model import NotStackable, StackedModel
+from normzoo.bench.execute.train.stacked_model import NotStackable, StackedModel
 from normzoo.bench.plan.config import Config
 from normzoo.bench.plan.grid import Run
 
@@ -145,7 +145,7 @@ def _stack_key(runs: list[Run]) -> str:
 
 def _save_checkpoint(path: Path, runs, stacked, training, slots, progress) -> None:
     """Everything the loop needs to continue after ``progress`` = (epoch, step, seconds)."""
-    from normzoo.bench.execute.checkpoint import identity
+    from normzoo.bench.execute.train.checkpoint import identity
 
     optimizer, scheduler = training
     state = {
@@ -168,7 +168,7 @@ def _save_checkpoint(path: Path, runs, stacked, training, slots, progress) -> No
 def _resume(path: Path | None, runs: list[Run], slots: list[_Slot]) -> dict | None:
     """The stack's checkpoint at ``path`` (made for these runs by this code), or None; restores
     each slot's curves, divergence and train order (before its loader is built)."""
-    from normzoo.bench.execute.checkpoint import resumable
+    from normzoo.bench.execute.train.checkpoint import resumable
 
     if path is None or resumable(path, _stack_key(runs)) is None:
         return None

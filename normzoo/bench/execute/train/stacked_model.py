@@ -1,5 +1,5 @@
 """K models of one backbone folded into one network (model surgery for stacked training,
-`normzoo.bench.execute.stack`), and where that applies.
+`normzoo.bench.execute.train.stack`), and where that applies.
 
 The folded network's channels are the K models' channels side by side: every ``nn.Conv2d``
 becomes a convolution with ``groups=K`` (slot k's images enter as channels
