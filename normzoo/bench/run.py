@@ -20,6 +20,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
 from normzoo.bench.execute.devices import default_workers, gpu_count
 from normzoo.bench.execute.messages import Task
 from normzoo.bench.execute.planning import Plan, grid_runs, plan_grid
@@ -33,7 +42,8 @@ from normzoo.bench.execute.weights import (
 from normzoo.bench.execute.worker import local_results
 from normzoo.bench.execute.writer import Summary, Writer, catch_up_wandb, final_state
 from normzoo.bench.plan.config import Config
-from normzoo.bench.record.outdir import OutOfSpaceError
+from normzoo.bench.plan.grid import Run
+from normzoo.bench.record.outdir import OutOfSpaceError, claim
 from normzoo.bench.record.store import STORE_NAME, Store
 
 log = logging.getLogger(__name__)
@@ -96,89 +106,23 @@ def run_grid(
     `interrupt_on_signals`. ``console``: the rich Console of the CLI's log handler; the progress
     bar draws on it, so log lines print above the bar instead of through it.
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from normzoo.bench.record.outdir import claim
-
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    new_dirs = [d for d in (WEIGHTS_DIR, CHECKPOINTS_DIR) if not os.path.lexists(out_dir / d)]
-    claim(out_dir, [STORE_NAME, f"{STORE_NAME}-wal", f"{STORE_NAME}-shm", *new_dirs])
-    store = Store(out_dir)
+    store = _open_store(out_dir)
     if config.train.lr_grid is not None:  # tuning runs first: they decide the compared run keys
         tune = executor or _local_executor(config, workers, workers_per_gpu)
         select_learning_rates(config, store, lambda tasks: tune(tasks, config, str(out_dir)))
-    runs = {run.key: run for run in grid_runs(config, store)}
-    relabelled = store.relabel(runs, config.experiment.name)
-    if relabelled:
-        log.info(
-            "%d stored run(s) of this grid carried another experiment name: now labelled '%s'"
-            " (the name is a label, not part of a run's identity)",
-            relabelled,
-            config.experiment.name,
-        )
+    runs = _compared_runs(config, store)
     plan = plan_grid(config, out_dir, store, retry_failed, rerun_other_versions)
     claim(out_dir, _claims(plan, out_dir))
     _remove_stale_checkpoints(out_dir, store, plan)
     planned = {run.key for task in plan.tasks for run in task.runs}
     summary = Summary(total=len(runs), skipped=len(runs) - len(planned))
     log.info(plan.line())
-    gpus = gpu_count()
-    workers = workers or config.execution.workers or default_workers(gpus, workers_per_gpu)
-    workers = max(1, min(workers, len(plan.tasks) or 1))
-    if executor is None:
-        if config.execution.executor == "submitit":
-            executor = submitit_results
-        else:
-            executor = functools.partial(local_results, workers=workers, gpus=gpus)
-    if (
-        tracker is not None
-        and getattr(tracker, "enabled", False)
-        and hasattr(tracker, "train_logger")
-    ):
-        executor = functools.partial(executor, tracker=tracker)  # runs log live where they train
+    executor = _executor(config, executor, tracker, workers, workers_per_gpu, len(plan.tasks))
     writer = Writer(store, config, summary, tracker, runs)
     start = time.perf_counter()
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
     try:
-        disable = not show_progress or not plan.tasks
-        with Progress(*columns, console=console, disable=disable) as progress:
-            bar = progress.add_task("runs", total=len(plan.tasks))
-            tasks = plan.tasks
-            for attempt in (1, 2):
-                writer.died.clear()
-                results = executor(tasks, config, str(out_dir))
-                try:
-                    for message in results:
-                        if writer.handle(message):
-                            progress.advance(bar)
-                finally:
-                    close = getattr(results, "close", None)
-                    if close is not None:  # stop the workers now, not at garbage collection
-                        close()
-                if not writer.died or attempt == 2:
-                    break
-                retry = plan_grid(config, out_dir, store, only=set(writer.died))
-                tasks = retry.tasks
-                log.warning(
-                    "retrying %d run(s) whose worker died, each in a fresh worker", len(tasks)
-                )
-                progress.update(bar, total=len(plan.tasks) + len(tasks))
-        writer.died.clear()
+        _execute(plan, executor, writer, config, out_dir, store, show_progress, console)
         catch_up_wandb(writer, store, runs)
     except OutOfSpaceError:
         store.close()
@@ -193,6 +137,83 @@ def run_grid(
     final_state(summary, store, runs, config, out_dir)
     store.close()
     return summary
+
+
+def _open_store(out_dir: Path) -> Store:
+    """The output dir's store, after claiming the files this invocation creates (for --fresh)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    new_dirs = [d for d in (WEIGHTS_DIR, CHECKPOINTS_DIR) if not os.path.lexists(out_dir / d)]
+    claim(out_dir, [STORE_NAME, f"{STORE_NAME}-wal", f"{STORE_NAME}-shm", *new_dirs])
+    return Store(out_dir)
+
+
+def _compared_runs(config: Config, store: Store) -> dict[str, Run]:
+    """The grid's runs by key; stored runs of the grid take this config's experiment name."""
+    runs = {run.key: run for run in grid_runs(config, store)}
+    relabelled = store.relabel(runs, config.experiment.name)
+    if relabelled:
+        log.info(
+            "%d stored run(s) of this grid carried another experiment name: now labelled '%s'"
+            " (the name is a label, not part of a run's identity)",
+            relabelled,
+            config.experiment.name,
+        )
+    return runs
+
+
+def _executor(config: Config, executor, tracker, workers, workers_per_gpu: int, tasks: int):
+    """The executor of the grid's tasks: the given one, submitit, or local workers (no more than
+    tasks); with a tracker that logs live, runs log to W&B where they train."""
+    gpus = gpu_count()
+    workers = workers or config.execution.workers or default_workers(gpus, workers_per_gpu)
+    workers = max(1, min(workers, tasks or 1))
+    if executor is None:
+        if config.execution.executor == "submitit":
+            executor = submitit_results
+        else:
+            executor = functools.partial(local_results, workers=workers, gpus=gpus)
+    if (
+        tracker is not None
+        and getattr(tracker, "enabled", False)
+        and hasattr(tracker, "train_logger")
+    ):
+        executor = functools.partial(executor, tracker=tracker)  # runs log live where they train
+    return executor
+
+
+def _execute(plan: Plan, executor, writer: Writer, config, out_dir, store, show_progress, console):
+    """Run the plan's tasks, storing each message; runs whose worker died are retried once, each
+    in a fresh worker."""
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    disable = not show_progress or not plan.tasks
+    with Progress(*columns, console=console, disable=disable) as progress:
+        bar = progress.add_task("runs", total=len(plan.tasks))
+        tasks = plan.tasks
+        for attempt in (1, 2):
+            writer.died.clear()
+            results = executor(tasks, config, str(out_dir))
+            try:
+                for message in results:
+                    if writer.handle(message):
+                        progress.advance(bar)
+            finally:
+                close = getattr(results, "close", None)
+                if close is not None:  # stop the workers now, not at garbage collection
+                    close()
+            if not writer.died or attempt == 2:
+                break
+            retry = plan_grid(config, out_dir, store, only=set(writer.died))
+            tasks = retry.tasks
+            log.warning("retrying %d run(s) whose worker died, each in a fresh worker", len(tasks))
+            progress.update(bar, total=len(plan.tasks) + len(tasks))
+    writer.died.clear()
 
 
 def _claims(plan: Plan, out_dir: Path) -> list[str]:
