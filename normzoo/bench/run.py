@@ -262,7 +262,7 @@ def grid_status(config: Config, out_dir: str | Path) -> Summary:
 
 def submitit_results(tasks: list[Task], config: Config, out_dir: str, tracker=None) -> Iterator:
     """Tasks as submitit jobs (SLURM or local), stored exactly once (`bench.execute.cluster`)."""
-    try:
+    try:  # submitit: an optional dependency (normzoo[cluster])
         from normzoo.bench.execute.cluster import submitit_results as cluster_results
     except ImportError as error:
         raise ValueError(

@@ -7,11 +7,11 @@ from __future__ import annotations
 import logging
 import os
 
+import torch
+
 
 def gpu_count() -> int:
     """Visible CUDA devices (0 without CUDA); does not initialize CUDA in this process."""
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
@@ -40,8 +40,6 @@ def assign_devices(workers: int, gpus: int, visible: str | None = None) -> list[
 def setup_worker(slot: tuple[str | None, int]) -> None:
     """Per-worker set-up from its slot ``(gpu, threads)``: its one GPU (set before CUDA starts),
     its torch threads, quiet logging."""
-    import torch
-
     gpu, threads = slot
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu

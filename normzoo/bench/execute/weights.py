@@ -12,6 +12,9 @@ import hashlib
 import os
 from pathlib import Path
 
+from safetensors import safe_open
+from safetensors.torch import save_file
+
 WEIGHTS_DIR = "weights"
 
 
@@ -44,8 +47,6 @@ def file_sha256(path: Path) -> str:
 def save_weights(model, path: Path, run_key: str | None = None) -> str:
     """Write ``model``'s state dict atomically (a kill leaves the old file or none), with
     ``run_key`` in the safetensors metadata; returns the file's sha256."""
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     partial = path.with_suffix(f".{os.getpid()}.partial")
@@ -63,8 +64,6 @@ def verify_weights(path: Path, run_key: str, sha256: str | None) -> None:
     """Raise `WeightsError` unless ``path`` is run ``run_key``'s intact weights file: its sha256
     equals the recorded one (when recorded) and its metadata names the run (when it has any:
     files of older normzoo versions carry none)."""
-    from safetensors import safe_open
-
     try:
         digest = file_sha256(path)
         with safe_open(str(path), framework="pt") as f:

@@ -24,7 +24,11 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 from normzoo.bench.execute.devices import assign_devices, setup_worker
+from normzoo.bench.execute.evaluate import evaluate_run
 from normzoo.bench.execute.messages import Evaluated, Finished, Task, Trained
 from normzoo.bench.execute.pool import TaskDone, pool_results
 from normzoo.bench.execute.weights import (
@@ -39,11 +43,13 @@ from normzoo.bench.plan.grid import Run, TestCondition, computed_condition
 from normzoo.bench.plan.tuning import effective_lr
 from normzoo.bench.record.provenance import code_versions, device_name
 from normzoo.bench.record.store import config_json, now
+from normzoo.models import has_batch_layers
 
 log = logging.getLogger(__name__)
 
 
 def _datamodule(run: Run, config: Config):
+    # Lightning loads here, in the worker: the parent imports this module for its executors
     from normzoo.data import NormzooDataModule
 
     composition = run.train_composition
@@ -62,8 +68,8 @@ def _datamodule(run: Run, config: Config):
 
 
 def _load_model(run: Run, config: Config, datamodule, path: Path, sha256: str | None):
-    from safetensors.torch import load_file
 
+    # Lightning loads here, in the worker: the parent imports this module for its executors
     from normzoo.bench.execute.train.module import build_run_model
 
     verify_weights(path, run.key, sha256)
@@ -122,6 +128,7 @@ def execute_task(task: Task, config: Config, out_dir: str, tracker=None) -> Iter
     `Finished` with an error. Evaluations are yielded per computed condition. With a tracker,
     training logs live to the run's W&B run, which then gets the results (``wandb_logged``).
     """
+    # Lightning loads here, in the worker: the parent imports this module for its executors
     from normzoo.bench.execute.train.measure import training_fit
     from normzoo.bench.execute.train.module import DivergedError, train_run
 
@@ -169,8 +176,6 @@ def execute_task(task: Task, config: Config, out_dir: str, tracker=None) -> Iter
 def _evaluate(run: Run, model, datamodule, conditions, config: Config, row: dict, tracking):
     """Evaluate a trained model under ``conditions``: `Evaluated`s, then `Finished`.
     ``tracking``: (tracker, the run's live W&B logger or None, weights path)."""
-    from normzoo.bench.execute.evaluate import evaluate_run
-    from normzoo.models import has_batch_layers
 
     tracker, logger, path = tracking
     start = time.perf_counter()
@@ -206,6 +211,7 @@ def _execute_stacked(task: Task, config: Config, out_dir: str, tracker=None) -> 
     stored (no live logging: the K runs train as one). If the stack cannot train (a model that
     does not fold, or an error inside the stacked step such as a batch layer rejecting one
     model's non-finite batch), each kept run is trained alone instead."""
+    # Lightning loads here, in the worker: the parent imports this module for its executors
     from normzoo.bench.execute.train.measure import training_fit
     from normzoo.bench.execute.train.module import DivergedError
     from normzoo.bench.execute.train.stack import train_stack
@@ -256,7 +262,6 @@ def _execute_stacked(task: Task, config: Config, out_dir: str, tracker=None) -> 
 
 def in_process_results(tasks: list[Task], config: Config, out_dir: str, tracker=None) -> Iterator:
     """Run the tasks one after the other in this process (no start-up cost)."""
-    import torch
 
     torch.set_num_threads(1)
     for task in tasks:

@@ -63,7 +63,7 @@ def logged_in() -> bool:
     """
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
-    import wandb
+    import wandb  # wandb: imported only when W&B is on (start-up time)
 
     host = os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
     try:
@@ -173,14 +173,14 @@ class Tracker:
         """The project's web address (online only; needs the entity, asked from the API)."""
         if self.mode != "online":
             return None
-        import wandb
+        import wandb  # wandb: imported only when W&B is on (start-up time)
 
         entity = self.entity or wandb.Api().default_entity
         base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").replace("//api.", "//")
         return f"{base.rstrip('/')}/{entity}/{self.project}"
 
     def init_kwargs(self, **kwargs) -> dict:
-        import wandb
+        import wandb  # wandb: imported only when W&B is on (start-up time)
 
         self.root.mkdir(parents=True, exist_ok=True)
         settings = wandb.Settings(silent=True, console="off", x_disable_stats=True, save_code=False)
@@ -212,12 +212,12 @@ class Tracker:
         then call `finish_run` with the results."""
         if not self.enabled:
             return None
-        from lightning.pytorch.loggers import WandbLogger
+        from lightning.pytorch.loggers import WandbLogger  # Lightning: start-up time
 
         return WandbLogger(experiment=self._start(run, config))
 
     def _start(self, run, config=None):
-        import wandb
+        import wandb  # wandb: imported only when W&B is on (start-up time)
 
         experiment = wandb.init(**self._train_kwargs(run, config or self.config))
         # Lightning's own axis: every metric is plotted against the optimizer step
@@ -300,7 +300,7 @@ class Tracker:
 
 
 def _log_results(experiment, run, experiment_name: str, row: dict, evaluations: list[dict]) -> None:
-    import wandb
+    import wandb  # wandb: imported only when W&B is on (start-up time)
 
     if evaluations:
         frame = evaluation_table(run, experiment_name, evaluations)
@@ -315,7 +315,7 @@ def _log_results(experiment, run, experiment_name: str, row: dict, evaluations: 
 
 
 def _log_weights(experiment, run, experiment_name: str, path: Path) -> None:
-    import wandb
+    import wandb  # wandb: imported only when W&B is on (start-up time)
 
     artifact = wandb.Artifact(
         f"model-{run_id(run.key)}", type="model", metadata={"run_key": run.key}

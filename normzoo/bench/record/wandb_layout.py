@@ -6,6 +6,7 @@ evaluation table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -69,9 +70,7 @@ def run_config(
     train_composition, seed), every other training hyper-parameter under its own name (lr,
     optimizer, epochs, max_steps, ...), and the code versions.
     """
-    import dataclasses
-
-    from normzoo.registry import is_batch_dependent
+    from normzoo.registry import is_batch_dependent  # imports torch: start-up time
 
     experiment = experiment or config.experiment.name
     out = {

@@ -66,7 +66,7 @@ def log_summary(
 def _log_summary_run(
     tracker, config, experiment_config, tables, images, store_path, report_files, counts
 ) -> str | None:
-    import wandb
+    import wandb  # wandb: imported only when W&B is on (start-up time)
 
     run = wandb.init(
         **tracker.init_kwargs(
