@@ -2,17 +2,15 @@
 
 `execute_task` is a generator of `Trained`, `Evaluated` (one per computed condition) and
 `Finished`; executors run it where they like and hand the messages to the parent, which alone
-writes the store (`normzoo.bench.run`). An executor is a function
+writes the store (`normzoo.bench.execute.writer`). An executor is a function
 ``(tasks, config, out_dir) -> Iterator[message]`` that also yields `TaskDone` after each task
 and `WorkerDied` for a task whose process died: `in_process_results`, `local_results`
 (spawned workers, GPUs round-robin); `normzoo.bench.run` picks the submitit one.
 
-Every run records provenance (`code_versions`, `device_name`); weights are kept as safetensors
-(loading executes no code), so evaluating a stored run never retrains it. A weights file holds
-its run key in its metadata and the store records its sha256; `verify_weights` checks both
-before a model is evaluated, so a damaged, truncated or foreign file is never evaluated.
-A full disk (ENOSPC) is not a failure of the run: it is reported as `Trained` with
-``no_space`` and the parent stops the grid, keeping what is stored.
+Every run records provenance (`code_versions`, `device_name`); its weights are kept and
+verified (`normzoo.bench.execute.weights`), so evaluating a stored run never retrains it. A full
+disk (ENOSPC) is not a failure of the run: it is reported as `Trained` with ``no_space`` and the
+parent stops the grid, keeping what is stored.
 """
 
 from __future__ import annotations

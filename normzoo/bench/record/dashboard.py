@@ -1,7 +1,7 @@
 """A ready W&B Report for an experiment (wandb-workspaces): the panels a user wants first.
 
-Built from the config alone (the summary names follow `track.condition_key`), so it is the same
-before, during and after the runs; `save_dashboard` uploads it when online. Panels:
+Built from the config alone (the summary names follow `wandb_layout.condition_key`), so it is the
+same before, during and after the runs; `save_dashboard` uploads it when online. Panels:
 - accuracy vs train batch size, runs grouped (coloured) by norm (clean data, running statistics);
 - parallel coordinates over norm x train batch size x learning rate x accuracy, one line per run;
 - accuracy vs test batch size, one panel per stats mode, bars per norm (mean over seeds);
