@@ -3,13 +3,13 @@
 python benchmarks/overhead.py                          # quick config, batch sizes 2/8/32
 python benchmarks/overhead.py --steps 300 --repeats 7 --write reports/overhead.md
 
-Both sides train the same seeded model (the benchmark's backbone with the quick config's norm)
-with the same optimizer, schedule and data loader for the same number of optimizer steps on one
-torch thread (as a benchmark worker does). The Lightning side is `normzoo.bench.execute.module`'s
+Both sides train the same seeded model (the benchmark's backbone with the quick config's norm) with
+the same optimizer, schedule and data loader for the same number of optimizer steps on one torch
+thread (as a benchmark worker does). The Lightning side is `normzoo.bench.execute.train.module`'s
 Classifier fitted by the benchmark's Trainer (validation off, the store's curve recorder as its
-logger); the plain side is forward, cross-entropy, backward, optimizer and scheduler steps. The
-two alternate within each repeat (order flipped every repeat); the ratio is of the medians of
-the process CPU time (robust on a shared machine; with one thread it is the compute time).
+logger); the plain side is forward, cross-entropy, backward, optimizer and scheduler steps. The two
+alternate within each repeat (order flipped every repeat); the ratio is of the medians of the
+process CPU time (robust on a shared machine; with one thread it is the compute time).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _optimizers(module, steps: int):
 def plain_loop(run, config, steps: int, warmup: int) -> tuple[float, float]:
     """Seconds for ``warmup + steps`` plain torch training steps of the run's model: (the last
     ``steps`` steps, the whole loop)."""
-    from normzoo.bench.execute.module import build_module
+    from normzoo.bench.execute.train.module import build_module
 
     datamodule = _datamodule(run, config)
     module = build_module(run, config, datamodule)
@@ -106,7 +106,7 @@ class _StepClock(L.Callback):
 def lightning_loop(run, config, steps: int, warmup: int) -> tuple[float, float]:
     """Seconds of the benchmark's Classifier under the benchmark's Trainer for ``warmup + steps``
     steps: (the last ``steps`` steps, the whole ``trainer.fit``)."""
-    from normzoo.bench.execute.module import (
+    from normzoo.bench.execute.train.module import (
         CurveRecorder,
         build_module,
         build_trainer,

@@ -20,7 +20,7 @@ import json
 import torch
 
 import normzoo
-from normzoo.bench.execute.module import build_module, build_trainer, quiet_lightning
+from normzoo.bench.execute.train.module import build_module, build_trainer, quiet_lightning
 from normzoo.bench.execute.worker import _datamodule
 from normzoo.bench.plan.config import load_config
 from normzoo.bench.plan.grid import expand_runs

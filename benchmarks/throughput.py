@@ -1,5 +1,5 @@
 """Training throughput of the default grid's model: today's per-run Lightning step against stacked
-training (K seeds of one cell stepped as one, `normzoo.bench.execute.stack`), side by side.
+training (K seeds of one cell stepped as one, `normzoo.bench.execute.train.stack`), side by side.
 
 For each train batch size both paths train for a fixed number of steps on random 16x16 images
 (quick.yaml's small_cnn widths 16-32-64-64, 10 classes, AdamW; K = 3, quick.yaml's seeds, and
@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from normzoo.bench.execute.module import Classifier, quiet_lightning
-from normzoo.bench.execute.stack import StackedModel, _slot_losses, stacked_optimizer
+from normzoo.bench.execute.train.module import Classifier, quiet_lightning
+from normzoo.bench.execute.train.stack import _slot_losses, stacked_optimizer
+from normzoo.bench.execute.train.stacked_model import StackedModel
 from normzoo.bench.plan.config import parse_config
 from normzoo.bench.plan.grid import expand_runs
 from normzoo.bench.record.provenance import command_line, machine, versions
@@ -165,7 +166,7 @@ def markdown(rows: list[dict], args, load: tuple, load_end: tuple) -> str:
         f" {CLASSES} classes, AdamW; {args.steps} timed steps after {WARMUP} warm-up steps,"
         f" median of {args.repeats} interleaved repetitions. Today: one run's `Classifier` step"
         f" in a Lightning fit. Stacked: K runs stepped as one"
-        " (`normzoo.bench.execute.stack`, fused AdamW); samples/s count all runs' samples.",
+        " (`normzoo.bench.execute.train.stack`, fused AdamW); samples/s count all runs' samples.",
         "- samples/s: medians over the repetitions; stacked/today: the median of the"
         " per-repetition ratios (the two paths alternate, so each pair shares the load).",
         "- FLOP/s = forward+backward FLOPs per sample (FlopCounterMode) x samples/s; peak ="

@@ -16,7 +16,7 @@ import yaml
 import normzoo
 from normzoo import cli
 from normzoo.bench.plan.grid import expand_runs
-from normzoo.bench.record.track import setting
+from normzoo.bench.record.wandb_layout import setting
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {

@@ -15,7 +15,7 @@ import yaml
 from torch import nn
 
 import normzoo
-from normzoo.bench.execute import ddp
+from normzoo.bench.execute.train import ddp
 from normzoo.bench.plan.config import load_config
 from normzoo.bench.record.store import Store
 from normzoo.bench.run import run_grid

@@ -17,7 +17,8 @@ from normzoo.bench.plan.config import load_config
 from normzoo.bench.plan.grid import expand_conditions, expand_runs
 from normzoo.bench.plan.identity import experiment_identity
 from normzoo.bench.record.store import Store
-from normzoo.bench.record.track import offline_run_dirs, setting
+from normzoo.bench.record.track import offline_run_dirs
+from normzoo.bench.record.wandb_layout import setting
 
 ROOT = Path(__file__).resolve().parents[2]
 

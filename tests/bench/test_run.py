@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import normzoo.models
-from normzoo.bench.execute.worker import assign_devices, default_workers
+from normzoo.bench.execute.devices import assign_devices, default_workers
 from normzoo.bench.plan.config import load_config
 from normzoo.bench.plan.grid import expand_conditions, expand_runs
 from normzoo.bench.record.store import Store
@@ -93,16 +93,16 @@ class _Tracker:
 
 
 def test_train_once_evaluate_many(tiny_config_path, tmp_path, monkeypatch):
-    import normzoo.bench.execute.module
+    import normzoo.bench.execute.train.module
 
     trained = []
-    real_train = normzoo.bench.execute.module.train_run
+    real_train = normzoo.bench.execute.train.module.train_run
 
     def counting_train(run, *args, **kwargs):
         trained.append(run.key)
         return real_train(run, *args, **kwargs)
 
-    monkeypatch.setattr(normzoo.bench.execute.module, "train_run", counting_train)
+    monkeypatch.setattr(normzoo.bench.execute.train.module, "train_run", counting_train)
     config = load_config(tiny_config_path, SMALL)
     tracker = _Tracker(broken={"group"})
     first = run_grid(config, tmp_path, workers=1, tracker=tracker, show_progress=False)

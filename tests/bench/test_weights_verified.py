@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from normzoo.bench.execute.worker import WeightsError, file_sha256, verify_weights, weights_path
+from normzoo.bench.execute.weights import WeightsError, file_sha256, verify_weights, weights_path
 from normzoo.bench.plan.config import load_config
 from normzoo.bench.plan.grid import expand_conditions, expand_runs
 from normzoo.bench.record.store import Store

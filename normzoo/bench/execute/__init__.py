@@ -1,1 +1,2 @@
-"""Execute: process pool, worker, LightningModule, evaluation, checkpoints, cluster, DDP."""
+"""Execute: plan the invocation against the store, run tasks on executors (pool, submitit), the
+worker, evaluation, and the parent's writer; training itself lives in `train/`."""

@@ -17,7 +17,7 @@ process writes the store. What makes every result reach the store exactly once:
 - Preemption and time-outs: the job is :class:`submitit.helpers.Checkpointable`, so on SLURM's
   USR2 signal submitit requeues it; the requeued job skips tasks whose result file exists, and
   the run that was training continues from its last epoch checkpoint
-  (`normzoo.bench.execute.checkpoint`).
+  (`normzoo.bench.execute.train.checkpoint`).
 - A run that raises is recorded ``failed`` with its error (by `execute_task`). A job that ends
   without a result (killed, out of memory, node failure) is reported as `WorkerDied` with the
   job's state and the end of its log: `run_grid` records it failed and retries it once.
@@ -36,8 +36,9 @@ from pathlib import Path
 
 import submitit
 
+from normzoo.bench.execute.messages import Task
 from normzoo.bench.execute.pool import TaskDone, WorkerDied
-from normzoo.bench.execute.worker import Task, execute_task
+from normzoo.bench.execute.worker import execute_task
 from normzoo.bench.plan.config import Config
 from normzoo.bench.plan.schema import SUBMITIT_OPTIONS
 

@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterable, Iterator
 
 import pandas as pd
 
-from normzoo.bench.execute.worker import Finished, Task, Trained, WorkerDied, run_row
+from normzoo.bench.execute.messages import Finished, Task, Trained
+from normzoo.bench.execute.pool import WorkerDied
+from normzoo.bench.execute.worker import run_row
 from normzoo.bench.plan.config import Config
 from normzoo.bench.plan.tuning import Cell, TuningState, plan_tuning
 from normzoo.bench.record.store import Store, now

@@ -10,6 +10,7 @@ condition). The experiment name, the execution section and the data root are not
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
 from normzoo.bench.plan.config import (
@@ -110,8 +111,6 @@ def condition_name(columns: dict) -> str:
 
 def stable_json(obj) -> str:
     """JSON with sorted keys, the form stored in the results."""
-    import json
-
     return json.dumps(obj, sort_keys=True)
 
 

@@ -71,7 +71,7 @@ VERSION_COLUMNS = PROVENANCE_COLUMNS[:-1]
 RUN_ROLES = ("compare", "tune")
 # What training reached (issue 23's convergence contract), NULL for failed/diverged runs:
 # accuracy and mean cross-entropy of the final model in eval mode on a fixed training subset
-# (normzoo.bench.execute.measure), the same subset in train mode at the run's train batch size
+# (normzoo.bench.execute.train.measure), the same subset in train mode at the run's train batch size
 # (batch-dependent norms only), the learning rate the run trained with, and its role.
 CONVERGENCE_COLUMNS = ("train_accuracy", "train_loss", "train_accuracy_train_mode", "lr", "role")
 # The `runs` table of the results store, in order.
@@ -96,7 +96,7 @@ RUN_COLUMNS = (
     "finished_at",
     *PROVENANCE_COLUMNS,
     *CONVERGENCE_COLUMNS,
-    # stacked training (bench/execute/stack.py): how many runs trained as one, and which slot
+    # stacked training (bench/execute/train/stack.py): how many runs trained as one, and which slot
     "stack_size",
     "stack_slot",
 )

@@ -238,7 +238,8 @@ class ExecutionSection:
     stack: integer(ge=1) = Field(
         16,
         description="the most seeds of one grid cell trained together as one stacked model "
-        "(bench/execute/stack.py; each run's result equals training it alone); 1: every run alone",
+        "(bench/execute/train/stack.py; each run's result equals training it alone);"
+        " 1: every run alone",
     )
 
 

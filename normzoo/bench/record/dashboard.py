@@ -1,7 +1,7 @@
 """A ready W&B Report for an experiment (wandb-workspaces): the panels a user wants first.
 
-Built from the config alone (the summary names follow `track.condition_key`), so it is the same
-before, during and after the runs; `save_dashboard` uploads it when online. Panels:
+Built from the config alone (the summary names follow `wandb_layout.condition_key`), so it is the
+same before, during and after the runs; `save_dashboard` uploads it when online. Panels:
 - accuracy vs train batch size, runs grouped (coloured) by norm (clean data, running statistics);
 - parallel coordinates over norm x train batch size x learning rate x accuracy, one line per run;
 - accuracy vs test batch size, one panel per stats mode, bars per norm (mean over seeds);
@@ -12,7 +12,7 @@ before, during and after the runs; `save_dashboard` uploads it when online. Pane
 
 from __future__ import annotations
 
-from normzoo.bench.record.track import condition_key
+from normzoo.bench.record.wandb_layout import condition_key
 
 SIGNIFICANCE_TABLES = ("significance_primary", "significance_vs_reference")
 
@@ -53,6 +53,9 @@ def summary_filter(experiment: str) -> str:
     return f"Config('experiment') == '{experiment}' and Metric('JobType') == 'summary'"
 
 
+_BAR = dict(groupby="norm_label", groupby_aggfunc="mean", groupby_rangefunc="stderr")
+
+
 def build_dashboard(
     config,
     project: str,
@@ -69,11 +72,6 @@ def build_dashboard(
             f"experiment name {experiment!r} contains = or quotes, which W&B report filters "
             "cannot hold; rename experiment.name"
         )
-    ev = config.eval
-    reference_mode = "running" if "running" in ev.stats_modes else ev.stats_modes[0]
-    largest = max(ev.test_batch_sizes)
-    composition = ev.compositions[0].label
-    clean = _key("clean", 0, reference_mode, largest, composition)
 
     def runset(name: str, filters: str, groupby=()):
         return wr.Runset(
@@ -81,63 +79,8 @@ def build_dashboard(
         )
 
     by_norm = [runset("by norm", train_filter(experiment), ["norm_label"])]
-    bar = dict(groupby="norm_label", groupby_aggfunc="mean", groupby_rangefunc="stderr")
-
-    train_bs = wr.PanelGrid(
-        runsets=by_norm,
-        panels=[
-            wr.ScatterPlot(
-                title=f"accuracy vs train batch size ({clean})",
-                x=wr.Config("train_batch_size"),
-                y=wr.SummaryMetric(clean),
-                log_x=True,
-            )
-        ],
-    )
-    parallel = wr.PanelGrid(
-        runsets=[runset("runs", train_filter(experiment))],
-        panels=[
-            wr.ParallelCoordinatesPlot(
-                title=f"norm x train batch size x learning rate x accuracy ({clean})",
-                columns=[
-                    wr.ParallelCoordinatesPlotColumn(metric=wr.Config("norm_label")),
-                    wr.ParallelCoordinatesPlotColumn(metric=wr.Config("train_batch_size")),
-                    wr.ParallelCoordinatesPlotColumn(metric=wr.Config("lr")),
-                    wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(clean)),
-                ],
-            )
-        ],
-    )
-    test_bs = wr.PanelGrid(
-        runsets=by_norm,
-        panels=[
-            wr.BarPlot(
-                title=f"accuracy vs test batch size, {mode} statistics (clean, {composition})",
-                metrics=[
-                    wr.SummaryMetric(_key("clean", 0, mode, size, composition))
-                    for size in sorted(ev.test_batch_sizes)
-                ],
-                **bar,
-            )
-            for mode in ev.stats_modes
-        ],
-    )
-    corruptions = [s for s in ev.shifts if s != "clean"]
-    severity = wr.PanelGrid(
-        runsets=by_norm,
-        panels=[
-            wr.BarPlot(
-                title=f"accuracy vs severity: {shift} ({reference_mode}, bs{largest})",
-                metrics=[wr.SummaryMetric(clean)]
-                + [
-                    wr.SummaryMetric(_key(shift, s, reference_mode, largest, composition))
-                    for s in sorted(ev.severities)
-                ],
-                **bar,
-            )
-            for shift in corruptions
-        ],
-    )
+    train_bs, parallel, test_bs = _batch_size_grids(wr, config.eval, experiment, runset, by_norm)
+    severity = _severity_grid(wr, config.eval, by_norm)
     curves = wr.PanelGrid(
         runsets=[runset("by setting", train_filter(experiment), ["setting"])],
         panels=[
@@ -177,6 +120,87 @@ def build_dashboard(
             curves,
             wr.H2("Headline and significance"),
             tables,
+        ],
+    )
+
+
+def _reference(ev) -> tuple[str, int, str, str]:
+    """The reference test condition of the panels: (stats mode, largest test batch size,
+    first composition, the clean accuracy's summary name)."""
+    reference_mode = "running" if "running" in ev.stats_modes else ev.stats_modes[0]
+    largest = max(ev.test_batch_sizes)
+    composition = ev.compositions[0].label
+    return (
+        reference_mode,
+        largest,
+        composition,
+        _key("clean", 0, reference_mode, largest, composition),
+    )
+
+
+def _batch_size_grids(wr, ev, experiment: str, runset, by_norm: list) -> tuple:
+    """Accuracy vs train batch size, the parallel-coordinates view of runs, and accuracy vs
+    test batch size per stats mode."""
+    _, _, composition, clean = _reference(ev)
+    train_bs = wr.PanelGrid(
+        runsets=by_norm,
+        panels=[
+            wr.ScatterPlot(
+                title=f"accuracy vs train batch size ({clean})",
+                x=wr.Config("train_batch_size"),
+                y=wr.SummaryMetric(clean),
+                log_x=True,
+            )
+        ],
+    )
+    parallel = wr.PanelGrid(
+        runsets=[runset("runs", train_filter(experiment))],
+        panels=[
+            wr.ParallelCoordinatesPlot(
+                title=f"norm x train batch size x learning rate x accuracy ({clean})",
+                columns=[
+                    wr.ParallelCoordinatesPlotColumn(metric=wr.Config("norm_label")),
+                    wr.ParallelCoordinatesPlotColumn(metric=wr.Config("train_batch_size")),
+                    wr.ParallelCoordinatesPlotColumn(metric=wr.Config("lr")),
+                    wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(clean)),
+                ],
+            )
+        ],
+    )
+    test_bs = wr.PanelGrid(
+        runsets=by_norm,
+        panels=[
+            wr.BarPlot(
+                title=f"accuracy vs test batch size, {mode} statistics (clean, {composition})",
+                metrics=[
+                    wr.SummaryMetric(_key("clean", 0, mode, size, composition))
+                    for size in sorted(ev.test_batch_sizes)
+                ],
+                **_BAR,
+            )
+            for mode in ev.stats_modes
+        ],
+    )
+    return train_bs, parallel, test_bs
+
+
+def _severity_grid(wr, ev, by_norm: list):
+    """Accuracy vs severity, one bar plot per corruption, at the reference condition."""
+    reference_mode, largest, composition, clean = _reference(ev)
+    corruptions = [s for s in ev.shifts if s != "clean"]
+    return wr.PanelGrid(
+        runsets=by_norm,
+        panels=[
+            wr.BarPlot(
+                title=f"accuracy vs severity: {shift} ({reference_mode}, bs{largest})",
+                metrics=[wr.SummaryMetric(clean)]
+                + [
+                    wr.SummaryMetric(_key(shift, s, reference_mode, largest, composition))
+                    for s in sorted(ev.severities)
+                ],
+                **_BAR,
+            )
+            for shift in corruptions
         ],
     )
 

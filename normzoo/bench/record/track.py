@@ -9,9 +9,9 @@ Layout (what a dashboard filters and groups by, without joins):
   members are the seeds), where ``<experiment>`` is the experiment's identity (its name, plus a
   short hash of what ``--set`` changed, `normzoo.bench.plan.identity`); job_type ``train`` or
   ``summary``; tags: norm label, ``bs=<N>``, composition;
-- config: inputs only, flat (see `run_config`); results live in the summary: one scalar per test
-  condition named by `condition_key` (``test/`` + the condition's one name) plus the
-  ``evaluations`` table.
+- config: inputs only, flat; results live in the summary: one scalar per test condition named
+  by `condition_key` (``test/`` + the condition's one name) plus the ``evaluations`` table
+  (all spelled in `normzoo.bench.record.wandb_layout`).
 
 Offline unless the user is logged in; files land in ``$WANDB_DIR`` or ``<out_dir>``, under
 ``wandb/``, and ``wandb sync <dir>/wandb/offline-run-*`` uploads them later.
@@ -19,23 +19,26 @@ Offline unless the user is logged in; files land in ``$WANDB_DIR`` or ``<out_dir
 
 from __future__ import annotations
 
-import json
 import logging
 import netrc
 import os
-import re
-import sqlite3
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pandas as pd
 
-from normzoo.bench.plan.config import stable_hash
-from normzoo.bench.plan.grid import condition_name
 from normzoo.bench.plan.schema import WANDB_MODES, WANDB_RUN_MODES
 from normzoo.bench.record.provenance import versions
+from normzoo.bench.record.wandb_layout import (
+    condition_key,
+    evaluation_table,
+    run_config,
+    run_id,
+    run_tags,
+    setting,
+)
+from normzoo.bench.record.wandb_summary import log_summary
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ def logged_in() -> bool:
     """
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
-    import wandb
+    import wandb  # wandb: imported only when W&B is on (start-up time)
 
     host = os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
     try:
@@ -113,116 +116,6 @@ def resolve_mode(requested: str) -> str:
         log.info("W&B mode %s requested; WANDB_MODE=%s in the environment wins", requested, env)
         return env
     return requested
-
-
-def slug(text: str, length: int = 40) -> str:
-    """``text`` in the characters W&B ids and artifact names allow (letters, digits, ``-_.``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:length] or "x"
-
-
-def run_id(run_key: str) -> str:
-    """The W&B id of a training run: its run key, so renaming the experiment or adding test
-    conditions resumes the same W&B run."""
-    return f"run-{run_key}"
-
-
-def summary_id(config_hash: str) -> str:
-    """The W&B id of an experiment's summary run: one per config (results), not per name."""
-    return f"summary-{config_hash}"
-
-
-def setting(experiment: str, run) -> str:
-    """The group of a run: the seeds of one (norm label, train batch size, composition)."""
-    return f"{experiment}/{run.norm.label}/bs{run.train_batch_size}/{run.train_composition.label}"
-
-
-def run_tags(run) -> list[str]:
-    """Tags a user filters by: norm label, ``bs=<train batch size>``, train composition."""
-    return [run.norm.label, f"bs={run.train_batch_size}", run.train_composition.label]
-
-
-def condition_key(evaluation: dict) -> str:
-    """The summary name of a test condition's accuracy: ``test/`` (W&B's panel section) and the
-    condition's one name (`condition_name`, as the CLI, store and report spell it), e.g.
-    ``test/bs8/batch/contrast-5/iid``."""
-    return f"test/{condition_name(evaluation)}"
-
-
-def _flat(prefix: str, options: dict) -> dict:
-    out = {}
-    for key, value in options.items():
-        if isinstance(value, dict):
-            out.update(_flat(f"{prefix}{key}_", value))
-        else:
-            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
-def run_config(
-    run, config, code_versions: dict | None = None, experiment: str | None = None
-) -> dict:
-    """A training run's W&B config: its inputs only, one level deep.
-
-    Identity (experiment: ``experiment`` or the config's name; experiment_name; run_key,
-    config_hash, setting), data (dataset, ``data_<option>``),
-    model (backbone, ``model_<option>``), norm (norm, norm_label, norm_options as JSON,
-    ``norm_<option>``, batch_dependent), the train condition (train_batch_size,
-    train_composition, seed), every other training hyper-parameter under its own name (lr,
-    optimizer, epochs, max_steps, ...), and the code versions.
-    """
-    import dataclasses
-
-    from normzoo.registry import is_batch_dependent
-
-    experiment = experiment or config.experiment.name
-    out = {
-        "experiment": experiment,
-        "experiment_name": config.experiment.name,
-        "run_key": run.key,
-        "config_hash": config.hash,
-        "setting": setting(experiment, run),
-        "dataset": run.dataset,
-        **_flat("data_", dict(config.data.options)),
-        "val_fraction": config.data.val_fraction,
-        "backbone": run.backbone,
-        **_flat("model_", dict(config.model.options)),
-        "norm": run.norm.name,
-        "norm_label": run.norm.label,
-        "norm_options": json.dumps(run.norm.options, sort_keys=True),
-        **_flat("norm_", dict(run.norm.options)),
-        "batch_dependent": is_batch_dependent(run.norm.name),
-        "train_batch_size": run.train_batch_size,
-        "train_composition": run.train_composition.label,
-        "seed": run.seed,
-    }
-    train = dataclasses.asdict(config.train)
-    for plural in ("batch_sizes", "compositions", "seeds"):  # this run's values are above
-        train.pop(plural)
-    out.update(_flat("", train))
-    out.update(code_versions or {})
-    return out
-
-
-def evaluation_table(run, experiment: str, evaluations: list[dict]) -> pd.DataFrame:
-    """The evaluations of one run with the columns a dashboard splits by (norm, batch sizes,
-    seed, setting) and each condition's summary name."""
-    frame = pd.DataFrame(evaluations)
-    if frame.empty:
-        return frame
-    front = {
-        "run_key": run.key,
-        "setting": setting(experiment, run),
-        "norm": run.norm.name,
-        "norm_label": run.norm.label,
-        "train_batch_size": run.train_batch_size,
-        "train_composition": run.train_composition.label,
-        "seed": run.seed,
-    }
-    frame = frame.drop(columns=[c for c in front if c in frame.columns])
-    frame.insert(0, "condition", [condition_key(e) for e in evaluations])
-    for position, (column, value) in enumerate(front.items()):
-        frame.insert(position, column, value)
-    return frame
 
 
 @dataclass(frozen=True)
@@ -280,14 +173,14 @@ class Tracker:
         """The project's web address (online only; needs the entity, asked from the API)."""
         if self.mode != "online":
             return None
-        import wandb
+        import wandb  # wandb: imported only when W&B is on (start-up time)
 
         entity = self.entity or wandb.Api().default_entity
         base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").replace("//api.", "//")
         return f"{base.rstrip('/')}/{entity}/{self.project}"
 
-    def _init_kwargs(self, **kwargs) -> dict:
-        import wandb
+    def init_kwargs(self, **kwargs) -> dict:
+        import wandb  # wandb: imported only when W&B is on (start-up time)
 
         self.root.mkdir(parents=True, exist_ok=True)
         settings = wandb.Settings(silent=True, console="off", x_disable_stats=True, save_code=False)
@@ -303,7 +196,7 @@ class Tracker:
         )
 
     def _train_kwargs(self, run, config) -> dict:
-        return self._init_kwargs(
+        return self.init_kwargs(
             id=run_id(run.key),
             name=f"{self.experiment}-{run.name}",
             group=setting(self.experiment, run),
@@ -319,12 +212,12 @@ class Tracker:
         then call `finish_run` with the results."""
         if not self.enabled:
             return None
-        from lightning.pytorch.loggers import WandbLogger
+        from lightning.pytorch.loggers import WandbLogger  # Lightning: start-up time
 
         return WandbLogger(experiment=self._start(run, config))
 
     def _start(self, run, config=None):
-        import wandb
+        import wandb  # wandb: imported only when W&B is on (start-up time)
 
         experiment = wandb.init(**self._train_kwargs(run, config or self.config))
         # Lightning's own axis: every metric is plotted against the optimizer step
@@ -401,105 +294,13 @@ class Tracker:
         report_files: list[Path] = (),
         counts: dict | None = None,
     ) -> str | None:
-        """The summary run: tables (headline first), plots as images, the results store and the
-        report as versioned artifacts. Returns the run's URL when online.
-
-        A summary identical to the one last logged in this mode (same tables, counts, report
-        text and settings) is not logged again: a no-op rerun creates no W&B run or folder.
-        """
-        if not self.enabled:
-            return None
-        config = config or self.config
-        experiment_config = {
-            "experiment": self.experiment,
-            "config_hash": config.hash,
-            "dataset": config.data.dataset,
-            "backbone": config.model.backbone,
-            "norm_labels": [n.label for n in config.norms],
-            "train_batch_sizes": list(config.train.batch_sizes),
-            "train_compositions": [c.label for c in config.train.compositions],
-            "seeds": list(config.train.seeds),
-            "test_batch_sizes": list(config.eval.test_batch_sizes),
-            "stats_modes": list(config.eval.stats_modes),
-            "shifts": list(config.eval.shifts),
-            "severities": list(config.eval.severities),
-            **self.code_versions,
-        }
-        marker = self.root / "wandb" / f"normzoo-{summary_id(config.hash)}-{self.mode}.logged"
-        fingerprint = _fingerprint(experiment_config, tables, counts, report_files, self)
-        if marker.is_file() and marker.read_text() == fingerprint:
-            log.info("W&B summary run unchanged since it was last logged; not logged again")
-            return None
-        url = self._log_summary(
-            config, experiment_config, tables, images, store_path, report_files, counts
-        )
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(fingerprint)
-        return url
-
-    def _log_summary(
-        self, config, experiment_config, tables, images, store_path, report_files, counts
-    ) -> str | None:
-        import wandb
-
-        run = wandb.init(
-            **self._init_kwargs(
-                id=summary_id(config.hash),
-                name=f"{self.experiment}-summary",
-                group=f"{self.experiment}/summary",
-                job_type="summary",
-                tags=["summary", self.experiment],
-                config=experiment_config,
-            )
-        )
-        try:
-            for name, frame in tables.items():
-                run.log({f"tables/{name}": wandb.Table(dataframe=frame.reset_index())})
-            for path in images:
-                run.log({f"plots/{Path(path).stem}": wandb.Image(str(path))})
-            for key, value in (counts or {}).items():
-                run.summary[f"runs/{key}"] = value
-            name = slug(self.experiment, 60)
-            if store_path is not None and Path(store_path).is_file():
-                artifact = wandb.Artifact(f"results-{name}", type="results")
-                with tempfile.TemporaryDirectory() as tmp:
-                    artifact.add_file(str(_snapshot(Path(store_path), Path(tmp))))
-                    run.log_artifact(artifact)  # the file is staged (copied) when added
-            files = [Path(p) for p in report_files if Path(p).is_file()]
-            if files:
-                artifact = wandb.Artifact(f"report-{name}", type="report")
-                for path in files:
-                    artifact.add_file(str(path))
-                run.log_artifact(artifact)
-            url = run.url if self.mode == "online" else None
-        finally:
-            run.finish()
-        return url
-
-
-def _fingerprint(experiment_config: dict, tables: dict, counts, report_files, tracker) -> str:
-    """What a summary run would hold, hashed: its config, tables, counts and report text."""
-    texts = {
-        Path(p).name: Path(p).read_text()
-        for p in report_files
-        if Path(p).suffix in (".md", ".csv") and Path(p).is_file()
-    }
-    return stable_hash(
-        {
-            "config": experiment_config,
-            "where": [tracker.project, tracker.entity, tracker.experiment],
-            "tables": {
-                k: v.to_json(orient="split", default_handler=str) for k, v in tables.items()
-            },
-            "counts": {str(k): int(v) for k, v in (counts or {}).items()},
-            "report": texts,
-        },
-        length=32,
-    )
+        """The summary run (`normzoo.bench.record.wandb_summary.log_summary`): tables, plots, the
+        results store and the report; returns the run's URL when online."""
+        return log_summary(self, config, tables, images, store_path, report_files, counts)
 
 
 def _log_results(experiment, run, experiment_name: str, row: dict, evaluations: list[dict]) -> None:
-    import wandb
+    import wandb  # wandb: imported only when W&B is on (start-up time)
 
     if evaluations:
         frame = evaluation_table(run, experiment_name, evaluations)
@@ -514,21 +315,13 @@ def _log_results(experiment, run, experiment_name: str, row: dict, evaluations: 
 
 
 def _log_weights(experiment, run, experiment_name: str, path: Path) -> None:
-    import wandb
+    import wandb  # wandb: imported only when W&B is on (start-up time)
 
     artifact = wandb.Artifact(
         f"model-{run_id(run.key)}", type="model", metadata={"run_key": run.key}
     )
     artifact.add_file(str(path))
     experiment.log_artifact(artifact)
-
-
-def _snapshot(store_path: Path, folder: Path) -> Path:
-    """A consistent copy of a SQLite store (WAL included) through SQLite's backup API."""
-    target = folder / store_path.name
-    with sqlite3.connect(store_path) as source, sqlite3.connect(target) as copy:
-        source.backup(copy)
-    return target
 
 
 def offline_run_dirs(out_dir: str | Path) -> list[Path]:

@@ -124,10 +124,10 @@ def test_every_evaluation_row_has_ece_and_merged_conditions_share_it():
 def test_a_store_of_the_previous_schema_gets_the_ece_column(tmp_path):
     """Schema 2 had no ece column: such a store is migrated (the column added, old rows NULL
     and, without a fingerprint, recomputed), never silently read as if it had one."""
-    from normzoo.bench.record import store as store_module
+    from normzoo.bench.record import store_schema
 
-    v2 = store_module._SCHEMA
-    for _, column, kind in store_module.ADDED_COLUMNS:
+    v2 = store_schema.SCHEMA_SQL
+    for _, column, kind in store_schema.ADDED_COLUMNS:
         v2 = re.sub(rf",\s*{column} {re.escape(kind)}", "", v2)
     conn = sqlite3.connect(tmp_path / STORE_NAME)
     conn.executescript(v2)

@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from normzoo.bench.execute import module as bench_module
+from normzoo.bench.execute.train import module as bench_module
 from normzoo.bench.execute.worker import _datamodule
 from normzoo.bench.plan.config import load_config
 from normzoo.bench.plan.grid import expand_runs

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normzoo.bench.execute.measure import TRAIN_SUBSET, training_fit
+from normzoo.bench.execute.train.measure import TRAIN_SUBSET, training_fit
 from normzoo.bench.plan.grid import Run
 from normzoo.bench.plan.specs import Composition, NormSpec
 from normzoo.data import NormzooDataModule

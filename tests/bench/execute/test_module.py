@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from normzoo.bench.execute.module import Classifier
+from normzoo.bench.execute.train.module import Classifier
 from normzoo.bench.plan.config import TrainSection
 
 

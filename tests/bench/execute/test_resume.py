@@ -17,9 +17,11 @@ import pytest
 import torch
 import yaml
 
-from normzoo.bench.execute.checkpoint import resumable
-from normzoo.bench.execute.module import train_run
-from normzoo.bench.execute.worker import Trained, _datamodule, checkpoint_path, in_process_results
+from normzoo.bench.execute.messages import Trained
+from normzoo.bench.execute.train.checkpoint import resumable
+from normzoo.bench.execute.train.module import train_run
+from normzoo.bench.execute.weights import checkpoint_path
+from normzoo.bench.execute.worker import _datamodule, in_process_results
 from normzoo.bench.plan.config import load_config
 from normzoo.bench.plan.grid import expand_runs
 from normzoo.bench.record import outdir
@@ -57,10 +59,10 @@ RESUME = {
 TRAIN = """
 import logging, os, sys, torch
 from pathlib import Path
-from normzoo.bench.execute import checkpoint
+from normzoo.bench.execute.train import checkpoint
 from normzoo.bench.plan.config import load_config
 from normzoo.bench.plan.grid import expand_runs
-from normzoo.bench.execute.module import train_run
+from normzoo.bench.execute.train.module import train_run
 from normzoo.bench.execute.worker import _datamodule, checkpoint_path
 
 config_path, out, kill_at = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
@@ -205,7 +207,7 @@ def test_mismatched_or_damaged_checkpoints_are_removed_not_used(tmp_path, monkey
 
 KILLED_GRID = """
 import os, sys
-from normzoo.bench.execute import checkpoint
+from normzoo.bench.execute.train import checkpoint
 from normzoo.bench.plan.config import load_config
 from normzoo.bench.run import run_grid
 

@@ -2,8 +2,9 @@
 
 import pytest
 
-import normzoo.bench.execute.module as bench_module
-from normzoo.bench.execute.worker import Finished, Task, Trained, execute_task
+import normzoo.bench.execute.train.module as bench_module
+from normzoo.bench.execute.messages import Finished, Task, Trained
+from normzoo.bench.execute.worker import execute_task
 from normzoo.bench.plan.config import parse_config
 from normzoo.bench.plan.grid import expand_runs
 from normzoo.bench.plan.schema import CONVERGENCE_COLUMNS, RUN_COLUMNS

@@ -10,14 +10,13 @@ import torch
 import torch.nn.functional as F
 
 import normzoo
-from normzoo.bench.execute.module import Classifier
-from normzoo.bench.execute.stack import (
+from normzoo.bench.execute.train.module import Classifier
+from normzoo.bench.execute.train.stack import _slot_losses, stacked_optimizer
+from normzoo.bench.execute.train.stacked_model import (
     FOLDABLE_NORMS,
     NotStackable,
     StackedModel,
-    _slot_losses,
     stack_support,
-    stacked_optimizer,
 )
 from normzoo.bench.plan.config import parse_config
 from normzoo.bench.plan.grid import expand_runs
@@ -212,7 +211,7 @@ def _tiny(tiny_raw, norms, seeds=2, epochs=2):
 def test_each_slot_sees_the_batches_of_its_run_trained_alone(tiny_raw, monkeypatch):
     """Same labels at every step of every epoch as Lightning's loop feeds the run alone (the
     sampler's generator is never asked for a permutation Lightning does not draw)."""
-    from normzoo.bench.execute import module, stack
+    from normzoo.bench.execute.train import module, stack
     from normzoo.bench.execute.worker import _datamodule
 
     config = _tiny(tiny_raw, ["batch"])
@@ -241,7 +240,7 @@ def test_each_slot_sees_the_batches_of_its_run_trained_alone(tiny_raw, monkeypat
 def test_a_run_retrained_in_its_slot_reproduces_its_weights(tiny_raw):
     """Slot 1 of a stack [a, b] trained again as slot 1 of [b, b] (what a retrain after lost
     weights does): bit-identical weights, so the weights hash and old evaluations stay valid."""
-    from normzoo.bench.execute.stack import train_stack
+    from normzoo.bench.execute.train.stack import train_stack
     from normzoo.bench.execute.worker import _datamodule
 
     config = _tiny(tiny_raw, ["batch"], epochs=1)
@@ -258,7 +257,7 @@ def test_grid_stores_each_stacked_run_as_its_own(tiny_raw, tmp_path):
     keys, and rms (not stackable) trained alone."""
     from safetensors.torch import load_file
 
-    from normzoo.bench.execute.worker import weights_path
+    from normzoo.bench.execute.weights import weights_path
     from normzoo.bench.record.store import Store
     from normzoo.bench.run import run_grid
 
@@ -285,7 +284,7 @@ def test_grid_stores_each_stacked_run_as_its_own(tiny_raw, tmp_path):
 def test_lost_weights_are_retrained_in_their_slot_and_reproduced(tiny_raw, tmp_path):
     """The grid retrains a stacked run whose weights file is gone as it was trained (its
     recorded stack size and slot) and gets the same bytes back."""
-    from normzoo.bench.execute.worker import weights_path
+    from normzoo.bench.execute.weights import weights_path
     from normzoo.bench.record.store import Store
     from normzoo.bench.run import plan_grid, run_grid
 
@@ -312,7 +311,7 @@ def test_lost_weights_are_retrained_in_their_slot_and_reproduced(tiny_raw, tmp_p
 def test_killed_stack_resumes_bit_identically(tiny_raw, tmp_path, monkeypatch):
     """A stack killed after its first epoch's checkpoint continues from it to the same weights
     and curves as an uninterrupted stack."""
-    from normzoo.bench.execute import stack
+    from normzoo.bench.execute.train import stack
     from normzoo.bench.execute.worker import _datamodule
 
     config = _tiny(tiny_raw, ["batch"], epochs=2)
@@ -343,16 +342,16 @@ def test_a_dead_stacked_task_fails_each_of_its_runs(tiny_raw, tmp_path):
     """A worker that dies in a stacked task records every run of the stack failed (and each is
     retried), also when the retry dies again; runs of the stack already finished stay as they
     are."""
-    from normzoo.bench.execute.worker import WorkerDied
+    from normzoo.bench.execute.pool import WorkerDied
     from normzoo.bench.record.store import Store
-    from normzoo.bench.run import Summary, _Writer, plan_grid
+    from normzoo.bench.run import Summary, Writer, plan_grid
 
     config = _tiny(tiny_raw, ["batch"], seeds=3, epochs=1)
     runs = {run.key: run for run in expand_runs(config)}
     with Store(tmp_path) as store:
         (task,) = plan_grid(config, tmp_path, store).tasks
         assert set(r.key for r in task.runs) == set(runs) and len(task.stack) == 3
-        writer = _Writer(store, config, Summary(total=3), None, runs)
+        writer = Writer(store, config, Summary(total=3), None, runs)
         writer.handle(WorkerDied(task, -9))
         assert store.statuses() == dict.fromkeys(runs, "failed")
         assert writer.died == set(runs)

@@ -16,7 +16,7 @@ if _SPECS:
     import sqlite3
     from pathlib import Path
 
-    import normzoo.bench.execute.module as _module
+    import normzoo.bench.execute.train.module as _module
     import normzoo.bench.execute.worker as _worker
 
     _DIR = Path(os.environ["NORMZOO_FAULTS_DIR"])

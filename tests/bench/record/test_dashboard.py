@@ -5,7 +5,7 @@ import pytest
 from normzoo.bench.plan.config import load_config
 from normzoo.bench.plan.grid import expand_conditions, expand_runs
 from normzoo.bench.record.dashboard import build_dashboard, pick_significance_table
-from normzoo.bench.record.track import condition_key, run_config
+from normzoo.bench.record.wandb_layout import condition_key, run_config
 
 wr = pytest.importorskip("wandb_workspaces.reports.v2")
 expr = pytest.importorskip("wandb_workspaces.expr")

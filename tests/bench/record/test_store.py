@@ -6,16 +6,9 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from normzoo.bench.record.store import (
-    EVAL_COLUMNS,
-    RUN_COLUMNS,
-    SCHEMA_RUN_COLUMNS,
-    SCHEMA_VERSION,
-    STORE_NAME,
-    Store,
-    StoreError,
-    check_store,
-)
+from normzoo.bench.plan.schema import EVAL_COLUMNS, RUN_COLUMNS, SCHEMA_RUN_COLUMNS
+from normzoo.bench.record.store import STORE_NAME, Store, StoreError, check_store
+from normzoo.bench.record.store_schema import SCHEMA_VERSION
 
 
 def _row(key, status="ok", norm="batch", seed=0):

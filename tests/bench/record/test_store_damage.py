@@ -171,12 +171,13 @@ def test_a_renamed_experiment_reuses_its_runs_as_one_experiment(tmp_path, caplog
 
 
 def test_a_version_2_store_is_read_and_migrated_its_rows_counted_stale(tmp_path):
-    from normzoo.bench.record import store as store_module
+    from normzoo.bench.plan.schema import RUN_COLUMNS
+    from normzoo.bench.record import store_schema
 
-    v2 = store_module._SCHEMA
-    for _, column, kind in store_module.ADDED_COLUMNS:  # the schema as version 2 wrote it
+    v2 = store_schema.SCHEMA_SQL
+    for _, column, kind in store_schema.ADDED_COLUMNS:  # the schema as version 2 wrote it
         v2 = re.sub(rf",\s*{column} {re.escape(kind)}", "", v2)
-    added = {column for _, column, _ in store_module.ADDED_COLUMNS}
+    added = {column for _, column, _ in store_schema.ADDED_COLUMNS}
     assert not any(re.search(rf"\b{column}\b", v2) for column in added)
     older = tmp_path / "older"
     older.mkdir()
@@ -186,7 +187,7 @@ def test_a_version_2_store_is_read_and_migrated_its_rows_counted_stale(tmp_path)
     conn.commit()
     conn.close()
     row = _row("a")
-    run_columns = [c for c in store_module.RUN_COLUMNS if c not in added]
+    run_columns = [c for c in RUN_COLUMNS if c not in added]
     values = [row[c] for c in run_columns]
     evaluation = {k: v for k, v in _evals("a", [(1, 0.7)])[0].items() if k not in added}
     conn = sqlite3.connect(older / STORE_NAME)
@@ -209,4 +210,4 @@ def test_a_version_2_store_is_read_and_migrated_its_rows_counted_stale(tmp_path)
     with Store(older) as store:
         assert store.statuses() == {"a": "ok"} and len(store.evaluations_frame()) == 1
         version = store._conn.execute("PRAGMA user_version").fetchone()[0]
-    assert version == store_module.SCHEMA_VERSION
+    assert version == store_schema.SCHEMA_VERSION

@@ -16,15 +16,8 @@ from normzoo.bench.plan.config import load_config
 from normzoo.bench.plan.grid import condition_name, expand_conditions, expand_runs
 from normzoo.bench.plan.identity import experiment_identity
 from normzoo.bench.record.store import Store
-from normzoo.bench.record.track import (
-    Tracker,
-    condition_key,
-    resolve_mode,
-    run_config,
-    run_id,
-    setting,
-    summary_id,
-)
+from normzoo.bench.record.track import Tracker, resolve_mode
+from normzoo.bench.record.wandb_layout import condition_key, run_config, run_id, setting, summary_id
 from normzoo.bench.run import run_grid
 
 # Small enough for a few seconds per run: 2 norms x 2 seeds, 12 steps, 4 test conditions.

@@ -118,7 +118,7 @@ def launch(function: Callable, devices: int, *args, **rank0_kwargs):
         }
         others = [
             subprocess.Popen(
-                [sys.executable, "-m", "normzoo.bench.execute.ddp", str(spec)],
+                [sys.executable, "-m", "normzoo.bench.execute.train.ddp", str(spec)],
                 env={**child_env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
             )
             for rank in range(1, devices)

@@ -1,11 +1,11 @@
 """Mid-run checkpoints: a run killed or preempted in training resumes at its last epoch boundary.
 
-With ``execution.checkpoint_every_epochs: N`` (default 1), `EpochCheckpoint` makes an
-epoch-limited run (``train.max_steps`` null) write ``<out>/checkpoints/<run key>.ckpt`` (atomic
-rename) after epoch N, 2N, ... (validated and logged), as the next one starts: Lightning's
-training state (weights, buffers, optimizer and scheduler state, loop counters), the train
-order's generator (`NormzooDataModule.state_dict`), the global RNG states, the curve rows logged
-so far and the training time spent. `normzoo.bench.execute.module.train_run` resumes from it with
+With ``execution.checkpoint_every_epochs: N`` (default 1), `EpochCheckpoint` makes an epoch-limited
+run (``train.max_steps`` null) write ``<out>/checkpoints/<run key>.ckpt`` (atomic rename) after
+epoch N, 2N, ... (validated and logged), as the next one starts: Lightning's training state
+(weights, buffers, optimizer and scheduler state, loop counters), the train order's generator
+(`NormzooDataModule.state_dict`), the global RNG states, the curve rows logged so far and the
+training time spent. `normzoo.bench.execute.train.module.train_run` resumes from it with
 ``trainer.fit(ckpt_path=...)``: the rest of the run is bit-identical to training it without the
 interruption (tests/bench/test_resume.py). A checkpoint made for another run key or by other code
 versions is removed with a warning and the run trains from scratch. The parent removes a run's

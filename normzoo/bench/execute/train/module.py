@@ -64,7 +64,7 @@ class Classifier(L.LightningModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Under DDP each process trains on its slice of the global batch (bench/ddp.py)."""
         if self.trainer.training and self.trainer.world_size > 1:
-            from normzoo.bench.execute.ddp import shard
+            from normzoo.bench.execute.train.ddp import shard
 
             return shard(batch, self.trainer.global_rank, self.trainer.world_size)
         return batch
@@ -291,8 +291,8 @@ def train_run(
     writes a resumable checkpoint there every N epochs, and resumes from a checkpoint of this run
     found there: the result is bit-identical to an uninterrupted run (bench/checkpoint.py).
     """
-    from normzoo.bench.execute import ddp
-    from normzoo.bench.execute.checkpoint import EpochCheckpoint, resumable
+    from normzoo.bench.execute.train import ddp
+    from normzoo.bench.execute.train.checkpoint import EpochCheckpoint, resumable
 
     every = config.execution.checkpoint_every_epochs
     # Only epoch-limited fits: Lightning restores a step-limited fit as restarting mid-epoch and
