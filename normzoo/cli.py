@@ -498,7 +498,7 @@ def _print_plan(config, out_dir: Path, args) -> None:
 
 def _invoke(loaded: Loaded, out_dir: Path, args) -> int:
     """The work under the output dir's lock: fresh, grid, report; returns the exit status."""
-    from normzoo.bench.plan.validate import check_files, download_missing
+    from normzoo.bench.plan.config.validate import check_files, download_missing
     from normzoo.bench.record.outdir import claim, fresh, listing
     from normzoo.bench.record.store import Store, check_store
     from normzoo.bench.record.track import Tracker, describe_mode

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from normzoo.bench.plan.config.stats_section import StatsSection
 from normzoo.bench.plan.schema import RUN_STATUSES, TEST_KEYS
-from normzoo.bench.plan.stats_section import StatsSection
 from normzoo.report import plots
 from normzoo.report.convergence import Convergence, convergence, gate_findings
 from normzoo.report.families import (

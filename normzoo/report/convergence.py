@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from normzoo.bench.plan.stats_section import StatsSection
+from normzoo.bench.plan.config.stats_section import StatsSection
 from normzoo.data.datasets import dataset_info
 from normzoo.report.select import TRAIN_KEYS, default_test_slice, method_label
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from normzoo import stats
-from normzoo.bench.plan.stats_section import Comparison, StatsSection
+from normzoo.bench.plan.config.stats_section import Comparison, StatsSection
 from normzoo.report.convergence import Convergence
 from normzoo.report.select import TEST_KEYS, TRAIN_KEYS, default_test_slice, prefer_stats_mode
 

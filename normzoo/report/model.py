@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from normzoo.bench.plan.stats_section import StatsSection
+from normzoo.bench.plan.config.stats_section import StatsSection
 from normzoo.report.convergence import Convergence
 from normzoo.report.ranks import RankBlocks
 

@@ -273,7 +273,7 @@ def test_method_label_matches_config_labels():
 
 
 def test_declared_family_across_conditions_with_stats_modes_and_tost(tmp_path):
-    from normzoo.bench.plan.stats_section import StatsSection
+    from normzoo.bench.plan.config.stats_section import StatsSection
 
     runs, evaluations = synthetic_results(
         {"batch": 0.0, "group": 0.03, "layer": 0.0}, seeds=6, test_batch_sizes=(1, 128)

@@ -8,8 +8,8 @@ import pytest
 from scipy import stats as sps
 
 from normzoo import stats
-from normzoo.bench.plan.specs import NormSpec
-from normzoo.bench.plan.stats_section import StatsSection, parse_stats
+from normzoo.bench.plan.config.specs import NormSpec
+from normzoo.bench.plan.config.stats_section import StatsSection, parse_stats
 from normzoo.report import compute_report, render_markdown
 
 CONFIG = json.dumps({"data": {"dataset": "synthetic", "options": {"num_classes": 10}}})

@@ -19,7 +19,7 @@ EVAL_STATS_MODES = (*STATS_MODES, *ADAPT_METHODS)
 
 
 MIX = "mix"  # the stats mode whose prior eval.mix_prior sets (a list sweeps it)
-# A stats mode in a result is the label of a `normzoo.bench.plan.specs.StatsMode`.
+# A stats mode in a result is the label of a `normzoo.bench.plan.config.specs.StatsMode`.
 
 # Stats modes whose predictions are per-sample functions of the input (the model's statistics do
 # not depend on how the test set is batched); see `grid.computed_condition`.

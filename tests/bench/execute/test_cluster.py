@@ -22,8 +22,8 @@ import cloudpickle  # noqa: E402  (submitit's dependency)
 from normzoo.bench.execute import cluster  # noqa: E402
 from normzoo.bench.execute.worker import execute_task  # noqa: E402
 from normzoo.bench.plan.config import load_config  # noqa: E402
+from normzoo.bench.plan.config.validate import check_submitit_options  # noqa: E402
 from normzoo.bench.plan.grid import expand_conditions, expand_runs  # noqa: E402
-from normzoo.bench.plan.validate import check_submitit_options  # noqa: E402
 from normzoo.bench.record.store import Store  # noqa: E402
 from normzoo.bench.run import run_grid  # noqa: E402
 

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from normzoo.bench.execute.train.measure import TRAIN_SUBSET, training_fit
+from normzoo.bench.plan.config.specs import Composition, NormSpec
 from normzoo.bench.plan.grid import Run
-from normzoo.bench.plan.specs import Composition, NormSpec
 from normzoo.data import NormzooDataModule
 
 OPTIONS = {"train_size": 1200, "test_size": 64, "image_size": 8}

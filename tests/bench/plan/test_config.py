@@ -259,7 +259,7 @@ def test_validation_and_config_do_not_import_each_other():
     """The rules know the config only by attribute names: no import cycle."""
     import ast
 
-    import normzoo.bench.plan.validate as validate
+    import normzoo.bench.plan.config.validate as validate
 
     tree = ast.parse(Path(validate.__file__).read_text())
     imported = set()
@@ -276,7 +276,7 @@ def test_every_field_is_typed_and_described():
     from pydantic import TypeAdapter
 
     from normzoo.bench.plan.config import SECTIONS
-    from normzoo.bench.plan.fields import describe
+    from normzoo.bench.plan.config.fields import describe
 
     for name, cls in SECTIONS.items():
         schema = TypeAdapter(cls).json_schema()

@@ -16,13 +16,13 @@ from normzoo.bench.plan.config import (
     load_config,
     parse_config,
 )
+from normzoo.bench.plan.config.specs import spec_label
 from normzoo.bench.plan.reference import (
     REFERENCE_PATH,
     SCHEMA_PATH,
     config_reference,
     config_schema,
 )
-from normzoo.bench.plan.specs import spec_label
 
 ROOT = Path(__file__).resolve().parents[3]
 QUICK = ROOT / "configs" / "quick.yaml"

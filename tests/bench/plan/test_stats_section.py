@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from normzoo.bench.plan.config import NormSpec, load_config
-from normzoo.bench.plan.stats_section import Comparison, parse_comparison
+from normzoo.bench.plan.config.stats_section import Comparison, parse_comparison
 from normzoo.bench.record.store import config_json
 from normzoo.report.families import resolve_method
 

@@ -4,7 +4,7 @@ Each section is a pydantic dataclass whose fields carry their type, default, all
 bounds and a description (the JSON schema and ``docs/config.md`` are generated from them, see
 ``normzoo.bench.plan.reference``). ``normzoo.bench.plan.config.parse_config`` validates every
 section, the norms, the ``stats:`` section and the checks that combine fields
-(``normzoo.bench.plan.validate``) and raises one ValueError listing every problem, one line
+(``normzoo.bench.plan.config.validate``) and raises one ValueError listing every problem, one line
 each, with did-you-mean suggestions.
 """
 
@@ -19,9 +19,9 @@ from pydantic import BeforeValidator, Field, field_validator
 from pydantic.dataclasses import dataclass
 
 from normzoo.bench.plan import schema
-from normzoo.bench.plan.fields import Flag, Name, choice, integer, many, number, unknown
-from normzoo.bench.plan.specs import FROZEN, Composition, NormSpec, StatsMode, custom_error
-from normzoo.bench.plan.stats_section import StatsSection
+from normzoo.bench.plan.config.fields import Flag, Name, choice, integer, many, number, unknown
+from normzoo.bench.plan.config.specs import FROZEN, Composition, NormSpec, StatsMode, custom_error
+from normzoo.bench.plan.config.stats_section import StatsSection
 from normzoo.data.datasets import DATASETS
 
 

@@ -18,10 +18,10 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from normzoo.bench.plan import fields
-from normzoo.bench.plan.sections import SECTIONS, TOP_LEVEL_KEYS
-from normzoo.bench.plan.specs import NormSpec
-from normzoo.bench.plan.stats_section import StatsSection
+from normzoo.bench.plan.config import fields
+from normzoo.bench.plan.config.sections import SECTIONS, TOP_LEVEL_KEYS
+from normzoo.bench.plan.config.specs import NormSpec
+from normzoo.bench.plan.config.stats_section import StatsSection
 from normzoo.registry import available, canonical_name
 
 log = logging.getLogger(__name__)

@@ -37,8 +37,8 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic.dataclasses import dataclass as model
 
-from normzoo.bench.plan.fields import number, suggest
-from normzoo.bench.plan.specs import FROZEN, NormSpec
+from normzoo.bench.plan.config.fields import number, suggest
+from normzoo.bench.plan.config.specs import FROZEN, NormSpec
 
 log = logging.getLogger(__name__)
 

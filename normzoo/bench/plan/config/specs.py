@@ -16,7 +16,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
-from normzoo.bench.plan.fields import finite_number, integer
+from normzoo.bench.plan.config.fields import finite_number, integer
 from normzoo.bench.plan.schema import COMPOSITIONS, EVAL_STATS_MODES, MIX
 
 FROZEN = ConfigDict(extra="forbid")  # with @dataclass(frozen=True): immutable, no unknown keys

@@ -1,7 +1,7 @@
 """The checks of a benchmark config that combine fields, run after every field is typed.
 
 A field's own type, bounds and allowed values are declared on the config models
-(``normzoo.bench.plan.sections``); :func:`check_combinations` then checks what depends on
+(``normzoo.bench.plan.config.sections``); :func:`check_combinations` then checks what depends on
 several fields (norms against the backbone, batch sizes against the dataset, shifts against
 their source), each rule a small named function returning its problems, one line each.
 :func:`check_files` checks the dataset files on disk. This module knows the config only through
@@ -14,7 +14,7 @@ import importlib.util
 from typing import Any
 
 from normzoo.bench.plan import schema
-from normzoo.bench.plan.fields import suggest, unknown
+from normzoo.bench.plan.config.fields import suggest, unknown
 
 __all__ = [
     "check_combinations",

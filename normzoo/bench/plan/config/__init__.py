@@ -1,11 +1,13 @@
 """Benchmark configuration: YAML at the edge, typed models inside, every problem reported at once.
 
-:func:`load_config` reads a YAML file, applies ``--set dotted.key=value`` overrides and
-:func:`parse_config` validates the whole config into the frozen models of
-``normzoo.bench.plan.sections`` (re-exported here): every field by its type, the norms by the
-registry, the ``stats:`` section, then the checks that combine fields
-(``normzoo.bench.plan.validate``). All problems are reported in one ValueError, one line each;
-the CLI turns it into exit 2.
+The package is the typed config: ``sections`` (the frozen pydantic models), ``fields`` (field
+types and error wording), ``specs`` (norm, composition and stats-mode specs), ``stats_section``
+(the declared primary family), ``overrides`` (YAML reading and ``--set``) and ``validate`` (the
+checks that combine fields). :func:`load_config` reads a YAML file, applies ``--set
+dotted.key=value`` overrides and :func:`parse_config` validates the whole config into the models
+(re-exported here): every field by its type, the norms by the registry, the ``stats:`` section,
+then the combined checks. All problems are reported in one ValueError, one line each; the CLI
+turns it into exit 2.
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from normzoo.bench.plan import fields
-from normzoo.bench.plan.overrides import (
+from normzoo.bench.plan.config import fields
+from normzoo.bench.plan.config.overrides import (
     apply_override,
     overridden_backbone,
     overridden_norms,
     parse_norms,
     read_yaml,
 )
-from normzoo.bench.plan.sections import (
+from normzoo.bench.plan.config.sections import (
     SECTIONS,
     TOP_LEVEL_KEYS,
     TUNING_KEYS,
@@ -39,9 +41,9 @@ from normzoo.bench.plan.sections import (
     TrainSection,
     stable_hash,
 )
-from normzoo.bench.plan.specs import Composition, NormSpec, StatsMode
-from normzoo.bench.plan.stats_section import StatsSection, parse_stats
-from normzoo.bench.plan.validate import check_combinations
+from normzoo.bench.plan.config.specs import Composition, NormSpec, StatsMode
+from normzoo.bench.plan.config.stats_section import StatsSection, parse_stats
+from normzoo.bench.plan.config.validate import check_combinations
 
 __all__ = [
     "SECTIONS",
