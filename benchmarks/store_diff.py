@@ -17,18 +17,16 @@ import sqlite3
 import sys
 from pathlib import Path
 
-# Columns that differ between two runs of the same computation.
+from normzoo.bench.plan.schema import PROVENANCE_COLUMNS
+
+# Columns that differ between two runs of the same computation: times, provenance (versions,
+# device), W&B bookkeeping, and the experiment name (a label, not identity).
 IGNORED = {
     "train_seconds",
     "eval_seconds",
     "started_at",
     "finished_at",
-    "normzoo_version",
-    "git_sha",
-    "torch_version",
-    "lightning_version",
-    "timm_version",
-    "device",
+    *PROVENANCE_COLUMNS,
     "wandb_logged",
     "experiment",
 }

@@ -158,19 +158,31 @@ def expand_runs(config: Config, lrs: dict | None = None) -> list[Run]:
                     if norm.train_batch_sizes and batch_size not in norm.train_batch_sizes:
                         continue
                     lr = lrs.get((norm.label, batch_size, composition.label))
-                    runs.append(
-                        Run(
-                            key=run_key(config, norm, batch_size, composition, seed, lr),
-                            dataset=config.data.dataset,
-                            backbone=config.model.backbone,
-                            norm=norm,
-                            train_batch_size=batch_size,
-                            train_composition=composition,
-                            seed=seed,
-                            lr=lr,
-                        )
-                    )
+                    runs.append(make_run(config, norm, batch_size, composition, seed, lr))
     return runs
+
+
+def make_run(
+    config: Config,
+    norm: NormSpec,
+    train_batch_size: int,
+    composition: Composition,
+    seed: int,
+    lr: float | None = None,
+    role: str = "compare",
+) -> Run:
+    """The run of one grid point, keyed by what changes training (`run_key`)."""
+    return Run(
+        key=run_key(config, norm, train_batch_size, composition, seed, lr),
+        dataset=config.data.dataset,
+        backbone=config.model.backbone,
+        norm=norm,
+        train_batch_size=train_batch_size,
+        train_composition=composition,
+        seed=seed,
+        lr=lr,
+        role=role,
+    )
 
 
 def _shifts(ev, composition: Composition) -> list[tuple[str, int]]:

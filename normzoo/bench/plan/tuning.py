@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from normzoo.bench.plan.config import Config, TrainSection
-from normzoo.bench.plan.grid import Run, run_key
+from normzoo.bench.plan.grid import Run, make_run
 
 # A cell that gets its own learning rate: (norm label, train batch size, composition label).
 Cell = tuple[str, int, str]
@@ -57,17 +57,7 @@ def tune_run(config: Config, cell: Cell, lr: float, seed: int) -> Run:
     label, batch_size, composition_label = cell
     norm = next(n for n in config.norms if n.label == label)
     composition = next(c for c in config.train.compositions if c.label == composition_label)
-    return Run(
-        key=run_key(config, norm, batch_size, composition, seed, lr),
-        dataset=config.data.dataset,
-        backbone=config.model.backbone,
-        norm=norm,
-        train_batch_size=batch_size,
-        train_composition=composition,
-        seed=seed,
-        lr=lr,
-        role="tune",
-    )
+    return make_run(config, norm, batch_size, composition, seed, lr, role="tune")
 
 
 def best_lr(means: Mapping[float, float]) -> float:
