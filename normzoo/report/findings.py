@@ -112,7 +112,8 @@ def collapse_findings(collapse: pd.DataFrame) -> list[str]:
             continue
         where = f"train bs {row['train_batch_size']}"
         counts = (
-            f"{row['a']} {row['collapsed_a']} seeds collapsed"
+            f"{row['a']} {row['collapsed_a']} seeds collapsed (near chance) or under the"
+            " training gate"
             + (f" ({row['collapsed_seeds_a']})" if row["collapsed_seeds_a"] else "")
             + f", {row['b']} {row['collapsed_b']}"
             + (f" ({row['collapsed_seeds_b']})" if row["collapsed_seeds_b"] else "")
