@@ -549,6 +549,7 @@ def _invoke(loaded: Loaded, out_dir: Path, args) -> int:
 def _finish(loaded: Loaded, out_dir: Path, args, tracker, summary, before, runs) -> int:
     """Errors, version warning, report, the W&B sync hint; returns the exit status."""
     from normzoo.bench.record.outdir import claim, listing
+    from normzoo.bench.record.store import StoreError
 
     for line in summary.errors:
         console.print(f"  [red]{line}[/]")
@@ -563,7 +564,7 @@ def _finish(loaded: Loaded, out_dir: Path, args, tracker, summary, before, runs)
     command = reproduce_command(args, out_dir)
     try:
         _report(loaded.config, out_dir, [r.key for r in runs], tracker, loaded.identity, command)
-    except _store_error() as error:  # stored values of the wrong type: a bad input, one line
+    except StoreError as error:  # stored values of the wrong type: a bad input, one line
         _error(str(error))
         status = 2
     except Exception as error:  # noqa: BLE001 - the stored results stay valid; say what failed
@@ -675,12 +676,6 @@ def _report_command(args: argparse.Namespace) -> int:
         _error(str(error))
         return 2
     return 0
-
-
-def _store_error() -> type[Exception]:
-    from normzoo.bench.record.store import StoreError  # the store module imports pandas: late
-
-    return StoreError
 
 
 def _writable(out_dir: Path) -> bool:

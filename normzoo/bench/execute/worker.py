@@ -127,7 +127,6 @@ def execute_task(task: Task, config: Config, out_dir: str, tracker=None) -> Iter
     training logs live to the run's W&B run, which then gets the results (``wandb_logged``).
     """
     # Lightning loads here, in the worker: the parent imports this module for its executors
-    from normzoo.bench.execute.train.measure import training_fit
     from normzoo.bench.execute.train.module import DivergedError, train_run
 
     if task.stack:
@@ -143,10 +142,7 @@ def execute_task(task: Task, config: Config, out_dir: str, tracker=None) -> Iter
             loggers = [logger] if logger else []
             # resumes from the run's checkpoint when a killed or requeued attempt left one
             outcome = train_run(run, config, datamodule, loggers, checkpoint_path(out_dir, run.key))
-            digest = save_weights(outcome.model, path, run.key)
-            row.update(val_accuracy=outcome.val_accuracy, train_seconds=outcome.seconds)
-            row.update(training_fit(outcome.model, datamodule, run, config))
-            yield Trained(run.key, dict(row), outcome.curves, weights_sha256=digest)
+            yield _trained(run, outcome, datamodule, config, row, path)
             model = outcome.model
         else:
             model = _load_model(run, config, datamodule, path, task.weights_sha256)
@@ -203,6 +199,17 @@ def _evaluate(run: Run, model, datamodule, conditions, config: Config, row: dict
     yield Finished(run.key, seconds, error_text, wandb_logged=logged)
 
 
+def _trained(run: Run, outcome, datamodule, config: Config, row: dict, path: Path) -> Trained:
+    """Keep a freshly trained model: its weights file (hash returned in the message), its
+    validation accuracy, time and training fit (`measure.training_fit`) in ``row``."""
+    from normzoo.bench.execute.train.measure import training_fit  # worker-side, as above
+
+    digest = save_weights(outcome.model, path, run.key)
+    row.update(val_accuracy=outcome.val_accuracy, train_seconds=outcome.seconds)
+    row.update(training_fit(outcome.model, datamodule, run, config))
+    return Trained(run.key, dict(row), outcome.curves, weights_sha256=digest)
+
+
 def _execute_stacked(task: Task, config: Config, out_dir: str, tracker=None) -> Iterator:
     """Train a stacked task's runs as one model, then store and evaluate each kept run as
     `execute_task` does for a run trained alone. W&B gets each run from the parent once it is
@@ -210,7 +217,6 @@ def _execute_stacked(task: Task, config: Config, out_dir: str, tracker=None) -> 
     does not fold, or an error inside the stacked step such as a batch layer rejecting one
     model's non-finite batch), each kept run is trained alone instead."""
     # Lightning loads here, in the worker: the parent imports this module for its executors
-    from normzoo.bench.execute.train.measure import training_fit
     from normzoo.bench.execute.train.module import DivergedError
     from normzoo.bench.execute.train.stack import train_stack
 
@@ -239,16 +245,14 @@ def _execute_stacked(task: Task, config: Config, out_dir: str, tracker=None) -> 
             continue
         path = weights_path(out_dir, run.key)
         try:
-            digest = save_weights(outcome.model, path, run.key)
+            trained = _trained(run, outcome, datamodules[slot], config, row, path)
         except OSError as error:
             if not no_space(error):
                 raise
             row.update(status="failed", error=f"{type(error).__name__}: {error}")
             yield Trained(run.key, row, no_space=True)
             return
-        row.update(val_accuracy=outcome.val_accuracy, train_seconds=outcome.seconds)
-        row.update(training_fit(outcome.model, datamodules[slot], run, config))
-        yield Trained(run.key, dict(row), outcome.curves, weights_sha256=digest)
+        yield trained
         tracking = (tracker, None, path)
         yield from _evaluate(
             run, outcome.model, datamodules[slot], task.conditions, config, row, tracking

@@ -100,8 +100,9 @@ class StatsSection:
     @classmethod
     def _alpha(cls, alpha: Any) -> Any:
         """The message the config loader gives, also when a report is built with an alpha."""
-        if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not 0 < alpha < 1:
-            raise ValueError(f"stats.alpha={alpha!r} must be a number in (0, 1), e.g. 0.05")
+        problem = _alpha_problem(alpha)
+        if problem:
+            raise ValueError(problem)
         return alpha
 
     @property
@@ -195,16 +196,12 @@ def parse_stats(
 
 def _alpha_and_margin(raw: dict, problems: list[str]) -> tuple[float, float | None]:
     alpha = raw.get("alpha", 0.05)
-    if not isinstance(alpha, int | float) or not 0 < alpha < 1 or isinstance(alpha, bool):
-        problems.append(f"stats.alpha={alpha!r} must be a number in (0, 1), e.g. 0.05")
+    problem = _alpha_problem(alpha)
+    if problem:
+        problems.append(problem)
         alpha = 0.05
     margin = raw.get("equivalence_margin")
-    if margin is not None and (
-        not isinstance(margin, int | float)
-        or isinstance(margin, bool)
-        or not math.isfinite(margin)
-        or margin <= 0
-    ):
+    if margin is not None and (not _is_number(margin) or margin <= 0):
         problems.append(f"stats.equivalence_margin={margin!r} must be a number > 0, e.g. 0.01")
         margin = None
     return float(alpha), None if margin is None else float(margin)
@@ -223,6 +220,13 @@ def _gate_keys(raw: dict, problems: list[str]) -> tuple[float, float]:
         )
         collapse = 0.05
     return float(gate), float(collapse)
+
+
+def _alpha_problem(alpha: Any) -> str | None:
+    """The one message for a bad ``stats.alpha`` (config loader and report builder alike)."""
+    if not _is_number(alpha) or not 0 < alpha < 1:
+        return f"stats.alpha={alpha!r} must be a number in (0, 1), e.g. 0.05"
+    return None
 
 
 def _is_number(value: Any) -> bool:
