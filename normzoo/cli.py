@@ -426,6 +426,11 @@ def _report(config, out_dir: Path, run_keys: list[str], tracker, title: str, com
         csvs = store.export_csv(out_dir, run_keys)
         runs = store.runs_frame(run_keys)
         evaluations = store.evaluations_frame(run_keys)
+        tuning = None
+        if config.train.lr_grid is not None:
+            from normzoo.bench.plan.tuning import tuning_table
+
+            tuning = tuning_table(config, store.runs_frame())
     _info(f"results: {out_dir / 'results.sqlite'} ({', '.join(p.name for p in csvs)})")
     excluded = runs[runs["status"] != "ok"]
     if len(excluded):
@@ -449,6 +454,7 @@ def _report(config, out_dir: Path, run_keys: list[str], tracker, title: str, com
         title=f"normzoo benchmark: {title}",
         command=command,
         stats=getattr(config, "stats", None),
+        tuning=tuning,
     )
     _info("\n[bold]headline[/] (accuracy, mean ± 95% CI half-width over seeds)")
     _info(_rich_table(report.headline.T.rename_axis("condition")))

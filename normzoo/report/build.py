@@ -42,7 +42,7 @@ from normzoo.report.select import (
     summarize,
     varying,
 )
-from normzoo.report.tables import headline
+from normzoo.report.tables import headline, tuning_curves
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +232,15 @@ def write_report(report: Report, out_dir: Path) -> ReportResult:
         )
         for name, c in report.curves.items()
     }
+    if not report.tuning.empty:
+        figures["accuracy_vs_lr"] = plots.plot_curves(
+            tuning_curves(report.tuning),
+            out_dir / "accuracy_vs_lr.png",
+            "learning rate",
+            "Validation accuracy vs learning rate (tuning seeds; the selected rate is used)",
+            ylabel="validation accuracy (mean over tuning seeds)",
+            log2_x=True,
+        )
     if report.ranks is not None:
         figures["critical_difference"] = plots.plot_critical_difference(
             report.ranks.result, out_dir / "critical_difference.png", "Norms by average rank"
@@ -243,6 +252,8 @@ def write_report(report: Report, out_dir: Path) -> ReportResult:
         tables["significance_primary"] = report.primary
     if not report.collapse.empty:
         tables["collapse_primary"] = report.collapse
+    if not report.tuning.empty:
+        tables["tuning"] = report.tuning
     if report.convergence is not None:
         tables["convergence_runs"] = report.convergence.runs
         tables["convergence_cells"] = report.convergence.cells
@@ -269,10 +280,17 @@ def build_report(
     title: str = "normzoo benchmark report",
     command: str | None = None,
     stats: StatsSection | None = None,
+    tuning: pd.DataFrame | None = None,
 ) -> ReportResult:
-    """:func:`compute_report`, then :func:`write_report` into ``out_dir``."""
+    """:func:`compute_report`, then :func:`write_report` into ``out_dir``.
+
+    ``tuning``: the learning-rate selection (`normzoo.bench.plan.tuning.tuning_table`), shown as
+    validation accuracy vs learning rate per norm and train condition.
+    """
     spec = stats or StatsSection()
     if alpha is not None:
         spec = replace(spec, alpha=alpha)
     report = compute_report(runs, evaluations, reference, spec, title, command)
+    if tuning is not None and not tuning.empty:
+        report = replace(report, tuning=tuning)
     return write_report(report, out_dir)

@@ -12,6 +12,7 @@ from normzoo.report.tables import (
     condition_columns,
     display,
     markdown_table,
+    tuning_pivot,
     verdict_summary,
 )
 
@@ -192,6 +193,50 @@ def _convergence_section(report: Report) -> list[str]:
     return lines
 
 
+def _tuning_section(report: Report) -> list[str]:
+    tuning = report.tuning
+    if tuning.empty:
+        return []
+    seeds = int(tuning["seeds"].max())
+    failed = int(tuning["failed"].sum())
+    return [
+        "## Learning-rate selection",
+        "",
+        "Each cell (norm, train batch size, composition) tried the same declared grid, extended "
+        "by one step beyond an edge when the best value sat there, on "
+        f"{seeds} tuning seed(s) that are never compared and never tested; the rate with the "
+        "highest mean validation accuracy was selected (ties to the smaller rate) and every "
+        "compared run of the cell trains with it. Entries: mean validation accuracy (mean "
+        "training accuracy), the selected rate in bold"
+        + (f"; {failed} tuning run(s) failed or diverged and score 0" if failed else "")
+        + ". How much a norm's accuracy moves across this grid is itself a finding: the "
+        "comparisons above hold at the selected rates only.",
+        "",
+        markdown_table(tuning_pivot(tuning)),
+        "",
+        *_edge_lines(tuning),
+    ]
+
+
+def _edge_lines(tuning: pd.DataFrame) -> list[str]:
+    """Cells whose selected rate is still an edge of what they tried: extensions ran out, so a
+    better rate may lie beyond (said, not hidden)."""
+    edges = []
+    for (norm, b, composition), cell in tuning.groupby(
+        ["norm", "train_batch_size", "train_composition"], sort=False
+    ):
+        chosen = cell.loc[cell["selected"], "lr"]
+        if len(cell) > 1 and len(chosen) and chosen.iloc[0] in (cell["lr"].min(), cell["lr"].max()):
+            edges.append(f"{norm} at train bs {b} ({composition}): {chosen.iloc[0]:g}")
+    if not edges:
+        return []
+    return [
+        "Selected at an edge of the grid after the allowed extensions (a better rate may lie "
+        "beyond it): " + "; ".join(edges) + ".",
+        "",
+    ]
+
+
 def _exploratory_section(report: Report) -> list[str]:
     lines = ["## Exploratory comparisons (not part of the findings)", ""]
     if not report.exploratory and not report.constant_modes:
@@ -328,6 +373,7 @@ def render_markdown(report: Report, figures: dict[str, str]) -> str:
     lines += ["## What we found", "", *[f"- {f}" for f in report.findings], ""]
     lines += _primary_section(report)
     lines += _convergence_section(report)
+    lines += _tuning_section(report)
     lines += [
         "## Headline",
         "",

@@ -50,6 +50,8 @@ class Report:
     convergence: Convergence | None = None  # gate per train condition, collapsed runs
     collapse: pd.DataFrame = field(default_factory=pd.DataFrame)  # Fisher, primary pairs
     merged: dict[str, int] = field(default_factory=dict)  # per family: repeated computations
+    # learning-rate selection: validation accuracy per (cell, lr) tried (plan.tuning.tuning_table)
+    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass(frozen=True)

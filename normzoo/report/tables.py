@@ -191,3 +191,40 @@ def collapse_display(collapse: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     shown["power 0% vs 50%"] = collapse["collapse_power_0_vs_50"].map("{:.0%}".format)
     shown["verdict"] = collapse["collapse_verdict"]
     return shown
+
+
+def tuning_curves(tuning: pd.DataFrame) -> pd.DataFrame:
+    """Validation accuracy vs learning rate (`plots.CURVE_COLUMNS`): one panel per train
+    condition, one line per norm; the band is ± one SD over the tuning seeds (none with one)."""
+    compositions = tuning["train_composition"].nunique() > 1
+    sd = tuning["val_accuracy_sd"].fillna(0.0)
+    return pd.DataFrame(
+        {
+            "panel": [
+                f"train bs {b}" + (f", {c}" if compositions else "")
+                for b, c in zip(tuning["train_batch_size"], tuning["train_composition"], strict=True)
+            ],
+            "line": tuning["norm"],
+            "x": tuning["lr"],
+            "mean": tuning["val_accuracy"],
+            "low": tuning["val_accuracy"] - sd,
+            "high": tuning["val_accuracy"] + sd,
+        }
+    )
+
+
+def tuning_pivot(tuning: pd.DataFrame) -> pd.DataFrame:
+    """One row per (norm, train batch size, composition), one column per learning rate tried:
+    ``validation (training) accuracy``, the selected rate in bold; blank where not tried."""
+    frame = tuning.assign(
+        cell=[
+            f"{val:.3f} ({train:.3f})" if train == train else f"{val:.3f}"
+            for val, train in zip(tuning["val_accuracy"], tuning["train_accuracy"], strict=True)
+        ]
+    )
+    frame["cell"] = [f"**{c}**" if s else c for c, s in zip(frame["cell"], frame["selected"])]
+    frame["lr"] = [f"lr {lr:g}" for lr in frame["lr"]]
+    keys = ["norm", "train_batch_size", "train_composition"]
+    table = frame.pivot(index=keys, columns="lr", values="cell").fillna("")
+    order = sorted(table.columns, key=lambda c: float(c.split()[1]))
+    return table[order].reset_index()

@@ -310,3 +310,40 @@ def test_declared_family_across_conditions_with_stats_modes_and_tost(tmp_path):
     explored = result.tables["significance_stats_modes"]
     repeated = explored[(explored["a"] == "batch") & (explored["test_batch_size"] == 1)]
     assert repeated[repeated["shift"] == "clean"].empty
+
+
+def test_learning_rate_selection_is_shown_with_its_edges(tmp_path):
+    runs, evaluations = synthetic_results({"batch": 0.0, "group": 0.02}, seeds=2)
+    rows = []
+    for norm, b, lrs, chosen in (
+        ("batch", 8, (1e-3, 2e-3, 4e-3), 2e-3),
+        ("group", 8, (1e-3, 2e-3, 4e-3, 8e-3), 8e-3),  # extended and still at the edge
+    ):
+        for i, lr in enumerate(lrs):
+            rows.append(
+                {
+                    "norm": norm,
+                    "train_batch_size": b,
+                    "train_composition": "iid",
+                    "lr": lr,
+                    "seeds": 1,
+                    "failed": 0,
+                    "val_accuracy": 0.5 + 0.1 * i,
+                    "val_accuracy_sd": np.nan,
+                    "train_accuracy": 0.9,
+                    "selected": lr == chosen,
+                }
+            )
+    tuning = pd.DataFrame(rows)
+    result = report.build_report(runs, evaluations, tmp_path, title="t", tuning=tuning)
+    text = result.path.read_text()
+    assert "## Learning-rate selection" in text
+    assert "| batch | 8 | iid | 0.500 (0.900) | **0.600 (0.900)** | 0.700 (0.900) |  |" in text
+    assert "a better rate may lie beyond it): group at train bs 8 (iid): 0.008." in text
+    assert "batch at train bs 8 (iid)" not in text  # an inner selection is no edge
+    assert "accuracy_vs_lr" in result.figures
+    assert pd.read_csv(tmp_path / "tuning.csv")["selected"].sum() == 2
+    # without tuning runs (a config with one declared lr) there is no such section
+    plain = report.build_report(runs, evaluations, tmp_path / "plain", title="t")
+    assert "Learning-rate selection" not in plain.path.read_text()
+    assert "accuracy_vs_lr" not in plain.figures
