@@ -1,12 +1,20 @@
-"""Regenerate the committed studies ``reports/study_*.md`` from their stores.
+"""Regenerate the committed studies ``reports/study_*.md`` from their committed per-seed data.
 
     python benchmarks/study_reports.py [--runs runs] [--out reports] [STUDY ...]
 
-For each study: load its config (``configs/<study>.yaml``, which declares the primary family),
-read ``<runs>/<study>/results.sqlite``, build the report, and write ``<out>/<study>.md`` (setup,
-the generated findings, a like-with-like comparison with the paper's numbers, the generated
-report) with its figures in ``<out>/<study>/``. Every number comes from the store; the paper
-numbers are quoted from the papers (sources named in the text).
+Each study's per-seed results live in ``<out>/<study>/data/`` as CSVs: ``runs.csv`` (every
+compared and tuning run: learning rate, status, validation and training accuracy, timings,
+provenance), ``evaluations.csv`` (every evaluation row) and ``curves.csv`` (every logged training
+and validation curve point). When ``<runs>/<study>/results.sqlite`` exists, its runs of the study
+are first merged into those CSVs by run key (a key already committed is kept, never duplicated),
+so a study run in seed shards across sessions (``--set train.seeds=[...]``, each shard committed
+when it ends) accumulates there. The report is then built from the CSVs alone: load the config
+(``configs/<study>.yaml``, which declares the primary family), select its runs by key (the
+tuning runs its learning-rate grid calls for, the compared runs at the rates they selected),
+build the report, and write ``<out>/<study>.md`` (setup, the generated findings, a like-with-like
+comparison with the paper's numbers, the generated report) with its figures in
+``<out>/<study>/``. Every number comes from the data; the paper numbers are quoted from the papers
+(sources named in the text).
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ import numpy as np
 import pandas as pd
 
 from normzoo import stats
-from normzoo.bench.plan.config import load_config
+from normzoo.bench.plan.config import Config, load_config
+from normzoo.bench.plan.grid import expand_runs
+from normzoo.bench.plan.tuning import plan_tuning, scores_from_runs, tuning_run_keys, tuning_table
 from normzoo.bench.record.store import Store
 from normzoo.report import build_report, replace_between
 from normzoo.report.select import TEST_KEYS, TRAIN_KEYS
@@ -412,20 +422,93 @@ def declared_vs_run(study: str, overrides: list[str]) -> str:
     )
 
 
+# The committed per-seed data of a study and the columns that identify one row of each.
+DATA_KEYS = {
+    "runs": ["run_key"],
+    "evaluations": ["run_key", *TEST_KEYS],
+    "curves": ["run_key", "metric", "step"],
+}
+
+
+def data_dir(out_dir: Path, study: str) -> Path:
+    return out_dir / study / "data"
+
+
+def study_keys(config: Config, runs: pd.DataFrame) -> tuple[set[str], set[str]]:
+    """(compared run keys, tuning run keys) of ``config``, given the runs that exist: the tuning
+    runs decide the compared runs' learning rates (and so their keys)."""
+    if config.train.lr_grid is None:
+        return {r.key for r in expand_runs(config)}, set()
+    state = plan_tuning(config, scores_from_runs(runs))
+    if state.selected is None:
+        raise SystemExit(
+            f"{config.experiment.name}: learning-rate selection is incomplete "
+            f"({len(state.pending)} tuning runs missing); finish the study's tuning first"
+        )
+    return {r.key for r in expand_runs(config, state.selected)}, tuning_run_keys(config, state)
+
+
+def _read(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.exists() else None
+
+
+def merge_store(config: Config, store_dir: Path, data: Path) -> dict[str, int]:
+    """Merge the store's runs of this study into the committed CSVs by key; returns the rows
+    added per file. Rows already committed are kept as they are (never duplicated); rows of
+    other configs in the store are left out."""
+    with Store(store_dir) as store:
+        fresh = {
+            "runs": store.runs_frame().drop(columns=["config_json"]),
+            "evaluations": store.evaluations_frame(),
+            "curves": store.curves_frame(),
+        }
+    data.mkdir(parents=True, exist_ok=True)
+    merged, added = {}, {}
+    for name, keys in DATA_KEYS.items():
+        old = _read(data / f"{name}.csv")
+        frame = fresh[name] if old is None else pd.concat([old, fresh[name]], ignore_index=True)
+        merged[name] = frame.drop_duplicates(keys, keep="first")
+        added[name] = len(merged[name]) - (0 if old is None else len(old))
+    compared, tuned = study_keys(config, merged["runs"])
+    keep = compared | tuned
+    for name, keys in DATA_KEYS.items():
+        frame = merged[name][merged[name]["run_key"].isin(keep)].sort_values(keys)
+        frame.to_csv(data / f"{name}.csv", index=False)
+    return added
+
+
+def load_study(config: Config, data: Path) -> tuple[pd.DataFrame, ...]:
+    """(compared runs, their evaluations, their curves, tuning table) from the committed CSVs."""
+    frames = {name: _read(data / f"{name}.csv") for name in DATA_KEYS}
+    if frames["runs"] is None or frames["evaluations"] is None:
+        raise SystemExit(
+            f"{data}: no committed per-seed data of {config.experiment.name}; run the study "
+            f"(python benchmarks/compare.py configs/{config.experiment.name}.yaml) first"
+        )
+    runs = frames["runs"]
+    compared, _ = study_keys(config, runs)
+    tuning = tuning_table(config, runs) if config.train.lr_grid is not None else None
+    runs = runs[runs["run_key"].isin(compared)]
+    evaluations = frames["evaluations"][frames["evaluations"]["run_key"].isin(compared)]
+    curves = frames["curves"] if frames["curves"] is not None else pd.DataFrame()
+    if not curves.empty:
+        curves = curves[curves["run_key"].isin(compared)]
+    if runs.empty:
+        raise SystemExit(f"{data}: no runs of the current {config.experiment.name} config")
+    return runs, evaluations, curves, tuning
+
+
 def study_report(study: str, runs_dir: Path, out_dir: Path, readme: Path | None = None) -> Path:
     overrides = OVERRIDES[study]
     config = load_config(ROOT / "configs" / f"{study}.yaml", overrides)
+    data = data_dir(out_dir, study)
     store_dir = runs_dir / study
-    with Store(store_dir) as store:
-        keys = None
-        runs = store.runs_frame(keys)
-        evaluations = store.evaluations_frame(keys)
-        curves = store.curves_frame(keys)
-    runs = runs[runs["config_hash"] == config.hash]
-    evaluations = evaluations[evaluations["run_key"].isin(set(runs["run_key"]))]
-    if runs.empty:
-        raise SystemExit(f"{store_dir}: no runs of the current {study} config; run it first")
-    span = pd.to_datetime(runs["finished_at"]).max() - pd.to_datetime(runs["started_at"]).min()
+    if (store_dir / "results.sqlite").exists():
+        added = merge_store(config, store_dir, data)
+        print(f"{study}: merged {store_dir / 'results.sqlite'} into {data} (rows added: {added})")
+    runs, evaluations, curves, tuning = load_study(config, data)
+    missing = len(expand_runs(config)) - len(runs)
+    cpu = pd.to_numeric(runs["train_seconds"], errors="coerce").sum() / 3600
     command = f"python benchmarks/compare.py configs/{study}.yaml --workers 2 --wandb disabled"
     command += "".join(f" --set '{o}'" for o in overrides)
     with tempfile.TemporaryDirectory() as tmp:
@@ -437,11 +520,13 @@ def study_report(study: str, runs_dir: Path, out_dir: Path, readme: Path | None 
             title=TITLES[study],
             command=command,
             stats=config.stats,
+            tuning=tuning,
         )
         figures = out_dir / study
-        if figures.exists():
-            shutil.rmtree(figures)
-        figures.mkdir(parents=True)
+        for path in figures.glob("*"):
+            if path.is_file():
+                path.unlink()
+        figures.mkdir(parents=True, exist_ok=True)
         for path in [*result.figures.values(), *Path(tmp).glob("*.csv")]:
             shutil.copy(path, figures / path.name)
         text = result.path.read_text()
@@ -450,10 +535,13 @@ def study_report(study: str, runs_dir: Path, out_dir: Path, readme: Path | None 
     lines = [
         f"# {TITLES[study]}",
         "",
-        f"**Command:** `{command}` (config: `configs/{study}.yaml`), on the 2 CPU cores this "
-        f"project's agents share (heavily loaded: timings are not comparable); first run "
-        f"started to last run finished: {span.total_seconds() / 60:.0f} min. Regenerated from "
-        f"the store by `python benchmarks/study_reports.py {study}`.",
+        f"**Command:** `{command}` (config: `configs/{study}.yaml`), on 2 shared CPU cores; "
+        f"{cpu:.1f} h of training CPU time in the compared runs (sum of their training "
+        f"seconds; stacked runs share their stack's time). Regenerated from the committed "
+        f"per-seed data (`{study}/data/`: runs, evaluations, curves) by `python "
+        f"benchmarks/study_reports.py {study}`"
+        + (f"; {missing} compared run(s) of the config are not in it yet" if missing > 0 else "")
+        + ".",
         "",
         f"**Setup.** {config.experiment.description} "
         + (

@@ -202,7 +202,9 @@ def tuning_curves(tuning: pd.DataFrame) -> pd.DataFrame:
         {
             "panel": [
                 f"train bs {b}" + (f", {c}" if compositions else "")
-                for b, c in zip(tuning["train_batch_size"], tuning["train_composition"], strict=True)
+                for b, c in zip(
+                    tuning["train_batch_size"], tuning["train_composition"], strict=True
+                )
             ],
             "line": tuning["norm"],
             "x": tuning["lr"],
@@ -222,7 +224,9 @@ def tuning_pivot(tuning: pd.DataFrame) -> pd.DataFrame:
             for val, train in zip(tuning["val_accuracy"], tuning["train_accuracy"], strict=True)
         ]
     )
-    frame["cell"] = [f"**{c}**" if s else c for c, s in zip(frame["cell"], frame["selected"])]
+    frame["cell"] = [
+        f"**{c}**" if s else c for c, s in zip(frame["cell"], frame["selected"], strict=True)
+    ]
     frame["lr"] = [f"lr {lr:g}" for lr in frame["lr"]]
     keys = ["norm", "train_batch_size", "train_composition"]
     table = frame.pivot(index=keys, columns="lr", values="cell").fillna("")

@@ -11,13 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 
-import pandas as pd
-
 from normzoo.bench.execute.messages import Finished, Task, Trained
 from normzoo.bench.execute.pool import WorkerDied
 from normzoo.bench.execute.worker import run_row
 from normzoo.bench.plan.config import Config
-from normzoo.bench.plan.tuning import Cell, TuningState, plan_tuning
+from normzoo.bench.plan.tuning import Cell, TuningState, plan_tuning, scores_from_runs
 from normzoo.bench.record.store import Store, now
 
 log = logging.getLogger(__name__)
@@ -25,13 +23,7 @@ log = logging.getLogger(__name__)
 
 def stored_scores(store: Store) -> dict[str, float | None]:
     """run key -> validation accuracy of every stored tuning run (None: failed or diverged)."""
-    runs = store.runs_frame()
-    runs = runs[runs["role"] == "tune"]
-    scores: dict[str, float | None] = {}
-    for row in runs.itertuples():
-        ok = row.status == "ok" and pd.notna(row.val_accuracy)
-        scores[row.run_key] = float(row.val_accuracy) if ok else None
-    return scores
+    return scores_from_runs(store.runs_frame())
 
 
 def stored_selection(config: Config, store: Store) -> dict[Cell, float] | None:

@@ -60,6 +60,30 @@ def tune_run(config: Config, cell: Cell, lr: float, seed: int) -> Run:
     return make_run(config, norm, batch_size, composition, seed, lr, role="tune")
 
 
+def scores_from_runs(runs: pd.DataFrame) -> dict[str, float | None]:
+    """run key -> validation accuracy of every tuning run in a runs frame (the store's, or its
+    CSV export); None for a failed or diverged one, or one without a validation accuracy."""
+    if runs.empty or "role" not in runs:
+        return {}
+    tune = runs[runs["role"] == "tune"]
+    return {
+        key: float(val) if status == "ok" and pd.notna(val) else None
+        for key, status, val in zip(
+            tune["run_key"], tune["status"], tune["val_accuracy"], strict=True
+        )
+    }
+
+
+def tuning_run_keys(config: Config, state: TuningState) -> set[str]:
+    """The keys of every tuning run ``state``'s grids call for (done or pending)."""
+    return {
+        tune_run(config, cell, lr, seed).key
+        for cell, tuning in state.cells.items()
+        for lr in tuning.grid
+        for seed in config.train.tune_seeds
+    }
+
+
 def best_lr(means: Mapping[float, float]) -> float:
     """The lr with the highest mean validation accuracy; equal means go to the smaller lr."""
     ranked = sorted(means, key=lambda lr: (-round(means[lr], 12), lr))
