@@ -42,7 +42,7 @@ from normzoo.report.select import (
     summarize,
     varying,
 )
-from normzoo.report.tables import headline, tuning_curves
+from normzoo.report.tables import calibration, headline, tuning_curves
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,7 @@ def compute_report(
         convergence=conv,
         collapse=collapse,
         merged={k: v for k, v in merged.items() if v},
+        calibration=calibration(ev),
     )
 
 
@@ -254,6 +255,8 @@ def write_report(report: Report, out_dir: Path) -> ReportResult:
         tables["collapse_primary"] = report.collapse
     if not report.tuning.empty:
         tables["tuning"] = report.tuning
+    if not report.calibration.empty:
+        tables["calibration"] = report.calibration
     if report.convergence is not None:
         tables["convergence_runs"] = report.convergence.runs
         tables["convergence_cells"] = report.convergence.cells

@@ -237,6 +237,28 @@ def _edge_lines(tuning: pd.DataFrame) -> list[str]:
     ]
 
 
+def _calibration_section(report: Report) -> list[str]:
+    table = report.calibration
+    if table.empty:
+        return []
+    shown = table.assign(
+        **{c: table[c].map(lambda v: f"{v:.3f}") for c in ("accuracy", "nll", "ece")}
+    )
+    return [
+        "## Calibration beside accuracy (exploratory)",
+        "",
+        "Mean over seeds of accuracy, negative log-likelihood (NLL, nats per sample) and "
+        "expected calibration error (ECE: 15 equal-width confidence bins) on i.i.d. test "
+        "batches at the largest train batch size, per norm, test batch size, statistics mode "
+        "and shift (full table: `calibration.csv`). Test-time statistics change confidence as "
+        "well as accuracy: a mode can raise accuracy and still leave the model over-confident. "
+        "No test is run on these columns.",
+        "",
+        markdown_table(shown),
+        "",
+    ]
+
+
 def _exploratory_section(report: Report) -> list[str]:
     lines = ["## Exploratory comparisons (not part of the findings)", ""]
     if not report.exploratory and not report.constant_modes:
@@ -389,6 +411,7 @@ def render_markdown(report: Report, figures: dict[str, str]) -> str:
     if curves:
         lines += ["## Plots", ""] + [f"![{k}]({figures[k]})\n" for k in curves]
     lines += _exploratory_section(report)
+    lines += _calibration_section(report)
     lines += _ranks_section(report)
     return "\n".join(lines) + "\n"
 

@@ -52,6 +52,8 @@ class Report:
     merged: dict[str, int] = field(default_factory=dict)  # per family: repeated computations
     # learning-rate selection: validation accuracy per (cell, lr) tried (plan.tuning.tuning_table)
     tuning: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # accuracy, NLL and ECE per norm x stats mode x test condition (tables.calibration)
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from normzoo.report.select import (
     SETTING_KEYS,
     TRAIN_KEYS,
     default_test_slice,
+    natural_key,
     prefer_stats_mode,
     summarize,
     varying,
@@ -232,3 +233,34 @@ def tuning_pivot(tuning: pd.DataFrame) -> pd.DataFrame:
     table = frame.pivot(index=keys, columns="lr", values="cell").fillna("")
     order = sorted(table.columns, key=lambda c: float(c.split()[1]))
     return table[order].reset_index()
+
+
+def calibration(ev: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy, NLL and expected calibration error per norm, stats mode and test condition.
+
+    Mean over seeds on i.i.d. test batches at the largest train batch size; one row per
+    (method, test batch size, stats mode, shift, severity). Empty when no evaluation recorded
+    an ECE (stores older than the calibration columns).
+    """
+    if ev.empty or "ece" not in ev or pd.to_numeric(ev["ece"], errors="coerce").isna().all():
+        return pd.DataFrame()
+    rows = ev[ev["train_batch_size"] == ev["train_batch_size"].max()]
+    if (rows["test_composition"] == "iid").any():
+        rows = rows[rows["test_composition"] == "iid"]
+    keys = ["method", "test_batch_size", "stats_mode", "shift", "severity"]
+    rows = rows.assign(
+        nll=pd.to_numeric(rows["loss"], errors="coerce"),
+        ece=pd.to_numeric(rows["ece"], errors="coerce"),
+    )
+    table = (
+        rows.groupby(keys, dropna=False)
+        .agg(
+            seeds=("seed", "nunique"),
+            accuracy=("accuracy", "mean"),
+            nll=("nll", "mean"),
+            ece=("ece", "mean"),
+        )
+        .reset_index()
+    )
+    order = sorted(range(len(table)), key=lambda i: tuple(natural_key(table[k][i]) for k in keys))
+    return table.iloc[order].reset_index(drop=True)

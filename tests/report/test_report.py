@@ -347,3 +347,39 @@ def test_learning_rate_selection_is_shown_with_its_edges(tmp_path):
     plain = report.build_report(runs, evaluations, tmp_path / "plain", title="t")
     assert "Learning-rate selection" not in plain.path.read_text()
     assert "accuracy_vs_lr" not in plain.figures
+
+
+def test_calibration_table_is_the_mean_over_seeds_per_stats_mode(tmp_path):
+    runs, evaluations = synthetic_results({"batch": 0.0, "group": 0.02}, seeds=3)
+    rng = np.random.default_rng(1)
+    evaluations = evaluations.assign(
+        ece=rng.uniform(0, 0.2, len(evaluations)), loss=rng.uniform(0.3, 2, len(evaluations))
+    )
+    result = report.build_report(runs, evaluations, tmp_path, title="t")
+    assert "## Calibration beside accuracy (exploratory)" in result.path.read_text()
+    table = pd.read_csv(tmp_path / "calibration.csv")
+    # independently: batch norm, largest train and test batch, batch stats, fog at severity 3
+    cell = evaluations[
+        (evaluations["norm"] == "batch")
+        & (evaluations["train_batch_size"] == 32)
+        & (evaluations["test_batch_size"] == 128)
+        & (evaluations["stats_mode"] == "batch")
+        & (evaluations["shift"] == "fog")
+        & (evaluations["severity"] == 3)
+        & (evaluations["test_composition"] == "iid")
+    ]
+    row = table[
+        (table["method"] == "batch")
+        & (table["test_batch_size"] == 128)
+        & (table["stats_mode"] == "batch")
+        & (table["shift"] == "fog")
+        & (table["severity"] == 3)
+    ]
+    assert len(cell) == 3 and len(row) == 1
+    assert row["ece"].iloc[0] == pytest.approx(cell["ece"].mean())
+    assert row["nll"].iloc[0] == pytest.approx(cell["loss"].mean())
+    assert row["accuracy"].iloc[0] == pytest.approx(cell["accuracy"].mean())
+    assert set(table["train_batch_size"] if "train_batch_size" in table else []) <= {32}
+    # a store without ECE (older than the calibration columns) gets no such section
+    plain = report.build_report(runs, evaluations.drop(columns=["ece"]), tmp_path / "p", title="t")
+    assert "Calibration" not in plain.path.read_text()
