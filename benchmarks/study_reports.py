@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from normzoo import stats
 from normzoo.bench.plan.config import Config, load_config
@@ -110,7 +111,40 @@ def _headline_means(report, column_prefix: str) -> pd.Series:
     return means[means != "–"].astype(float)
 
 
-def _batch_size_comparison(result, **_) -> list[str]:
+def _setting(config: Config) -> str:
+    """The study's model, data and budget in words, from its config."""
+    data, model, train = config.data, config.model, config.train
+    options = data.options
+    size = options.get("image_size", "?")
+    widths = model.options.get("widths")
+    backbone = model.backbone + (f" (widths {'-'.join(map(str, widths))})" if widths else "")
+    return (
+        f"{backbone}, {size}×{size} {data.dataset} images ({options.get('train_size', '?')} "
+        f"train, 10 classes), {train.optimizer} with a cosine schedule and no warm-up, "
+        f"{train.epochs} epochs on 2 CPU cores"
+    )
+
+
+def _smallest_map(config: Config, norm: str) -> int:
+    """The fewest spatial positions any ``norm`` layer of the study's model normalizes over."""
+    from normzoo.models import build_model
+
+    model = build_model(config.model.backbone, norm, 10, 3, {}, **config.model.options)
+    sizes = []
+    hooks = [
+        m.register_forward_hook(lambda _m, x, _y: sizes.append(x[0][0, 0].numel()))
+        for m in model.modules()
+        if type(m).__name__ == "FilterResponseNorm"
+    ]
+    size = config.data.options.get("image_size", 32)
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, size, size))
+    for hook in hooks:
+        hook.remove()
+    return min(sizes) if sizes else 0
+
+
+def _batch_size_comparison(result, config: Config, **_) -> list[str]:
     primary = result.tables.get("significance_primary", pd.DataFrame())
     lines = [
         "Wu & He (2018) report ResNet-50 top-1 *error* on ImageNet with 8 GPUs (batch size per "
@@ -152,8 +186,8 @@ def _batch_size_comparison(result, **_) -> list[str]:
         f"over seeds, %): {ours}. The ranking is descriptive: only the primary family's "
         "comparisons carry a verdict (the other pairs are in the exploratory table below).",
         "",
-        'Gaps under 1 point in the paper are treated as "about none". Our model, data (16×16 '
-        "synthetic images, 10 classes) and schedule differ from ResNet-50 on ImageNet, so only "
+        'Gaps under 1 point in the paper are treated as "about none". Our setting '
+        f"({_setting(config)}) differs from ResNet-50 on ImageNet, so only "
         "directions and rough sizes are comparable, and our intervals cover seed-to-seed "
         "variance on one fixed test set, not the difference between tasks.",
     ]
@@ -203,7 +237,7 @@ def _last_epoch_train_accuracy(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.S
     return last.groupby(["train_batch_size", "norm"])["value"].mean()
 
 
-def _zoo_comparison(result, runs: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
+def _zoo_comparison(result, config: Config, runs: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
     primary = result.tables.get("significance_primary", pd.DataFrame())
     sizes = sorted(int(b) for b in primary["train_batch_size"].unique()) if len(primary) else []
     small = [b for b in sizes if b <= SMALL_BATCH]
@@ -268,15 +302,13 @@ def _zoo_comparison(result, runs: pd.DataFrame, curves: pd.DataFrame) -> list[st
     exploratory = sorted(set(runs["norm"]) - {"batch", "group", "filter_response", "evonorm_s0"})
     lines += [
         "",
-        "Differences in accuracy points. Our model (a 4-layer CNN), data (16×16 synthetic "
-        "images, 10 classes), optimizer (AdamW, cosine, no warm-up) and budget (minutes on a "
-        "CPU, not ImageNet's 90 epochs) differ from the papers', so only directions are "
-        "compared; the intervals cover seed-to-seed variance on one fixed test set. FRN "
-        "normalizes each channel of each sample by its mean square over the spatial positions: "
-        "the small CNN's last two stages have 4×4 and 2×2 maps (16×16 inputs), so that "
-        "estimate rests on 16 and 4 values (ResNet-50's last stage on ImageNet has 7×7 = 49), "
-        "and the paper's learned-eps option for small maps was not used (`learn_eps=False`): "
-        "a named reason FRN may do worse here than in the paper, not isolated."
+        f"Differences in accuracy points. Our setting ({_setting(config)}) differs from the "
+        "papers' (ImageNet, 90 epochs), so only directions are compared; the intervals cover "
+        "seed-to-seed variance on one fixed test set. FRN normalizes each channel of each "
+        "sample by its mean square over the spatial positions: the smallest maps it sees here "
+        f"hold {_smallest_map(config, 'filter_response')} values (ResNet-50's last stage on "
+        "ImageNet has 7×7 = 49), and the paper's learned-eps option for small maps was not "
+        "used (`learn_eps=False`)."
         + (
             f" Exploratory (tables below): {', '.join(exploratory)}"
             + (", and the corrupted test sets." if result.report.headline.shape[1] > 4 else ".")
@@ -287,7 +319,7 @@ def _zoo_comparison(result, runs: pd.DataFrame, curves: pd.DataFrame) -> list[st
     return lines
 
 
-def _renorm_comparison(result, **_) -> list[str]:
+def _renorm_comparison(result, config: Config, **_) -> list[str]:
     primary = result.tables.get("significance_primary", pd.DataFrame())
     lines = [
         "Ioffe (2017, Sec. 4.2-4.3; Inception-v3 on ImageNet) reports that batch renorm "
@@ -313,12 +345,13 @@ def _renorm_comparison(result, **_) -> list[str]:
         "",
         "Differences in accuracy points. The paper trains for hundreds of thousands of steps and "
         "ramps r_max/d_max over tens of thousands; our runs are a few hundred to a few thousand "
-        "steps with a ramp scaled to that length, so agreement in direction is all we test.",
+        f"steps with a ramp scaled to that length ({_setting(config)}), so agreement in "
+        "direction is all we test.",
     ]
     return lines
 
 
-def _shift_comparison(result, **_) -> list[str]:
+def _shift_comparison(result, config: Config, **_) -> list[str]:
     primary = result.tables.get("significance_primary", pd.DataFrame())
     lines = [
         "Schneider et al. (2020) report that replacing the source (running) statistics by "
@@ -342,7 +375,7 @@ def _shift_comparison(result, **_) -> list[str]:
     lines += [
         "",
         'Differences in accuracy points; the paper\'s direction is "better than running" in '
-        "every row. Magnitudes are not comparable (16×16 synthetic images, a small CNN, "
+        f"every row. Magnitudes are not comparable ({_setting(config)}; "
         "generated corruptions rather than ImageNet-C).",
     ]
     return lines
@@ -565,7 +598,7 @@ def study_report(study: str, runs_dir: Path, out_dir: Path, readme: Path | None 
         "",
         "## Comparison with the paper, like with like",
         "",
-        *COMPARISONS[study](result, runs=runs, curves=curves),
+        *COMPARISONS[study](result, config=config, runs=runs, curves=curves),
         "",
         "## Generated report",
         "",
