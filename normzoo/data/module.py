@@ -2,9 +2,9 @@
 
 Images stay uint8 in memory, or on disk in a lazy `ImageStore` (the sources users bring: decoded a
 batch at a time, in the DataLoader's workers), and become normalized float32 per batch (the dataset
-indexes a whole batch at once, so there is no per-sample collate). Every random choice (validation split, train
-order, test corruption, test batch composition) comes from generators seeded by ``seed``, so runs
-of different norms with the same seed see the same data in the same order.
+indexes a whole batch at once, so there is no per-sample collate). Every random choice (validation
+split, train order, test corruption, test batch composition) comes from generators seeded by
+``seed``, so runs of different norms with the same seed see the same data in the same order.
 """
 
 from __future__ import annotations
@@ -285,8 +285,9 @@ class NormzooDataModule(pl.LightningDataModule):
         Dietterich 2019). A lazy test set (an `ImageStore`) is corrupted per batch as it is
         decoded, each image by ``(seed, its index)`` (`image_seed`), so the corruption of an
         image does not depend on the test batch size; the constants are those of the images'
-        resolution either way (``normzoo.data.corruptions.severity_params``). Either way images are normalized with the train statistics and batched
-        the same way. Compositions: ``"iid"`` sequential batches (the last, partial one kept);
+        resolution either way (``normzoo.data.corruptions.severity_params``). Images are
+        normalized with the train statistics and batched the same way. Compositions: ``"iid"``
+        sequential batches (the last, partial one kept);
         ``"label_skew"`` Dirichlet(``alpha``) class mix per batch; ``"outliers"`` sequential
         batches with ``outliers`` samples per batch replaced by far-OOD noise and labelled
         ``IGNORE_INDEX`` (-100); ``"mixed_corruption"`` every sample of a batch under a different

@@ -219,7 +219,7 @@ def load_imagefolder(root, options: dict) -> tuple[Source, tuple, tuple]:
             "data.options.on_bad_image: skip to leave such files out"
         )
     kept = [_keep(split, bad) for split in splits]
-    for (paths, labels), name in zip(kept, ("train", "test", "val"), strict=False):
+    for (_, labels), name in zip(kept, ("train", "test", "val"), strict=False):
         missing = sorted(set(range(len(listing.classes))) - set(labels.tolist()))
         if missing:
             raise ValueError(
@@ -255,7 +255,8 @@ def _stats(source: Source, options: dict, key: list, disk: bool) -> tuple[tuple,
     full_key = [*key, tuple(source.train.shape[1:]), limit, seed]
 
     def compute() -> dict:
-        return dict(zip(("mean", "std"), stream_channel_stats(source.train, limit, seed)))
+        mean, std = stream_channel_stats(source.train, limit, seed)
+        return {"mean": mean, "std": std}
 
     if disk:
         value = _cached(full_key, compute)
