@@ -182,7 +182,9 @@ def test_corruption_uses_the_constants_of_the_source_resolution(folder):
     (ImageNet-C): the lazy source's resolution picks the table."""
     from normzoo.data.corruptions import severity_params
 
-    dm = NormzooDataModule("imagefolder", folder, dataset_options={"image_size": 224})
+    dm = NormzooDataModule(
+        "imagefolder", folder, train_batch_size=4, dataset_options={"image_size": 224}
+    )
     table, _, _ = severity_params(224, 224)
     assert table["brightness"][4] == 0.5
     x = torch.cat([x for x, _ in dm.test_loader(9, "brightness", 5, seed=0)])

@@ -329,7 +329,8 @@ def dataset_labels(dataset, where: str) -> torch.Tensor:
     second element, read once; ValueError when items carry no label."""
     for attribute in ("targets", "labels", "_labels", "_samples_labels"):
         values = getattr(dataset, attribute, None)
-        if values is not None and not callable(values) and len(values) == len(dataset):
+        sized = isinstance(values, (list, tuple, torch.Tensor)) or hasattr(values, "__array__")
+        if sized and not isinstance(values, str) and len(values) == len(dataset):
             return torch.as_tensor([int(v) for v in values], dtype=torch.long)
     labels = []
     for i in range(len(dataset)):
