@@ -200,7 +200,11 @@ def test_corruption_uses_the_constants_of_the_source_resolution(folder):
 def _config(dataset="imagefolder", root=None, **options) -> dict:
     return {
         "experiment": {"name": "mine"},
-        "data": {"dataset": dataset, "root": None if root is None else str(root), "options": options},
+        "data": {
+            "dataset": dataset,
+            "root": None if root is None else str(root),
+            "options": options,
+        },
         "norms": ["batch"],
         "train": {"batch_sizes": [4], "max_steps": 2, "seeds": 1},
         "eval": {"test_batch_sizes": [4], "stats_modes": ["running"], "shifts": ["clean"]},
