@@ -351,6 +351,13 @@ def test_torchvision_class_with_a_train_argument_reads_root_and_never_downloads(
 # ----------------------------------------------------------------------------- end to end
 
 
+def test_the_example_config_runs_dry_on_a_users_folder(folder, tmp_path, capsys):
+    example = Path(__file__).resolve().parents[1] / "configs" / "examples" / "imagefolder.yaml"
+    argv = ["compare", str(example), "--set", f"data.root={folder}", "--dry-run"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert "estimated cost" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_compare_runs_on_an_imagefolder_directory(tmp_path):
     root = make_folder(tmp_path / "images", ("train", "test"), (16, 4), CLASSES[:2])

@@ -24,8 +24,8 @@ DATASETS = ("synthetic", "cifar10", "mnist")
 # Dataset names users complete: ``imagefolder``, ``torchvision:<Class>``, ``datamodule:<path>``.
 SOURCES = ("imagefolder", "torchvision", "datamodule")
 DATASET_WORDS = (
-    "synthetic, cifar10, mnist, imagefolder, torchvision:<Class> (e.g. torchvision:CIFAR100) or "
-    "datamodule:<package.module>:<Class> (a LightningDataModule)"
+    "synthetic, cifar10, mnist, imagefolder, torchvision:ClassName (e.g. torchvision:CIFAR100) or "
+    "datamodule:package.module:ClassName (a LightningDataModule)"
 )
 
 
