@@ -353,7 +353,8 @@ def test_torchvision_class_with_a_train_argument_reads_root_and_never_downloads(
 
 def test_the_example_config_runs_dry_on_a_users_folder(folder, tmp_path, capsys):
     example = Path(__file__).resolve().parents[1] / "configs" / "examples" / "imagefolder.yaml"
-    argv = ["compare", str(example), "--set", f"data.root={folder}", "--dry-run"]
+    sets = [f"data.root={folder}", "train.batch_sizes=[4]", "eval.test_batch_sizes=[1,4]"]
+    argv = ["compare", str(example), *(a for s in sets for a in ("--set", s)), "--dry-run"]
     assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 0
     assert "estimated cost" in capsys.readouterr().out
 
