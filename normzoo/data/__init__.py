@@ -1,4 +1,5 @@
-"""Datasets (embedded synthetic + real on-disk loaders), corruptions, batch-composition shifts.
+"""Datasets (embedded synthetic, real on-disk loaders, lazy sources users bring: ImageFolder,
+torchvision classes, LightningDataModules), corruptions, batch-composition shifts.
 
 Everything here is plain torch/numpy. ``NormzooDataModule`` (the Lightning face of these loaders,
 in ``normzoo.data.module``) is imported on first use, so ``import normzoo.data`` does not import
@@ -8,12 +9,16 @@ Lightning.
 from normzoo.data.corruptions import CORRUPTIONS, corrupt
 from normzoo.data.datasets import (
     DATASET_OPTIONS,
+    DATASET_WORDS,
     DATASETS,
+    SOURCES,
     DatasetInfo,
     ImageSplits,
     channel_stats,
     check_options,
     dataset_info,
+    dataset_key,
+    fit_size,
     load,
 )
 from normzoo.data.files import (
@@ -35,6 +40,7 @@ from normzoo.data.shifts import (
     mixed_corruption_ids,
     outlier_positions,
 )
+from normzoo.data.stores import ImageStore, stream_channel_stats, take
 from normzoo.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
 from normzoo.data.synthetic import cache_dir
 
@@ -43,13 +49,16 @@ __all__ = [
     "CORRUPTIONS",
     "DATASETS",
     "DATASET_OPTIONS",
+    "DATASET_WORDS",
     "IGNORE_INDEX",
+    "SOURCES",
     "SYNTHETIC_CLASS_NAMES",
     "TEST_COMPOSITIONS",
     "TRAIN_COMPOSITIONS",
     "ClassGroupedBatchSampler",
     "DatasetInfo",
     "ImageSplits",
+    "ImageStore",
     "LabelSkewedBatchSampler",
     "NormzooDataModule",
     "cache_dir",
@@ -60,6 +69,8 @@ __all__ = [
     "corrupt_mixed",
     "data_root",
     "dataset_info",
+    "dataset_key",
+    "fit_size",
     "inject_outliers",
     "load",
     "load_cifar10",
@@ -67,6 +78,8 @@ __all__ = [
     "load_mnist",
     "mixed_corruption_ids",
     "outlier_positions",
+    "stream_channel_stats",
+    "take",
 ]
 
 

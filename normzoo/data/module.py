@@ -1,9 +1,10 @@
 """``NormzooDataModule``: one set of arguments -> train/val/test loaders for any dataset.
 
-Images stay uint8 in memory and become normalized float32 per batch (the dataset indexes a whole
-batch at once, so there is no per-sample collate). Every random choice (validation split, train
-order, test corruption, test batch composition) comes from generators seeded by ``seed``, so runs
-of different norms with the same seed see the same data in the same order.
+Images stay uint8 in memory, or on disk in a lazy `ImageStore` (the sources users bring: decoded a
+batch at a time, in the DataLoader's workers), and become normalized float32 per batch (the dataset
+indexes a whole batch at once, so there is no per-sample collate). Every random choice (validation
+split, train order, test corruption, test batch composition) comes from generators seeded by
+``seed``, so runs of different norms with the same seed see the same data in the same order.
 """
 
 from __future__ import annotations
@@ -26,17 +27,48 @@ from normzoo.data.shifts import (
     LabelSkewedBatchSampler,
     corrupt_mixed,
     inject_outliers,
+    mixed_corruption_ids,
     outlier_positions,
 )
+from normzoo.data.stores import ImageStore, take
 
 CORRUPTION_SOURCES = ("generated", "cifar10c")
 
 
-class _Batches(Dataset):
-    """Item ``indices`` (a list from a batch sampler) -> one normalized float32 batch ``(x, y)``."""
+def image_seed(seed: int, index: int) -> int:
+    """The corruption seed of test image ``index`` of a lazy store under condition ``seed``."""
+    return seed * 1_000_003 + index
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std) -> None:
-        self.images, self.labels = images, labels
+
+class _EachImage:
+    """Corrupts a lazy test batch image by image, each by (seed, its index in the test set), so
+    an image's corruption is the same at every test batch size and in every batch order."""
+
+    def __init__(self, corruption: str, severity: int, seed: int, num_images: int) -> None:
+        self.corruption, self.severity, self.seed = corruption, severity, seed
+        # mixed batches: image i's corruption, as `corrupt_mixed` assigns them over the test set
+        self.ids = mixed_corruption_ids(num_images, seed) if corruption == "mixed" else None
+
+    def __call__(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        for row, i in enumerate(index.tolist()):
+            name = self.corruption if self.ids is None else CORRUPTIONS[int(self.ids[i])]
+            out[row : row + 1] = corrupt(
+                x[row : row + 1], name, self.severity, image_seed(self.seed, i)
+            )
+        return out
+
+
+class _Batches(Dataset):
+    """Item ``indices`` (a list from a batch sampler) -> one normalized float32 batch ``(x, y)``.
+
+    ``images`` is a tensor or a lazy `ImageStore` (decoded here, per batch); ``corruption``
+    (lazy test sets only) corrupts each batch in [0, 1] before normalization."""
+
+    def __init__(
+        self, images, labels: torch.Tensor, mean, std, corruption: _EachImage | None = None
+    ) -> None:
+        self.images, self.labels, self.corruption = images, labels, corruption
         shape = (1, len(mean), 1, 1)
         self.mean = torch.tensor(mean, dtype=torch.float32).reshape(shape)
         self.std = torch.tensor(std, dtype=torch.float32).reshape(shape)
@@ -46,8 +78,10 @@ class _Batches(Dataset):
 
     def __getitem__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long)
-        x = self.images[index]
+        x = take(self.images, index)
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        if self.corruption is not None:
+            x = self.corruption(x, index)
         return (x - self.mean) / self.std, self.labels[index].clone()
 
 
@@ -130,14 +164,20 @@ class NormzooDataModule(pl.LightningDataModule):
         self._restored_generator_state: torch.Tensor | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        """Load the dataset once and split validation off the train images by ``seed``."""
+        """Load the dataset once and split validation off the train images by ``seed`` (a
+        dataset with its own validation split, e.g. an ImageFolder's val/, keeps it instead)."""
         if self.splits is not None:
             return
         self.splits = load(self.dataset, self.root, **self.dataset_options)
         n = len(self.splits.train_labels)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-        n_val = int(round(self.val_fraction * n))
-        self.val_index, self.train_index = order[:n_val].sort().values, order[n_val:].sort().values
+        if self.splits.val_images is not None:
+            self.train_index = torch.arange(n)
+            self.val_index = torch.arange(0)
+        else:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+            n_val = int(round(self.val_fraction * n))
+            self.val_index = order[:n_val].sort().values
+            self.train_index = order[n_val:].sort().values
         if len(self.train_index) < self.train_batch_size:
             raise ValueError(
                 f"train_batch_size={self.train_batch_size} exceeds the {len(self.train_index)} "
@@ -213,9 +253,12 @@ class NormzooDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         """Sequential batches of the held-out validation images."""
         s = self._splits()
-        data = _Batches(
-            s.train_images[self.val_index], s.train_labels[self.val_index], s.mean, s.std
-        )
+        if s.val_images is not None:
+            data = _Batches(s.val_images, s.val_labels, s.mean, s.std)
+        else:
+            data = _Batches(
+                s.train_images[self.val_index], s.train_labels[self.val_index], s.mean, s.std
+            )
         return self._loader(data, BatchSampler(range(len(data)), self.val_batch_size, False))
 
     def test_dataloader(self) -> DataLoader:
@@ -239,8 +282,12 @@ class NormzooDataModule(pl.LightningDataModule):
         ``source="generated"`` corrupts the test set on the fly (once per call, by ``seed``);
         ``source="cifar10c"`` reads the corruption's images and labels of ``severity`` from the
         CIFAR-10-C files under ``source_root`` (default: the dataset's ``root``; Hendrycks &
-        Dietterich 2019). Either way images are normalized with the train statistics and batched
-        the same way. Compositions: ``"iid"`` sequential batches (the last, partial one kept);
+        Dietterich 2019). A lazy test set (an `ImageStore`) is corrupted per batch as it is
+        decoded, each image by ``(seed, its index)`` (`image_seed`), so the corruption of an
+        image does not depend on the test batch size; the constants are those of the images'
+        resolution either way (``normzoo.data.corruptions.severity_params``). Images are
+        normalized with the train statistics and batched the same way. Compositions: ``"iid"``
+        sequential batches (the last, partial one kept);
         ``"label_skew"`` Dirichlet(``alpha``) class mix per batch; ``"outliers"`` sequential
         batches with ``outliers`` samples per batch replaced by far-OOD noise and labelled
         ``IGNORE_INDEX`` (-100); ``"mixed_corruption"`` every sample of a batch under a different
@@ -250,9 +297,17 @@ class NormzooDataModule(pl.LightningDataModule):
             batch_size, corruption, severity, composition, alpha, outliers, source
         )
         s = self._splits()
-        if source == "cifar10c" and corruption != "none":
+        if isinstance(s.test_images, ImageStore):
+            if source == "cifar10c":
+                raise ValueError("source='cifar10c' needs the cifar10 dataset; use 'generated'")
+            labels, n = s.test_labels, len(s.test_labels)
+            name = "mixed" if composition == "mixed_corruption" else corruption
+            each = None if name == "none" or severity == 0 else _EachImage(name, severity, seed, n)
+            data = _Batches(s.test_images, labels, s.mean, s.std, each)
+        elif source == "cifar10c" and corruption != "none":
             root = self.root if source_root is None else source_root
             images, labels = load_cifar10c(root, corruption, severity)
+            data = _Batches(images, labels, s.mean, s.std)
         else:
             if self._clean_test is None:
                 self._clean_test = s.test_images.float() / 255
@@ -261,7 +316,7 @@ class NormzooDataModule(pl.LightningDataModule):
                 images = corrupt_mixed(self._clean_test, severity, seed)
             else:
                 images = corrupt(self._clean_test, corruption, severity, seed)
-        data = _Batches(images, labels, s.mean, s.std)
+            data = _Batches(images, labels, s.mean, s.std)
         n = len(labels)
         if composition == "label_skew":
             batches = list(LabelSkewedBatchSampler(labels, batch_size, alpha, seed))

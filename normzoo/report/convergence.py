@@ -53,15 +53,16 @@ class Convergence:
 def _classes_from_config(text: object) -> int | None:
     try:
         data = json.loads(str(text)).get("data", {})
-        return dataset_info(data["dataset"], data.get("options") or {}).num_classes
-    except (ValueError, KeyError, TypeError, AttributeError):
+        info = dataset_info(data["dataset"], data.get("options") or {}, data.get("root"))
+        return info.num_classes
+    except (ValueError, KeyError, TypeError, AttributeError, OSError):
         return None
 
 
 def _classes_from_dataset(name: object) -> int | None:
     try:
         return dataset_info(str(name)).num_classes
-    except ValueError:
+    except (ValueError, OSError):
         return None
 
 

@@ -26,8 +26,8 @@ def test_synthetic_info_matches_what_loads(tmp_path, monkeypatch):
 
 def test_real_dataset_facts():
     cifar, mnist = dataset_info("cifar10"), dataset_info("MNIST")
-    assert astuple(cifar)[1:] == (3, 32, 50_000, 10_000, 10)
-    assert astuple(mnist)[1:] == (1, 28, 60_000, 10_000, 10)
+    assert astuple(cifar)[1:] == (3, 32, 50_000, 10_000, 10, None)  # no own val split
+    assert astuple(mnist)[1:] == (1, 28, 60_000, 10_000, 10, None)
 
 
 @pytest.mark.parametrize(

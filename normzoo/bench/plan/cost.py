@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from normzoo.bench.plan.config import Config
 from normzoo.bench.plan.grid import computed_condition, expand_conditions, expand_runs
-from normzoo.data import dataset_info
+from normzoo.data import dataset_info, fit_size
 
 # Calibrated on configs/quick.yaml (2 CPU cores): data setup, Lightning start-up and W&B per run,
 # and the statistics hooks, loaders and corruptions around each evaluation forward pass.
@@ -66,9 +66,9 @@ def _estimate(config: Config, workers: int, timings: dict | None = None) -> dict
     from normzoo.models import build_model
     from normzoo.registry import is_batch_dependent
 
-    info = dataset_info(config.data.dataset, config.data.options)
+    info = dataset_info(config.data.dataset, config.data.options, config.data.root)
     channels, size = info.channels, info.image_size
-    n_fit = int(info.train_size * (1 - config.data.val_fraction))
+    n_fit = fit_size(info, config.data.val_fraction)
     n_test = info.test_size
     conditions = expand_conditions(config)
     largest = max(config.eval.test_batch_sizes)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normzoo.data.stores import take
+
 TRAIN_SUBSET = 1000  # training images measured per run
 EVAL_BATCH = 256  # eval mode: per-sample predictions, any batch size gives the same numbers
 
@@ -26,7 +28,7 @@ def train_subset(datamodule) -> tuple[torch.Tensor, torch.Tensor]:
     datamodule.setup("fit")
     splits = datamodule.splits
     index = datamodule.train_index[:TRAIN_SUBSET]
-    x = splits.train_images[index]
+    x = take(splits.train_images, index)  # a lazy store decodes only these images
     x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
     shape = (1, len(splits.mean), 1, 1)
     mean = torch.tensor(splits.mean, dtype=torch.float32).reshape(shape)

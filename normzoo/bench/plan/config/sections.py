@@ -15,14 +15,14 @@ import hashlib
 import json
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator
 from pydantic.dataclasses import dataclass
 
 from normzoo.bench.plan import schema
 from normzoo.bench.plan.config.fields import Flag, Name, choice, integer, many, number, unknown
 from normzoo.bench.plan.config.specs import FROZEN, Composition, NormSpec, StatsMode, custom_error
 from normzoo.bench.plan.config.stats_section import StatsSection
-from normzoo.data.datasets import DATASETS
+from normzoo.data.datasets import DATASET_WORDS, dataset_key
 
 
 def _hint(text: str) -> dict:
@@ -41,20 +41,44 @@ class ExperimentSection:
     description: str = Field("", description="free text shown in the report")
 
 
+def _dataset_name(value: Any) -> str:
+    """A dataset name as `normzoo.data.dataset_key` spells it; nothing is imported or read."""
+    if not isinstance(value, str):
+        raise custom_error(f"{{where}}={value!r} must be {DATASET_WORDS}")
+    try:
+        return dataset_key(value)
+    except ValueError as error:
+        raise custom_error(f"{{where}}: {error}") from None
+
+
+DatasetName = Annotated[
+    str,
+    BeforeValidator(_dataset_name),
+    WithJsonSchema({"type": "string", "x-words": DATASET_WORDS}),
+]
+
+
 @dataclass(frozen=True, config=FROZEN)
 class DataSection:
     """The dataset runs train and test on."""
 
-    dataset: choice(DATASETS, "dataset") = Field("synthetic", description="dataset name")
-    root: str | None = Field(None, description="directory of the dataset files (null: default)")
-    options: dict = Field(default_factory=dict, description="dataset options (size, difficulty)")
+    dataset: DatasetName = Field("synthetic", description="dataset name (see docs/data.md)")
+    root: str | None = Field(
+        None, description="directory of the dataset files or ImageFolder tree (null: default)"
+    )
+    options: dict = Field(
+        default_factory=dict,
+        description="dataset options (size, difficulty; image_size, test_fraction, init_args...)",
+    )
     val_fraction: number(gt=0, lt=1) = Field(
         0.1, description="share of the training set held out for validation"
     )
     download: Flag = Field(
         False,
         description="opt in: fetch a missing real dataset (never changes a result)",
-        json_schema_extra=_hint(" (opt-in download of cifar10/mnist/CIFAR-10-C)"),
+        json_schema_extra=_hint(
+            " (opt-in download of cifar10/mnist/CIFAR-10-C/torchvision:<Class>)"
+        ),
     )
 
 

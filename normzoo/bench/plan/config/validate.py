@@ -61,7 +61,13 @@ def check_combinations(config: Any) -> list[str]:
     problems = [
         f"data.options: {p}" for p in normzoo.data.check_options(data.dataset, data.options)
     ]
-    info = None if problems else normzoo.data.dataset_info(data.dataset, data.options)
+    info = None
+    downloads = data.download and data.dataset.startswith("torchvision:")
+    if not problems and not downloads:  # a dataset still to download is checked after it
+        try:  # a user's dataset is listed or built here: a missing root fails before training
+            info = normzoo.data.dataset_info(data.dataset, data.options, data.root)
+        except (ValueError, TypeError, OSError) as error:
+            problems.append(f"data: {error}")
     problems += _shifts(config)
     problems += _train_compositions(config, info)
     problems += _norms(config, info)
@@ -204,7 +210,9 @@ def _batch_sizes(config: Any, info: Any) -> list[str]:
     """Batch sizes against the dataset's splits; outliers(k) needs a test batch larger than k."""
     ev, problems = config.eval, []
     if info is not None:
-        n_fit = int(info.train_size * (1 - config.data.val_fraction))
+        from normzoo.data import fit_size
+
+        n_fit = fit_size(info, config.data.val_fraction)
         problems += [
             f"train batch size {b} is larger than the training split ({n_fit})"
             for b in config.train.batch_sizes
@@ -254,7 +262,11 @@ def check_files(config: Any) -> list[str]:
     problems = []
     try:
         normzoo.data.check_files(config.data.dataset, config.data.root)
-    except OSError as error:
+        if config.data.dataset.partition(":")[0] in normzoo.data.SOURCES:
+            # every image decoded once (cached by the files' sizes and times), so an unreadable
+            # one stops the grid here, not a run halfway
+            normzoo.data.load(config.data.dataset, config.data.root, **config.data.options)
+    except (OSError, ValueError, TypeError) as error:
         problems.append(f"data: {error}")
     if cifar10c:
         root = config.eval.shift_root if config.eval.shift_root is not None else config.data.root
@@ -274,6 +286,12 @@ def download_missing(config: Any) -> None:
 
     if config.data.dataset in ("cifar10", "mnist"):
         download(config.data.dataset, config.data.root)
+    if config.data.dataset.startswith("torchvision:"):
+        from normzoo.data.sources import download_source
+
+        download_source(
+            config.data.dataset.partition(":")[2], config.data.root, config.data.options
+        )
     if config.eval.shift_source == "cifar10c":
         root = config.eval.shift_root if config.eval.shift_root is not None else config.data.root
         download("cifar10c", root)
