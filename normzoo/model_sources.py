@@ -111,7 +111,7 @@ def resolve_factory(path: str) -> Callable:
         factory = getattr(factory, part)
     if not callable(factory):
         raise ValueError(
-            f"model factory '{path}' is a {type(factory).__name__}, not callable; name a "
+            f"model factory '{path}' is not callable (a {type(factory).__name__}); name a "
             "function or class that returns the model"
         )
     return factory
@@ -209,7 +209,9 @@ def _with_norm_layer(backbone: str, build: Callable, norm: str, norm_options: di
         return build(norm_layer=normzoo.norm_layer(norm, **norm_options))
     except TypeError as error:
         if "norm_layer" not in str(error):
-            raise ValueError(f"backbone '{backbone}': {_one_line(error)}") from error
+            raise ValueError(
+                f"backbone '{backbone}' cannot be built with model.options: {_one_line(error)}"
+            ) from error
     except (AssertionError, RuntimeError) as error:  # e.g. torchvision's ViT size checks
         raise ValueError(
             f"backbone '{backbone}' cannot be built with model.options: {_one_line(error)}"
@@ -303,7 +305,7 @@ def _kind(module: nn.Module, classes: dict[type, str]) -> str | None:
 
 def describe(model: nn.Module) -> dict:
     """What a built model holds: parameters, zoo norm layers by kind, and any other norm
-    layer (torch, timm) left in it, by class name.
+    layer (torch, timm) left in it, by class name. Lazy parameters (not yet shaped) count 0.
 
     Returns:
         ``{"parameters", "trainable_parameters", "norm_layers", "norm_parameters",
@@ -317,17 +319,22 @@ def describe(model: nn.Module) -> dict:
         kind = _kind(module, classes)
         if kind is not None:
             kinds[kind] += 1
-            norm_parameters += sum(p.numel() for p in module.parameters())
+            norm_parameters += _numel(module.parameters())
         elif norm_channels(module) is not None:
             foreign[type(module).__name__] += 1
     return {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "parameters": _numel(model.parameters()),
+        "trainable_parameters": _numel(p for p in model.parameters() if p.requires_grad),
         "norm_layers": sum(kinds.values()),
         "norm_parameters": norm_parameters,
         "norm_kinds": dict(sorted(kinds.items())),
         "foreign_norm_layers": dict(sorted(foreign.items())),
     }
+
+
+def _numel(parameters) -> int:
+    """Elements of the parameters; lazy ones (``nn.LazyLinear`` before its first call) count 0."""
+    return sum(0 if nn.parameter.is_lazy(p) else p.numel() for p in parameters)
 
 
 def describe_line(description: dict) -> str:

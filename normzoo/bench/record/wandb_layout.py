@@ -106,8 +106,7 @@ def built_config(description: dict) -> dict:
     ``built_parameters``, ``built_norm_layers``, ``built_norm_parameters``,
     ``built_norm_<kind>`` per zoo norm kind and ``built_other_<class>`` per other norm layer."""
     out = {
-        f"built_{key}": description[key]
-        for key in ("parameters", "norm_layers", "norm_parameters")
+        f"built_{key}": description[key] for key in ("parameters", "norm_layers", "norm_parameters")
     }
     out.update({f"built_norm_{kind}": n for kind, n in description["norm_kinds"].items()})
     out.update({f"built_other_{cls}": n for cls, n in description["foreign_norm_layers"].items()})
