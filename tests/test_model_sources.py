@@ -277,3 +277,17 @@ def test_compare_end_to_end_with_a_user_factory(tmp_path, capsys):
         evaluations = conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
     assert rows == [(FACTORY, "batch", "ok"), (FACTORY, "group", "ok")]
     assert evaluations == 2
+
+
+def test_what_was_built_goes_to_the_wandb_config_as_flat_keys():
+    from normzoo.bench.record.wandb_layout import built_config
+
+    model = build_model(f"{__name__}:torch_norm_factory", "group", 3, 3, {"groups": 2})
+    model[1] = nn.Sequential(model[1], nn.LayerNorm(4))  # a foreign norm left in the model
+    assert built_config(describe(model)) == {
+        "built_parameters": 3 * 8 * 9 + 8 + 2 * 8 + 2 * 4,
+        "built_norm_layers": 1,
+        "built_norm_parameters": 16,
+        "built_norm_group": 1,
+        "built_other_LayerNorm": 1,
+    }
