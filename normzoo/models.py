@@ -1,7 +1,9 @@
 """Benchmark backbones, each built with a given normalization layer from the zoo.
 
 ``small_cnn`` (default, fast on CPU), ``resnet_tiny`` (residual), ``mlp`` (no spatial dims after
-its first pooling, so instance norm does not apply) and any timm model as ``timm:<name>``.
+its first pooling, so instance norm does not apply), any timm model as ``timm:<name>``, any
+torchvision classification model as ``torchvision:<name>`` and a user's model factory as
+``package.module:factory`` (:mod:`normzoo.model_sources`).
 Backbone option ``conv``: ``"plain"`` (default) or ``"ws"``, every ``nn.Conv2d`` weight-standardized
 (Qiao et al. 2019), the usual partner of group norm at small batch.
 """
@@ -12,11 +14,29 @@ import torch
 from torch import nn
 
 import normzoo
-from normzoo.registry import provides_activation, without_activation
+from normzoo.model_sources import (
+    TIMM_PREFIX,
+    build_library_model,
+    check_source,
+    describe,
+    describe_line,
+    is_library_backbone,
+)
+from normzoo.registry import canonical_name, provides_activation, without_activation
+
+__all__ = [
+    "BACKBONES",
+    "TIMM_PREFIX",
+    "build_model",
+    "check_backbone",
+    "describe",
+    "describe_line",
+    "has_batch_layers",
+    "has_spatial_dims",
+]
 
 BACKBONES = ("small_cnn", "resnet_tiny", "mlp")
 CONVS = ("plain", "ws")
-TIMM_PREFIX = "timm:"
 
 
 def has_spatial_dims(backbone: str) -> bool:
@@ -25,19 +45,14 @@ def has_spatial_dims(backbone: str) -> bool:
 
 
 def check_backbone(backbone: str) -> None:
-    """Raise ValueError naming the allowed backbones when ``backbone`` is unknown."""
-    if backbone.startswith(TIMM_PREFIX):
-        import timm
-
-        name = backbone[len(TIMM_PREFIX) :]
-        if not timm.is_model(name):
-            raise ValueError(
-                f"unknown timm model '{name}'; list names with timm.list_models('*{name[:4]}*')"
-            )
-        return
-    if backbone not in BACKBONES:
+    """Raise ValueError naming the allowed backbones when ``backbone`` is unknown, or when a
+    ``timm:``/``torchvision:`` name is unknown or a factory path does not import."""
+    if is_library_backbone(backbone):
+        check_source(backbone)
+    elif backbone not in BACKBONES:
         raise ValueError(
-            f"unknown backbone '{backbone}'; allowed: {', '.join(BACKBONES)} or 'timm:<model name>'"
+            f"unknown backbone '{backbone}'; allowed: {', '.join(BACKBONES)}, 'timm:<name>', "
+            "'torchvision:<name>' or 'package.module:factory'"
         )
 
 
@@ -188,15 +203,35 @@ def build_model(
     """Build ``backbone`` with every norm layer made by ``normzoo.create(norm, C, **opts)``.
 
     ``timm:<name>`` builds ``timm.create_model(name, pretrained=False,
-    norm_layer=normzoo.norm_layer(norm, **opts))``; nothing is downloaded. ``conv="ws"``
+    norm_layer=normzoo.norm_layer(norm, **opts))``, ``torchvision:<name>``
+    ``torchvision.models.get_model(name, weights=None, norm_layer=...)`` and
+    ``package.module:factory`` calls ``factory(num_classes=..., in_channels=..., norm_layer=...,
+    **backbone_options)``; norms a constructor makes without ``norm_layer`` are converted
+    (:func:`normzoo.model_sources.build_library_model`). Nothing is downloaded. ``conv="ws"``
     weight-standardizes every ``nn.Conv2d`` (:func:`standardize_convs`).
+
+    Raises:
+        ValueError: unknown backbone, options the model rejects, or a model that holds no
+            normalization layer (unless ``norm`` is ``none``).
     """
     check_backbone(backbone)
     if conv not in CONVS:
         raise ValueError(
             f"unknown conv {conv!r}; allowed: {', '.join(CONVS)} (model option 'conv')"
         )
-    model = _build(backbone, norm, num_classes, in_channels, norm_options, **backbone_options)
+    if is_library_backbone(backbone):
+        model = build_library_model(
+            backbone, norm, num_classes, in_channels, norm_options, **backbone_options
+        )
+    else:
+        model = _build(backbone, norm, num_classes, in_channels, norm_options, **backbone_options)
+    if canonical_name(norm) != "none" and describe(model)["norm_layers"] == 0:
+        raise ValueError(
+            f"backbone '{backbone}' holds no normalization layer, so norm '{norm}' has nothing "
+            "to replace and every norm would train the same model; use a backbone with norm "
+            "layers (e.g. torchvision:vgg11_bn, not vgg11) or a factory that uses its "
+            "norm_layer argument"
+        )
     if conv == "ws" and standardize_convs(model) == 0:
         raise ValueError(
             f"conv 'ws' standardizes convolution weights, but backbone '{backbone}' has no "
@@ -214,17 +249,6 @@ def _build(
     **backbone_options,
 ) -> nn.Module:
     norm_options = dict(norm_options or {})
-    if backbone.startswith(TIMM_PREFIX):
-        import timm
-
-        return timm.create_model(
-            backbone[len(TIMM_PREFIX) :],
-            pretrained=False,
-            num_classes=num_classes,
-            in_chans=in_channels,
-            norm_layer=normzoo.norm_layer(norm, **norm_options),
-            **backbone_options,
-        )
     cls = {"small_cnn": SmallCNN, "resnet_tiny": ResNetTiny, "mlp": MLP}[backbone]
     for key in ("widths",):
         if key in backbone_options:

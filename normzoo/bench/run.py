@@ -31,7 +31,7 @@ from rich.progress import (
 
 from normzoo.bench.execute.devices import default_workers, gpu_count
 from normzoo.bench.execute.messages import Task
-from normzoo.bench.execute.planning import Plan, grid_runs, plan_grid
+from normzoo.bench.execute.planning import Plan, grid_runs, model_lines, plan_grid
 from normzoo.bench.execute.tuning import select_learning_rates
 from normzoo.bench.execute.weights import (
     CHECKPOINTS_DIR,
@@ -118,6 +118,8 @@ def run_grid(
     planned = {run.key for task in plan.tasks for run in task.runs}
     summary = Summary(total=len(runs), skipped=len(runs) - len(planned))
     log.info(plan.line())
+    for line in model_lines(config, plan):
+        log.info(line)
     executor = _executor(config, executor, tracker, workers, workers_per_gpu, len(plan.tasks))
     writer = Writer(store, config, summary, tracker, runs)
     start = time.perf_counter()

@@ -32,6 +32,32 @@ def grid_runs(config: Config, store: Store) -> list[Run]:
     return expand_runs(config, stored_selection(config, store))
 
 
+def model_lines(config: Config, plan: Plan) -> list[str]:
+    """One line per norm to be trained: what its model holds (:func:`normzoo.models.describe`:
+    parameters, zoo norm layers by kind), built once here for the console."""
+    from normzoo.data import dataset_info
+    from normzoo.models import build_model, describe, describe_line
+
+    info = dataset_info(config.data.dataset, config.data.options)
+    norms = {run.norm.label: run.norm for task in plan.tasks if task.train for run in task.runs}
+    lines = []
+    for label, norm in norms.items():
+        try:
+            model = build_model(
+                config.model.backbone,
+                norm.name,
+                info.num_classes,
+                info.channels,
+                norm.options,
+                **config.model.options,
+            )
+            built = describe_line(describe(model))
+        except Exception as error:  # the run itself records the failure; this line only informs
+            built = f"not built here ({type(error).__name__}: {error})"
+        lines.append(f"model {config.model.backbone} with {label}: {built}")
+    return lines
+
+
 def condition_key(condition: TestCondition) -> tuple:
     """A test condition as stored: the values of `EVAL_KEY`."""
     columns = condition.columns()

@@ -101,6 +101,18 @@ def run_config(
     return out
 
 
+def built_config(description: dict) -> dict:
+    """What a run's model holds (:func:`normzoo.models.describe`) as flat W&B config keys:
+    ``built_parameters``, ``built_norm_layers``, ``built_norm_parameters``,
+    ``built_norm_<kind>`` per zoo norm kind and ``built_other_<class>`` per other norm layer."""
+    out = {
+        f"built_{key}": description[key] for key in ("parameters", "norm_layers", "norm_parameters")
+    }
+    out.update({f"built_norm_{kind}": n for kind, n in description["norm_kinds"].items()})
+    out.update({f"built_other_{cls}": n for cls, n in description["foreign_norm_layers"].items()})
+    return out
+
+
 def evaluation_table(run, experiment: str, evaluations: list[dict]) -> pd.DataFrame:
     """The evaluations of one run with the columns a dashboard splits by (norm, batch sizes,
     seed, setting) and each condition's summary name."""

@@ -19,6 +19,8 @@ from torch import nn
 from normzoo.bench.plan.config import Config, TrainSection
 from normzoo.bench.plan.grid import Run
 from normzoo.bench.plan.tuning import effective_lr
+from normzoo.bench.record.wandb_layout import built_config
+from normzoo.models import describe, describe_line
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +308,10 @@ def train_run(
         return ddp.launch(rank, devices, run, config, datamodule, loggers=loggers)
     quiet_lightning()
     module = build_module(run, config, datamodule)
+    built = describe(module.model)
+    log.info("%s: built %s", run.name, describe_line(built))
+    for logger in loggers:  # W&B config: what was built (the store's run keys stay as they are)
+        logger.log_hyperparams(built_config(built))
     recorder = CurveRecorder()
     saver, resume_from = None, None
     if checkpoint is not None:

@@ -87,9 +87,14 @@ class ModelSection:
     """The backbone every norm is trained in."""
 
     backbone: str = Field(
-        "small_cnn", description="small_cnn, resnet_tiny, mlp or timm:<model name>"
+        "small_cnn",
+        description="small_cnn, resnet_tiny, mlp, timm:<name>, torchvision:<name> or "
+        "package.module:factory (called with num_classes, in_channels, norm_layer, options)",
     )
-    options: dict = Field(default_factory=dict, description="backbone options (e.g. widths)")
+    options: dict = Field(
+        default_factory=dict,
+        description="backbone options (e.g. widths; constructor keywords of a library model)",
+    )
 
 
 def _composition(value: Any) -> Any:

@@ -155,14 +155,13 @@ def _norms(config: Any, info: Any) -> list[str]:
     except ValueError as error:
         problems.append(f"model.backbone: {error}")
         backbone = None
-    channels = info.channels if info is not None else 3
     for i, norm in enumerate(config.norms):
-        problems += _norm(config, i, norm, backbone, channels)
+        problems += _norm(config, i, norm, backbone, info)
     return problems
 
 
-def _norm(config: Any, i: int, norm: Any, backbone: str | None, channels: int) -> list[str]:
-    from normzoo.models import build_model, has_spatial_dims
+def _norm(config: Any, i: int, norm: Any, backbone: str | None, info: Any) -> list[str]:
+    from normzoo.models import build_model, has_spatial_dims, is_library_backbone
     from normzoo.registry import is_batch_dependent
 
     train, where, problems = config.train, f"norms[{i}] '{norm.label}'", []
@@ -185,6 +184,7 @@ def _norm(config: Any, i: int, norm: Any, backbone: str | None, channels: int) -
         )
     width = 32  # channels for the layer check when no backbone could be built
     if backbone:  # the options against every channel width of the backbone
+        channels = info.channels if info is not None else 3
         try:
             model = build_model(
                 backbone, norm.name, 10, channels, norm.options, **config.model.options
@@ -192,8 +192,39 @@ def _norm(config: Any, i: int, norm: Any, backbone: str | None, channels: int) -
         except (ValueError, TypeError) as error:
             return [*problems, f"{where} with backbone '{backbone}': {error}{_fix(norm, error)}"]
         width = next((m.num_features for m in model.modules() if hasattr(m, "num_features")), width)
+        if info is not None and is_library_backbone(backbone):
+            problem = check_forward(model, channels, info.image_size)
+            if problem is not None:
+                return [*problems, f"{where} with backbone '{backbone}': {problem}"]
     problem = check_norm(norm.name, norm.options, width)
     return problems if problem is None else [*problems, f"{where}: {problem}"]
+
+
+def check_forward(model: Any, channels: int, image_size: int) -> str | None:
+    """Problem of a library or user model on the dataset's images, or None: one eval forward
+    pass of two random images, so a model that cannot take the data's size or channels (a ViT
+    built for another image size, a norm that does not fit the model's layout) fails here, in
+    one line, rather than after the runs start."""
+    import torch
+
+    x = torch.randn(2, channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except Exception as error:  # a user's model may raise anything
+        text = " ".join(str(error).split())
+        return (
+            f"forward pass on {image_size}x{image_size} images with {channels} channels failed "
+            f"({type(error).__name__}: {text}); fit model.options to the data (e.g. image_size "
+            "for torchvision ViTs, img_size for timm's)"
+        )
+    if not isinstance(out, torch.Tensor) or out.shape != (2, 10):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        return (
+            f"the model returns {shape} for 2 images, not logits of shape (2, num_classes); "
+            "return class scores from forward"
+        )
+    return None
 
 
 def _fix(norm: Any, error: Exception) -> str:
