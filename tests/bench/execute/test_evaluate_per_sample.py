@@ -81,7 +81,9 @@ NORMS = [
 @pytest.mark.parametrize("norm,options", NORMS)
 @pytest.mark.parametrize("mode", ["batch", "mix"])
 @pytest.mark.parametrize("composition", ["iid", "mixed_corruption"])
-def test_vectorized_batch_of_one_equals_the_sample_loop(norm, options, mode, composition, monkeypatch):
+def test_vectorized_batch_of_one_equals_the_sample_loop(
+    norm, options, mode, composition, monkeypatch
+):
     spy = _Spy(monkeypatch)
     model, data = _model(norm, **options), _Data()
     before = {k: v.clone() for k, v in model.state_dict().items()}
