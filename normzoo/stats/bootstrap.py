@@ -63,7 +63,7 @@ def cluster_bootstrap(
     confidence_level: float = 0.95,
     seed: int = 0,
 ) -> BootstrapInterval:
-    """Expanded percentile interval of ``mean(values)`` resampling whole ``clusters`` with replacement.
+    """Expanded percentile interval of ``mean(values)``, resampling whole ``clusters``.
 
     Args:
         values: one value per sample, e.g. 0/1 correctness, or a paired difference of two test
