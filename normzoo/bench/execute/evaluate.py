@@ -137,6 +137,7 @@ class SampleScores(NamedTuple):
     loss: torch.Tensor  # float64: cross-entropy (NLL) of the sample
     batch: torch.Tensor  # int64: index of the test batch that held the sample
     position: torch.Tensor  # int64: the sample's place in its batch (outliers counted)
+    bins: torch.Tensor  # confidence bins of all scored samples (`expected_calibration_error`)
 
 
 @torch.no_grad()
@@ -144,8 +145,10 @@ def predict_samples(model: nn.Module, batches: Iterable, device: torch.device) -
     """:func:`predict`, sample by sample: what a bootstrap over test samples (or over test
     batches, clustered by ``batch``) resamples. Label -100 = unscored (an injected outlier)."""
     parts: list[tuple[torch.Tensor, ...]] = []
+    bins = torch.zeros(3, ECE_BINS, dtype=torch.float64, device=device)
     for b, (logits, y) in enumerate(_scored_batches(model, batches, device)):
         scored = y != IGNORE_INDEX
+        bins += confidence_bins(logits[scored], y[scored])
         loss = F.cross_entropy(logits.double(), y, reduction="none", ignore_index=IGNORE_INDEX)
         position = torch.arange(len(y), device=device)[scored]
         parts.append(
@@ -157,7 +160,8 @@ def predict_samples(model: nn.Module, batches: Iterable, device: torch.device) -
             )
         )
     _require_samples(sum(len(part[0]) for part in parts))
-    return SampleScores(*(torch.cat(column) for column in zip(*parts, strict=True)))
+    columns = (torch.cat(column) for column in zip(*parts, strict=True))
+    return SampleScores(*columns, bins.cpu())
 
 
 def _require_samples(n: int) -> None:
