@@ -127,6 +127,16 @@ class Outcome:
     computed_as: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A test condition the model cannot be evaluated under, and why (e.g. batch statistics at
+    test batch 1 where a layer sees one value per channel)."""
+
+    condition: TestCondition
+    stats_mode: str
+    reason: str
+
+
 def _sample_scorer():
     """A ``score`` for `evaluate_condition` that keeps each sample's test image index: the
     loader's index batches (its dataset's ``batches``, the label-skewed order included)."""
@@ -155,7 +165,7 @@ def _outcome(condition, label, computed, scores: SampleScores, sample, per_sampl
     )
 
 
-def evaluate_grid(prepared: Prepared) -> list[Outcome]:
+def evaluate_grid(prepared: Prepared) -> list[Outcome | Skipped]:
     """Every condition of the request's grid (identical computations once, as the benchmark's
     `computed_condition`), and PreciseBN on the adaptation split under every shift."""
     request, model, datamodule = prepared.request, prepared.model, prepared.datamodule
@@ -165,18 +175,24 @@ def evaluate_grid(prepared: Prepared) -> list[Outcome]:
     batch_dependent = has_batch_layers(model)
     largest = max(ev.test_batch_sizes)
     score = _sample_scorer()
-    cache: dict[TestCondition, tuple[SampleScores, np.ndarray]] = {}
+    cache: dict[TestCondition, tuple[SampleScores, np.ndarray] | str] = {}
     outcomes = []
     for condition in expand_test_conditions(ev):
         computed = computed_condition(condition, batch_dependent, largest)
         if computed not in cache:
             log.info("evaluating %s", computed.label)
-            cache[computed] = evaluate_condition(model, datamodule, computed, ev, device, score)
+            try:
+                cache[computed] = evaluate_condition(model, datamodule, computed, ev, device, score)
+            except ValueError as error:  # e.g. batch statistics of one value per channel
+                log.warning("%s cannot be evaluated: %s", computed.label, error)
+                cache[computed] = str(error)
+        label = condition.stats_mode.label
+        if isinstance(cache[computed], str):
+            outcomes.append(Skipped(condition, label, cache[computed]))
+            continue
         per_sample = computed.stats_mode.name in PER_SAMPLE_MODES
         scores, sample = cache[computed]
-        outcomes.append(
-            _outcome(condition, condition.stats_mode.label, computed, scores, sample, per_sample)
-        )
+        outcomes.append(_outcome(condition, label, computed, scores, sample, per_sample))
     if request.adapt_split != "none" and batch_dependent:
         outcomes += _precisebn(prepared, model, device, largest, score)
     return outcomes
@@ -209,11 +225,17 @@ def _correct_by_sample(outcome: Outcome, n_images: int) -> np.ndarray:
 
 
 def interval_rows(
-    outcomes: list[Outcome], n_images: int, resamples: int, seed: int, confidence_level=0.95
+    outcomes: list[Outcome | Skipped],
+    n_images: int,
+    resamples: int,
+    seed: int,
+    confidence_level: float = 0.95,
 ) -> list[dict]:
     """One row per condition: accuracy, NLL, ECE, and bootstrap intervals of the accuracy and
     of its paired differences to the clean reference and to running statistics on the same
     shift (`module docstring`)."""
+    skipped = [o for o in outcomes if isinstance(o, Skipped)]
+    outcomes = [o for o in outcomes if isinstance(o, Outcome)]
     largest = max(o.condition.test_batch_size for o in outcomes)
     references = {
         (o.condition.shift, o.condition.severity): _correct_by_sample(o, n_images)
@@ -246,7 +268,9 @@ def interval_rows(
                 diff = cluster_bootstrap(values, o.cluster, **boot)
             row[f"diff_{name}"] = diff.estimate if diff else float("nan")
             row.update(_bounds(f"diff_{name}", diff))
-        rows.append(row)
+        rows.append({**row, "skipped": ""})
+    for o in skipped:
+        rows.append({**o.condition.columns(), "stats_mode": o.stats_mode, "skipped": o.reason})
     return rows
 
 
@@ -261,6 +285,7 @@ __all__ = [
     "EvaluateRequest",
     "Outcome",
     "Prepared",
+    "Skipped",
     "evaluate_grid",
     "interval_rows",
     "prepare",

@@ -28,69 +28,72 @@ def _points(value: float, low: float, high: float) -> str:
 
 
 def _accuracy(row) -> str:
-    return f"{row.accuracy:.3f} [{row.accuracy_low:.3f}, {row.accuracy_high:.3f}]"
+    return f"{row['accuracy']:.3f} [{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}]"
 
 
 def _condition(row) -> str:
-    shift = row.shift if row.shift == CLEAN else f"{row.shift}-{row.severity}"
-    return f"{row.stats_mode} at test batch {row.test_batch_size} ({shift}, {row.test_composition})"
+    shift = row["shift"] if row["shift"] == CLEAN else f"{row['shift']}-{row['severity']}"
+    where = f"({shift}, {row['test_composition']})"
+    return f"{row['stats_mode']} at test batch {row['test_batch_size']} {where}"
 
 
 def _lost(row) -> str:
-    return _points(row.diff_vs_clean, row.diff_vs_clean_low, row.diff_vs_clean_high)
+    return _points(row["diff_vs_clean"], row["diff_vs_clean_low"], row["diff_vs_clean_high"])
 
 
 def _recovered(row) -> str:
     return _points(
-        row.diff_vs_running_same_shift,
-        row.diff_vs_running_same_shift_low,
-        row.diff_vs_running_same_shift_high,
+        row["diff_vs_running_same_shift"],
+        row["diff_vs_running_same_shift_low"],
+        row["diff_vs_running_same_shift_high"],
     )
 
 
 def headline(frame: pd.DataFrame) -> list[str]:
     """The answers, one markdown bullet each, generated from the rows."""
+    skipped = frame[frame.skipped.fillna("") != ""]
+    frame = frame[frame.skipped.fillna("") == ""]
     largest, smallest = frame.test_batch_size.max(), frame.test_batch_size.min()
     iid = frame[frame.test_composition == "iid"]
     reference = iid[
-        (iid.stats_mode == "running") & (iid.shift == CLEAN) & (iid.test_batch_size == largest)
+        (iid.stats_mode == "running") & (iid["shift"] == CLEAN) & (iid.test_batch_size == largest)
     ]
     lines = []
     if len(reference):
         ref = reference.iloc[0]
         lines.append(
             f"- **Reference**: running statistics at test batch {largest}, clean i.i.d. batches:"
-            f" accuracy {_accuracy(ref)}, n = {ref.n_test} test images."
+            f" accuracy {_accuracy(ref)}, n = {ref['n_test']} test images."
         )
-    small = iid[(iid.shift == CLEAN) & (iid.test_batch_size == smallest)]
+    small = iid[(iid["shift"] == CLEAN) & (iid.test_batch_size == smallest)]
     if len(small):
-        parts = [f"{r.stats_mode} {_lost(r)}" for r in small.itertuples()]
+        parts = [f"{r['stats_mode']} {_lost(r)}" for _, r in small.iterrows()]
         best = small.loc[small.accuracy.idxmax()]
         lines.append(
             f"- **Test batch {smallest}** (clean), accuracy vs the reference: {'; '.join(parts)}."
-            f" Best: {best.stats_mode} ({best.accuracy:.3f})."
+            f" Best: {best['stats_mode']} ({best['accuracy']:.3f})."
         )
-    shifted = iid[iid.shift != CLEAN]
+    shifted = iid[iid["shift"] != CLEAN]
     for (shift, severity), group in shifted.groupby(["shift", "severity"], sort=False):
         running = group[(group.stats_mode == "running") & (group.test_batch_size == largest)]
         lost = f"running statistics {_lost(running.iloc[0])}" if len(running) else "no running row"
         best = group.loc[group.diff_vs_running_same_shift.fillna(-1).idxmax()]
         lines.append(
             f"- **{shift}-{severity}**: {lost} vs clean; recovered most by"
-            f" {best.stats_mode} at test batch {best.test_batch_size}: {_recovered(best)} vs"
+            f" {best['stats_mode']} at test batch {best['test_batch_size']}: {_recovered(best)} vs"
             f" running on {shift}-{severity} (accuracy {_accuracy(best)})."
         )
     for composition, group in frame[frame.test_composition != "iid"].groupby(
         "test_composition", sort=False
     ):
-        clean = group[group.shift == CLEAN]
+        clean = group[group["shift"] == CLEAN]
         if clean.empty:
             continue
         worst = clean.loc[clean.diff_vs_clean.idxmin()]
         best = clean.loc[clean.accuracy.idxmax()]
         lines.append(
             f"- **{composition} batches** (clean): worst {_condition(worst)} {_lost(worst)};"
-            f" best {best.stats_mode} at test batch {best.test_batch_size} {_lost(best)}"
+            f" best {best['stats_mode']} at test batch {best['test_batch_size']} {_lost(best)}"
             " vs the reference."
         )
     if not shifted.empty:
@@ -102,6 +105,10 @@ def headline(frame: pd.DataFrame) -> list[str]:
             f"- **Recovers most under shift**: {wins.index[0]} (best on {wins.iloc[0]} of"
             f" {wins.sum()} shifts; all: {counts})."
         )
+    if len(skipped):
+        names = ", ".join(_condition(r) for _, r in skipped.iterrows())
+        reasons = "; ".join(dict.fromkeys(r.split(".")[0] for r in skipped.skipped))
+        lines.append(f"- **Not computable** ({len(skipped)}): {names}: {reasons}.")
     return lines
 
 
@@ -111,11 +118,11 @@ def _table(frame: pd.DataFrame) -> str:
         " vs running, same shift | clusters |\n|---:|---|---|---|---|---|---|---:|"
     )
     lines = [header]
-    for r in frame.itertuples():
-        shift = r.shift if r.shift == CLEAN else f"{r.shift}-{r.severity}"
+    for _, r in frame[frame.skipped.fillna("") == ""].iterrows():
+        shift = r["shift"] if r["shift"] == CLEAN else f"{r['shift']}-{r['severity']}"
         lines.append(
-            f"| {r.test_batch_size} | {r.stats_mode} | {shift} | {r.test_composition} |"
-            f" {_accuracy(r)} | {_lost(r)} | {_recovered(r)} | {r.clusters} |"
+            f"| {r['test_batch_size']} | {r['stats_mode']} | {shift} | {r['test_composition']} |"
+            f" {_accuracy(r)} | {_lost(r)} | {_recovered(r)} | {r['clusters']} |"
         )
     return "\n".join(lines)
 

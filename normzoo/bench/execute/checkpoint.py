@@ -143,8 +143,8 @@ def build_checkpoint_model(
             raise ValueError(f"--model {spec} does not build: {error}") from None
     try:
         return _fallback_build(spec, norm, num_classes, in_channels, norm_options or {})
-    except ValueError:
-        raise
+    except ValueError as error:
+        raise ValueError(f"--model {spec} does not build: {error}") from None
     except Exception as error:  # noqa: BLE001 - a user's factory may raise anything
         raise ValueError(
             f"--model {spec} does not build: {type(error).__name__}: {error}"
@@ -164,12 +164,12 @@ def _fallback_build(
 
         if name not in torchvision.models.list_models():
             raise ValueError(
-                f"--model {spec}: unknown torchvision model '{name}'; list names with"
+                f"unknown torchvision model '{name}'; list names with"
                 " torchvision.models.list_models()"
             )
         if in_channels != 3:
             raise ValueError(
-                f"--model {spec} takes 3 input channels, the data has {in_channels}; use 3-channel"
+                f"torchvision models take 3 input channels, the data has {in_channels}; use RGB"
                 " data or a factory"
             )
         options = {}
@@ -180,7 +180,7 @@ def _fallback_build(
         factory = getattr(importlib.import_module(prefix), name)
     except (ImportError, AttributeError) as error:
         raise ValueError(
-            f"--model {spec}: cannot import '{name}' from '{prefix}' ({error}); pass"
+            f"cannot import '{name}' from '{prefix}' ({error}); pass"
             " timm:<name>, torchvision:<name> or package.module:factory"
         ) from None
     offered = {
@@ -192,7 +192,7 @@ def _fallback_build(
     takes_all = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     model = factory(**{k: v for k, v in offered.items() if takes_all or k in parameters})
     if not isinstance(model, nn.Module):
-        raise ValueError(f"--model {spec} returned a {type(model).__name__}, not an nn.Module")
+        raise ValueError(f"the factory returned a {type(model).__name__}, not an nn.Module")
     return model
 
 
