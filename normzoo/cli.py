@@ -925,10 +925,10 @@ def evaluate_request(args: argparse.Namespace):
 
 def _evaluate_command(args: argparse.Namespace) -> int:
     """``normzoo evaluate``: prepare (every input error exits 2 here), evaluate, report."""
-    from normzoo.bench.evaluate_checkpoint import evaluate_grid, interval_rows, prepare
+    from normzoo.bench.evaluate_checkpoint import evaluate_grid, prepare
     from normzoo.bench.execute.checkpoint import sha256_file
     from normzoo.bench.record.provenance import command_line, device_name, machine, versions
-    from normzoo.report.checkpoint import headline, write_checkpoint_report
+    from normzoo.report.checkpoint import headline, interval_rows, write_checkpoint_report
 
     logging.basicConfig(
         level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)]

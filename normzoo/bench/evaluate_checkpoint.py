@@ -7,12 +7,9 @@ shifts x severities, label-skewed and outlier batches), plus PreciseBN: running 
 re-estimated on an unlabeled adaptation split (`normzoo.recompute_stats`). Nothing is trained and
 the checkpoint file is hashed before and after.
 
-Intervals come from the test set (one checkpoint has no seed variance): a cluster bootstrap
-(`normzoo.stats.cluster_bootstrap`) over test samples, whole test batches where the prediction
-depends on the batch, and paired: a difference to a reference condition is bootstrapped over the
-per-sample differences on the same test images. References: ``running`` statistics at the
-largest test batch size on clean i.i.d. batches (what was lost), and ``running`` on the same
-shift (what a test-time method recovers); both are per-sample, so any batching pairs with them.
+Each `Outcome` keeps per-sample scores keyed by test image and, where the prediction depends on
+its test batch, the batch of each sample: what `normzoo.report.checkpoint.interval_rows`
+bootstraps (whole batches resampled, differences paired on the same test images).
 """
 
 from __future__ import annotations
@@ -46,7 +43,6 @@ from normzoo.bench.plan.config import Composition, EvalSection, StatsMode
 from normzoo.bench.plan.grid import TestCondition, computed_condition, expand_test_conditions
 from normzoo.bench.plan.schema import CLEAN, PER_SAMPLE_MODES
 from normzoo.models import has_batch_layers
-from normzoo.stats import BootstrapInterval, cluster_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -218,68 +214,6 @@ def _precisebn(prepared: Prepared, model, device, largest: int, score) -> list[O
     return outcomes
 
 
-def _correct_by_sample(outcome: Outcome, n_images: int) -> np.ndarray:
-    values = np.full(n_images, np.nan)
-    values[outcome.sample] = outcome.correct
-    return values
-
-
-def interval_rows(
-    outcomes: list[Outcome | Skipped],
-    n_images: int,
-    resamples: int,
-    seed: int,
-    confidence_level: float = 0.95,
-) -> list[dict]:
-    """One row per condition: accuracy, NLL, ECE, and bootstrap intervals of the accuracy and
-    of its paired differences to the clean reference and to running statistics on the same
-    shift (`module docstring`)."""
-    skipped = [o for o in outcomes if isinstance(o, Skipped)]
-    outcomes = [o for o in outcomes if isinstance(o, Outcome)]
-    largest = max(o.condition.test_batch_size for o in outcomes)
-    references = {
-        (o.condition.shift, o.condition.severity): _correct_by_sample(o, n_images)
-        for o in outcomes
-        if o.stats_mode == "running"
-        and o.condition.composition.name == "iid"
-        and o.condition.test_batch_size == largest
-    }
-    clean = references.get((CLEAN, 0))
-    rows = []
-    for o in outcomes:
-        boot = dict(resamples=resamples, seed=seed, confidence_level=confidence_level)
-        accuracy = cluster_bootstrap(o.correct.astype(float), o.cluster, **boot)
-        row = {
-            **o.condition.columns(),
-            "stats_mode": o.stats_mode,
-            "accuracy": accuracy.estimate,
-            **_bounds("accuracy", accuracy),
-            "loss": float(o.loss.mean()),
-            "ece": o.ece,
-            "n_test": int(o.correct.size),
-            "clusters": accuracy.clusters,
-            "computed_as": o.computed_as,
-        }
-        same_shift = references.get((o.condition.shift, o.condition.severity))
-        for name, reference in (("vs_clean", clean), ("vs_running_same_shift", same_shift)):
-            diff = None
-            if reference is not None:
-                values = o.correct - reference[o.sample]
-                diff = cluster_bootstrap(values, o.cluster, **boot)
-            row[f"diff_{name}"] = diff.estimate if diff else float("nan")
-            row.update(_bounds(f"diff_{name}", diff))
-        rows.append({**row, "skipped": ""})
-    for o in skipped:
-        rows.append({**o.condition.columns(), "stats_mode": o.stats_mode, "skipped": o.reason})
-    return rows
-
-
-def _bounds(name: str, interval: BootstrapInterval | None) -> dict:
-    if interval is None:
-        return {f"{name}_low": float("nan"), f"{name}_high": float("nan")}
-    return {f"{name}_low": interval.low, f"{name}_high": interval.high}
-
-
 __all__ = [
     "PRECISEBN",
     "EvaluateRequest",
@@ -287,6 +221,5 @@ __all__ = [
     "Prepared",
     "Skipped",
     "evaluate_grid",
-    "interval_rows",
     "prepare",
 ]

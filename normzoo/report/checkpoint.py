@@ -1,11 +1,17 @@
 """The report of ``normzoo evaluate``: one checkpoint's test-time analysis, headline first.
 
-From the rows of `normzoo.bench.evaluate_checkpoint.interval_rows` (one per test condition, with
-bootstrap intervals) this writes ``evaluate.csv`` (every row), ``evaluate.json`` (provenance:
-the checkpoint's SHA-256 before and after, model, data, versions, command) and ``report.md``,
-whose first lines answer: how much accuracy is lost at test batch 1, under each shift and on
-skewed batches, and which test-time statistics recover most, each with its interval. Every
-sentence is generated from the rows.
+`interval_rows` turns the per-sample outcomes of `normzoo.bench.evaluate_checkpoint` into one row
+per test condition with intervals from the test set (one checkpoint has no seed variance): a
+cluster bootstrap (`normzoo.stats.cluster_bootstrap`) over test images, whole test batches where
+the prediction depends on the batch, and paired: a difference to a reference condition is
+bootstrapped over the per-sample differences on the same test images. References: ``running``
+statistics at the largest test batch size on clean i.i.d. batches (what was lost), and
+``running`` on the same shift (what a test-time method recovers); both are per-sample, so any
+batching pairs with them. `write_checkpoint_report` writes ``evaluate.csv`` (every row),
+``evaluate.json`` (provenance: the checkpoint's SHA-256 before and after, model, data,
+versions, command) and ``report.md``, whose first lines answer: how much accuracy is lost at
+test batch 1, under each shift and on skewed batches, and which test-time statistics recover
+most, each with its interval. Every sentence is generated from the rows.
 """
 
 from __future__ import annotations
@@ -13,11 +19,76 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from normzoo.bench.evaluate_checkpoint import Outcome, Skipped
 from normzoo.bench.plan.schema import CLEAN
+from normzoo.stats import BootstrapInterval, cluster_bootstrap
 
 CSV_NAME, JSON_NAME, REPORT_NAME = "evaluate.csv", "evaluate.json", "report.md"
+
+
+def _correct_by_sample(outcome: Outcome, n_images: int) -> np.ndarray:
+    values = np.full(n_images, np.nan)
+    values[outcome.sample] = outcome.correct
+    return values
+
+
+def interval_rows(
+    outcomes: list[Outcome | Skipped],
+    n_images: int,
+    resamples: int,
+    seed: int,
+    confidence_level: float = 0.95,
+) -> list[dict]:
+    """One row per condition: accuracy, NLL, ECE, and bootstrap intervals of the accuracy and
+    of its paired differences to the clean reference and to running statistics on the same
+    shift (the module docstring)."""
+    skipped = [o for o in outcomes if isinstance(o, Skipped)]
+    outcomes = [o for o in outcomes if isinstance(o, Outcome)]
+    largest = max(o.condition.test_batch_size for o in outcomes)
+    references = {
+        (o.condition.shift, o.condition.severity): _correct_by_sample(o, n_images)
+        for o in outcomes
+        if o.stats_mode == "running"
+        and o.condition.composition.name == "iid"
+        and o.condition.test_batch_size == largest
+    }
+    clean = references.get((CLEAN, 0))
+    rows = []
+    for o in outcomes:
+        boot = dict(resamples=resamples, seed=seed, confidence_level=confidence_level)
+        accuracy = cluster_bootstrap(o.correct.astype(float), o.cluster, **boot)
+        row = {
+            **o.condition.columns(),
+            "stats_mode": o.stats_mode,
+            "accuracy": accuracy.estimate,
+            **_bounds("accuracy", accuracy),
+            "loss": float(o.loss.mean()),
+            "ece": o.ece,
+            "n_test": int(o.correct.size),
+            "clusters": accuracy.clusters,
+            "computed_as": o.computed_as,
+        }
+        same_shift = references.get((o.condition.shift, o.condition.severity))
+        for name, reference in (("vs_clean", clean), ("vs_running_same_shift", same_shift)):
+            diff = None
+            if reference is not None:
+                values = o.correct - reference[o.sample]
+                diff = cluster_bootstrap(values, o.cluster, **boot)
+            row[f"diff_{name}"] = diff.estimate if diff else float("nan")
+            row.update(_bounds(f"diff_{name}", diff))
+        rows.append({**row, "skipped": ""})
+    for o in skipped:
+        rows.append({**o.condition.columns(), "stats_mode": o.stats_mode, "skipped": o.reason})
+    return rows
+
+
+def _bounds(name: str, interval: BootstrapInterval | None) -> dict:
+    if interval is None:
+        return {f"{name}_low": float("nan"), f"{name}_high": float("nan")}
+    return {f"{name}_low": interval.low, f"{name}_high": interval.high}
 
 
 def _points(value: float, low: float, high: float) -> str:
@@ -63,7 +134,7 @@ def headline(frame: pd.DataFrame) -> list[str]:
         ref = reference.iloc[0]
         lines.append(
             f"- **Reference**: running statistics at test batch {largest}, clean i.i.d. batches:"
-            f" accuracy {_accuracy(ref)}, n = {ref['n_test']} test images."
+            f" accuracy {_accuracy(ref)}, n = {int(ref['n_test'])} test images."
         )
     small = iid[(iid["shift"] == CLEAN) & (iid.test_batch_size == smallest)]
     if len(small):
@@ -83,9 +154,8 @@ def headline(frame: pd.DataFrame) -> list[str]:
             f" {best['stats_mode']} at test batch {best['test_batch_size']}: {_recovered(best)} vs"
             f" running on {shift}-{severity} (accuracy {_accuracy(best)})."
         )
-    for composition, group in frame[frame.test_composition != "iid"].groupby(
-        "test_composition", sort=False
-    ):
+    batched = frame[(frame.test_composition != "iid") & (frame.test_batch_size > 1)]
+    for composition, group in batched.groupby("test_composition", sort=False):
         clean = group[group["shift"] == CLEAN]
         if clean.empty:
             continue
@@ -107,7 +177,7 @@ def headline(frame: pd.DataFrame) -> list[str]:
         )
     if len(skipped):
         names = ", ".join(_condition(r) for _, r in skipped.iterrows())
-        reasons = "; ".join(dict.fromkeys(r.split(".")[0] for r in skipped.skipped))
+        reasons = "; ".join(dict.fromkeys(r.split(". ")[0] for r in skipped.skipped))
         lines.append(f"- **Not computable** ({len(skipped)}): {names}: {reasons}.")
     return lines
 
