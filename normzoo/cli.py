@@ -902,9 +902,12 @@ def evaluate_request(args: argparse.Namespace):
     }
     try:
         ev = parse_config({"eval": raw}).eval
-    except ValueError as error:  # the config's lines, one per problem, as one line
-        lines = [line.strip(" -") for line in str(error).splitlines()[1:]] or [str(error)]
-        raise ValueError("; ".join(lines).replace("eval.", "--").replace("_", "-")) from None
+    except ValueError as error:  # the config's lines, one per problem, as one line of flags
+        text = "; ".join(line.strip(" -") for line in str(error).splitlines()[1:]) or str(error)
+        flags = {"mix_prior": "--mix-priors", **{k: f"--{k.replace('_', '-')}" for k in raw}}
+        for key, flag in flags.items():
+            text = text.replace(f"eval.{key}", flag)
+        raise ValueError(text) from None
     if args.resamples < 100:
         raise ValueError(f"--resamples {args.resamples}: use at least 100 (default 2000)")
     return EvaluateRequest(
@@ -925,6 +928,8 @@ def evaluate_request(args: argparse.Namespace):
 
 def _evaluate_command(args: argparse.Namespace) -> int:
     """``normzoo evaluate``: prepare (every input error exits 2 here), evaluate, report."""
+    import pandas as pd
+
     from normzoo.bench.evaluate_checkpoint import evaluate_grid, prepare
     from normzoo.bench.execute.checkpoint import sha256_file
     from normzoo.bench.record.provenance import command_line, device_name, machine, versions
@@ -969,8 +974,6 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     }
     title = f"normzoo evaluate: {request.checkpoint.name} ({request.model}) on {request.dataset}"
     path = write_checkpoint_report(rows, provenance, out_dir, title)
-    import pandas as pd
-
     for line in headline(pd.DataFrame(rows)):
         console.print(escape(line), soft_wrap=True)
     console.print(f"\nreport: {path}")

@@ -213,6 +213,13 @@ def test_mismatched_keys_are_listed(resnet18_file, tmp_path, capsys):
     assert "1 unexpected keys (head.weight)" in line
 
 
+def test_invalid_grid_names_the_flags(resnet18_file, capsys):
+    args = ["evaluate", str(resnet18_file), "--model", "torchvision:resnet18", *DATA_ARGS]
+    line = error_of([*args, "--shifts", "clean", "fgo", "--test-batch-sizes", "0"], capsys)
+    assert "--shifts: unknown corruption 'fgo' (did you mean 'fog'?)" in line
+    assert "--test-batch-sizes=[0] must be" in line and "gaussian_noise" in line
+
+
 def factory_that_raises(num_classes: int):
     raise RuntimeError("no GPU configured")
 
