@@ -16,6 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
+from normzoo.bench.execute.checkpoint import read_state_dict, strip_prefix
 from normzoo.cli import main
 from normzoo.data import NormzooDataModule
 from normzoo.stats import cluster_bootstrap
@@ -180,6 +181,20 @@ def test_lightning_ckpt_from_trainer_fit(tmp_path):
     assert set(rows.stats_mode) == {"running", "online", "adabn", "tent", "precisebn"}
     outliers = rows[rows.test_composition == "outliers(k=1)"]
     assert set(outliers.n_test) == {32 - 32 // 4, 32 - 32 // 16}  # one unscored per batch
+
+
+def test_safetensors_and_prefixed_state_dicts_load_the_same_weights(resnet18_file, tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")
+    state = torch.load(resnet18_file, weights_only=True)
+    path = tmp_path / "resnet18.safetensors"
+    safetensors.save_file(state, path)
+    loaded = read_state_dict(path)
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    wrapped = {f"net.backbone.{k}": v for k, v in state.items()}
+    wrapped["criterion.weight"] = torch.ones(1)  # a loss module's buffer beside the model
+    stripped, prefix = strip_prefix(wrapped, set(state))
+    assert prefix == "net.backbone." and stripped.keys() == state.keys()
 
 
 def error_of(args, capsys) -> str:
