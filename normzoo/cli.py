@@ -1,6 +1,7 @@
 """The ``normzoo`` command: one parser with a subcommand per job.
 
 normzoo compare [CONFIG] [options]   # config -> runs -> store -> statistics -> report (+ W&B)
+normzoo evaluate CHECKPOINT --model SPEC --data NAME  # a model trained elsewhere, at test time
 normzoo report DIR                   # rebuild DIR's CSVs, report.md and plots from its store
 normzoo presets [list | show NAME]   # the shipped presets; show prints one's YAML
 normzoo dashboard ENTITY/PROJECT     # save the W&B Report (standard panels) of an experiment
@@ -83,7 +84,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
             " resumes.",
         )
     )
-    # `evaluate CHECKPOINT --data ...` (a model trained elsewhere) gets its subparser here
+    _evaluate_arguments(
+        commands.add_parser(
+            "evaluate",
+            help="test-time analysis of a model trained elsewhere (nothing retrained)",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=EVALUATE_EXIT_STATUSES,
+            description="Load a checkpoint into its model and evaluate it over a grid of test"
+            " conditions (test batch sizes, stats modes, mix priors, PreciseBN/AdaBN, TENT,"
+            " shifts x severities, label-skewed and outlier batches) with cluster-bootstrap"
+            " intervals over the test set; writes report.md, evaluate.csv and evaluate.json to"
+            " --out. The checkpoint file is hashed before and after and never modified.",
+        )
+    )
     report = commands.add_parser(
         "report",
         help="rebuild an output dir's CSVs, report and plots from its store",
@@ -179,6 +192,82 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         metavar="N",
         help="on a GPU machine the default is N workers per visible GPU (round-robin; default 1)",
+    )
+
+
+EVALUATE_EXIT_STATUSES = """exit status:
+  0    every condition evaluated, report written, checkpoint unchanged
+  1    the checkpoint file's SHA-256 changed during the evaluation (the report says so)
+  2    bad input, before any evaluation: a missing checkpoint, keys that do not match the
+       model (listed), a model spec that does not build, an invalid grid or dataset
+"""
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="state dict (.pt/.pth), .safetensors or Lightning .ckpt")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="timm:<name>, torchvision:<name>, a built-in backbone (small_cnn, resnet_tiny, mlp)"
+        " or package.module:factory (called with num_classes, in_channels, norm_layer)",
+    )
+    parser.add_argument("--data", required=True, help="dataset name (synthetic, cifar10, mnist)")
+    parser.add_argument("--root", default=None, help="where a real dataset lives on disk")
+    parser.add_argument(
+        "--data-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dataset option (YAML value), e.g. --data-option test_size=2000 (repeatable)",
+    )
+    parser.add_argument(
+        "--norm", default="batch", help="the norm the checkpoint was trained with (default batch)"
+    )
+    parser.add_argument(
+        "--norm-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of that norm, e.g. --norm-option groups=8 (repeatable)",
+    )
+    parser.add_argument(
+        "--num-classes", type=int, default=None, help="classifier outputs (default: the data's)"
+    )
+    grid = {
+        "--test-batch-sizes": ("1 8 32 128", "test batch sizes"),
+        "--stats-modes": (
+            "running batch mix online adabn tent",
+            "test-time statistics: running, batch, mix, online, adabn (re-estimated on each test"
+            " set), tent",
+        ),
+        "--mix-priors": ("4 16 64", "mix: pseudo-samples of the running statistics (a sweep)"),
+        "--shifts": ("clean gaussian_noise defocus_blur fog contrast", "clean and corruptions"),
+        "--severities": ("3 5", "corruption severities 1..5"),
+        "--compositions": (
+            "iid label_skew:0.1 outliers:1",
+            "test batch compositions: iid, label_skew:ALPHA, outliers:K, mixed_corruption",
+        ),
+    }
+    for flag, (default, text) in grid.items():
+        parser.add_argument(
+            flag,
+            nargs="+",
+            default=default.split(),
+            metavar="V",
+            help=f"{text} (default: {default})",
+        )
+    parser.add_argument(
+        "--adapt-split",
+        choices=("val", "train", "none"),
+        default="val",
+        help="unlabeled data whose statistics PreciseBN re-estimates (default: val, a held-out"
+        " 10%% of the train images); none skips PreciseBN",
+    )
+    parser.add_argument("--tent-lr", type=float, default=1e-3, help="TENT learning rate")
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument(
+        "--out", default=None, help="output dir (default: runs/evaluate-<checkpoint name>)"
     )
 
 
@@ -771,8 +860,137 @@ def _sweep_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_values(pairs: list[str], flag: str) -> dict:
+    import yaml
+
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} {pair!r} is not KEY=VALUE, e.g. {flag} test_size=2000")
+        values[key] = yaml.safe_load(value)
+    return values
+
+
+def _composition(text: str) -> str | dict:
+    """``label_skew:0.1`` -> {name, alpha}, ``outliers:1`` -> {name, k}, a bare name as is."""
+    import yaml
+
+    name, sep, value = text.partition(":")
+    if not sep:
+        return name
+    parameter = {"label_skew": "alpha", "outliers": "k", "classes": "k"}.get(name, "value")
+    return {"name": name, parameter: yaml.safe_load(value)}
+
+
+def evaluate_request(args: argparse.Namespace):
+    """The `EvaluateRequest` of ``normzoo evaluate``'s arguments; the grid checked as a
+    config's ``eval`` section (one ValueError naming every problem)."""
+    import yaml
+
+    from normzoo.bench.evaluate_checkpoint import EvaluateRequest
+    from normzoo.bench.plan.config import parse_config
+
+    raw = {
+        "test_batch_sizes": [yaml.safe_load(v) for v in args.test_batch_sizes],
+        "stats_modes": list(args.stats_modes),
+        "mix_prior": [yaml.safe_load(v) for v in args.mix_priors],
+        "shifts": list(args.shifts),
+        "severities": [yaml.safe_load(v) for v in args.severities],
+        "compositions": [_composition(v) for v in args.compositions],
+        "tent_lr": args.tent_lr,
+    }
+    try:
+        ev = parse_config({"eval": raw}).eval
+    except ValueError as error:  # the config's lines, one per problem, as one line of flags
+        text = "; ".join(line.strip(" -") for line in str(error).splitlines()[1:]) or str(error)
+        flags = {"mix_prior": "--mix-priors", **{k: f"--{k.replace('_', '-')}" for k in raw}}
+        for key, flag in flags.items():
+            text = text.replace(f"eval.{key}", flag)
+        raise ValueError(text) from None
+    if args.resamples < 100:
+        raise ValueError(f"--resamples {args.resamples}: use at least 100 (default 2000)")
+    return EvaluateRequest(
+        checkpoint=Path(args.checkpoint),
+        model=args.model,
+        dataset=args.data,
+        ev=ev,
+        norm=args.norm,
+        norm_options=_key_values(args.norm_option, "--norm-option"),
+        num_classes=args.num_classes,
+        root=args.root,
+        dataset_options=_key_values(args.data_option, "--data-option"),
+        adapt_split=args.adapt_split,
+        resamples=args.resamples,
+        seed=args.seed,
+    )
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    """``normzoo evaluate``: prepare (every input error exits 2 here), evaluate, report."""
+    import pandas as pd
+
+    from normzoo.bench.evaluate_checkpoint import evaluate_grid, prepare
+    from normzoo.bench.execute.checkpoint import sha256_file
+    from normzoo.bench.record.provenance import command_line, device_name, machine, versions
+    from normzoo.model_sources import describe
+    from normzoo.report.checkpoint import headline, interval_rows, write_checkpoint_report
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)]
+    )
+    try:
+        request = evaluate_request(args)
+        prepared = prepare(request)
+    except (ValueError, FileNotFoundError) as error:
+        _error(str(error))
+        return 2
+    out_dir = Path(args.out) if args.out else Path("runs") / f"evaluate-{request.checkpoint.stem}"
+    console.print(
+        f"evaluating {request.checkpoint} ({request.model}, {prepared.converted} batch norm"
+        f" layers converted) on {request.dataset}; nothing is trained"
+    )
+    outcomes = evaluate_grid(prepared)
+    sha256_after = sha256_file(request.checkpoint)
+    n_images = len(prepared.datamodule.splits.test_labels)
+    rows = interval_rows(outcomes, n_images, request.resamples, request.seed)
+    provenance = {
+        "checkpoint": str(request.checkpoint),
+        "sha256_before": prepared.sha256_before,
+        "sha256_after": sha256_after,
+        "model": request.model,
+        "norm": request.norm,
+        "norm_options": request.norm_options,
+        "key_prefix_stripped": prepared.prefix,
+        "converted_batch_layers": prepared.converted,
+        "built": describe(prepared.model),
+        "dataset": request.dataset,
+        "dataset_options": request.dataset_options,
+        "adapt_split": request.adapt_split,
+        "bootstrap_resamples": request.resamples,
+        "bootstrap_seed": request.seed,
+        "command": command_line(),
+        "device": device_name(),
+        "machine": machine(),
+        **versions(),
+    }
+    title = f"normzoo evaluate: {request.checkpoint.name} ({request.model}) on {request.dataset}"
+    path = write_checkpoint_report(rows, provenance, out_dir, title)
+    for line in headline(pd.DataFrame(rows)):
+        console.print(escape(line), soft_wrap=True)
+    console.print(f"\nreport: {path}")
+    if sha256_after != prepared.sha256_before:
+        _error(
+            f"checkpoint {request.checkpoint} changed during the evaluation (SHA-256"
+            f" {prepared.sha256_before} before, {sha256_after} after); its results are void"
+        )
+        return 1
+    return 0
+
+
 COMMANDS = {
     "compare": _compare,
+    "evaluate": _evaluate_command,
     "report": _report_command,
     "presets": _presets_command,
     "dashboard": _dashboard_command,

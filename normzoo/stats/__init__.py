@@ -6,6 +6,7 @@ of rliable's ``metrics.py``); nothing here touches files, W&B or Lightning.
 - :mod:`~normzoo.stats.paired`: paired t-test and t-interval (primary), exact sign-flip and
   Wilcoxon (robustness), TOST equivalence, minimum detectable effect, Holm over one family;
 - :mod:`~normzoo.stats.collapse`: collapse counts compared by Fisher's exact test, its power;
+- :mod:`~normzoo.stats.bootstrap`: cluster bootstrap over test samples (one checkpoint);
 - :mod:`~normzoo.stats.ranks`: Friedman / Iman-Davenport / Nemenyi (Demšar 2006);
 - :mod:`~normzoo.stats.intervals`, :mod:`~normzoo.stats.permutation`,
   :mod:`~normzoo.stats.corrections`, :mod:`~normzoo.stats.improvement`: the building blocks.
@@ -22,6 +23,7 @@ from normzoo.stats._common import (
     SIGNIFICANT,
     UNDERPOWERED,
 )
+from normzoo.stats.bootstrap import BootstrapInterval, cluster_bootstrap
 from normzoo.stats.collapse import (
     COLLAPSE_TEST,
     NO_COLLAPSE,
@@ -73,6 +75,8 @@ from normzoo.stats.ranks import (
 )
 
 __all__ = [
+    "BootstrapInterval",
+    "cluster_bootstrap",
     "DETECTABLE_POWER",
     "BOOTSTRAP_MIN_N",
     "COLLAPSE_TEST",

@@ -14,12 +14,13 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import vmap
+from torch.utils.data import DataLoader
 
 from normzoo.bench.plan.config import EvalSection, stable_hash
 from normzoo.bench.plan.grid import TestCondition, computed_condition
@@ -29,6 +30,7 @@ from normzoo.models import has_batch_layers
 from normzoo.testtime import Tent, adapt, stats_mode
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # All test data (corruption noise, label-skewed order, outliers) uses this seed, so every run of
 # the grid is evaluated on exactly the same test batches.
@@ -105,25 +107,69 @@ def expected_calibration_error(bins: torch.Tensor) -> float:
     return float((correct - confidence).abs().sum() / count.sum())
 
 
+def _scored_batches(model: nn.Module, batches: Iterable, device: torch.device):
+    """``(logits, labels)`` of each ``(x, y)`` batch, both on ``device``; the one forward loop of
+    :func:`predict` and :func:`predict_samples`."""
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        yield model(x), y
+
+
 @torch.no_grad()
 def predict(model: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, device) -> Scores:
     """Accuracy, mean cross-entropy (NLL), n scored and ECE over ``(x, y)`` batches; label
     -100 = unscored (an injected outlier)."""
     correct, loss_sum, n = 0, 0.0, 0
     bins = torch.zeros(3, ECE_BINS, dtype=torch.float64, device=device)
-    for x, y in batches:
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
+    for logits, y in _scored_batches(model, batches, device):
         scored = y != IGNORE_INDEX  # injected outliers have no label and are not scored
         loss_sum += F.cross_entropy(logits, y, reduction="sum", ignore_index=IGNORE_INDEX).item()
         correct += (logits.argmax(1)[scored] == y[scored]).sum().item()
         n += int(scored.sum())
         bins += confidence_bins(logits[scored], y[scored])
+    _require_samples(n)
+    return Scores(correct / n, loss_sum / n, n, expected_calibration_error(bins))
+
+
+class SampleScores(NamedTuple):
+    """Per scored test sample (injected outliers left out), in the loader's order."""
+
+    correct: torch.Tensor  # bool: the top-1 prediction is the label
+    loss: torch.Tensor  # float64: cross-entropy (NLL) of the sample
+    batch: torch.Tensor  # int64: index of the test batch that held the sample
+    position: torch.Tensor  # int64: the sample's place in its batch (outliers counted)
+    bins: torch.Tensor  # confidence bins of all scored samples (`expected_calibration_error`)
+
+
+@torch.no_grad()
+def predict_samples(model: nn.Module, batches: Iterable, device: torch.device) -> SampleScores:
+    """:func:`predict`, sample by sample: what a bootstrap over test samples (or over test
+    batches, clustered by ``batch``) resamples. Label -100 = unscored (an injected outlier)."""
+    parts: list[tuple[torch.Tensor, ...]] = []
+    bins = torch.zeros(3, ECE_BINS, dtype=torch.float64, device=device)
+    for b, (logits, y) in enumerate(_scored_batches(model, batches, device)):
+        scored = y != IGNORE_INDEX
+        bins += confidence_bins(logits[scored], y[scored])
+        loss = F.cross_entropy(logits.double(), y, reduction="none", ignore_index=IGNORE_INDEX)
+        position = torch.arange(len(y), device=device)[scored]
+        parts.append(
+            (
+                (logits.argmax(1) == y)[scored].cpu(),
+                loss[scored].cpu(),
+                torch.full((len(position),), b, dtype=torch.long),
+                position.cpu(),
+            )
+        )
+    _require_samples(sum(len(part[0]) for part in parts))
+    columns = (torch.cat(column) for column in zip(*parts, strict=True))
+    return SampleScores(*columns, bins.cpu())
+
+
+def _require_samples(n: int) -> None:
     if n == 0:
         raise ValueError(
             "the test loader yielded no samples; check the dataset and test batch size"
         )
-    return Scores(correct / n, loss_sum / n, n, expected_calibration_error(bins))
 
 
 def test_loader(datamodule, condition: TestCondition, ev: EvalSection | None = None):
@@ -146,9 +192,16 @@ def test_loader(datamodule, condition: TestCondition, ev: EvalSection | None = N
 
 
 def evaluate_condition(
-    model: nn.Module, datamodule, condition: TestCondition, ev: EvalSection, device: torch.device
-) -> Scores:
-    """The :class:`Scores` of ``model`` under one test condition; ``model`` is left unchanged."""
+    model: nn.Module,
+    datamodule,
+    condition: TestCondition,
+    ev: EvalSection,
+    device: torch.device,
+    score: Callable[[nn.Module, DataLoader, torch.device], T] = predict,
+) -> T:
+    """``score(model, loader, device)`` of ``model`` under one test condition: :class:`Scores`
+    by default (:func:`predict`), per-sample with :func:`predict_samples`; ``model`` is left
+    unchanged."""
     loader = test_loader(datamodule, condition, ev)
     mode = condition.stats_mode.name
     model.eval()
@@ -156,24 +209,24 @@ def evaluate_condition(
         # adapt() works on a copy: AdaBN re-estimates running statistics on this condition's test
         # data, then predicts with them.
         adapted = adapt(model, _inputs_on(loader, device), method="adabn")
-        return predict(adapted.eval(), loader, device)
+        return score(adapted.eval(), loader, device)
     if mode == "tent":
         # TENT online, as the official code: a copy adapts on each batch (`tent_steps` updates)
         # and the batch is scored by the outputs of the forward pass that adapts on it.
         tent = Tent(copy.deepcopy(model), lr=ev.tent_lr, steps=ev.tent_steps)
-        return predict(tent, loader, device)
+        return score(tent, loader, device)
     prior = condition.stats_mode.prior  # a point of a mix prior sweep, else the configured one
     if mode == "mix" and prior is None:
         prior = ev.mix_prior
     with stats_mode(model, mode, prior=prior):
         if _vectorizable(condition):
-            scores = _predict_per_sample(model, datamodule, condition, ev, device)
+            scores = _score_per_sample(model, datamodule, condition, ev, device, score)
             if scores is not None:
                 return scores
-        return predict(model, loader, device)
+        return score(model, loader, device)
 
 
-# Test batches of one sample are scored this many at a time by `_predict_per_sample`.
+# Test batches of one sample are scored this many at a time by `_score_per_sample`.
 PER_SAMPLE_CHUNK = 256
 
 
@@ -189,10 +242,15 @@ def _vectorizable(condition: TestCondition) -> bool:
     )
 
 
-def _predict_per_sample(
-    model: nn.Module, datamodule, condition: TestCondition, ev: EvalSection, device
-) -> Scores | None:
-    """Scores of ``condition`` (test batch size 1) without a Python loop over samples.
+def _score_per_sample(
+    model: nn.Module,
+    datamodule,
+    condition: TestCondition,
+    ev: EvalSection,
+    device: torch.device,
+    score: Callable[[nn.Module, DataLoader, torch.device], T] = predict,
+) -> T | None:
+    """``score`` of ``condition`` (test batch size 1) without a Python loop over samples.
 
     The test set is read in chunks of `PER_SAMPLE_CHUNK` and ``torch.func.vmap`` maps the model
     over the chunk's samples, each seen as a batch of one: every batch layer computes that
@@ -206,10 +264,23 @@ def _predict_per_sample(
         return vmap(lambda sample: model(sample.unsqueeze(0)).squeeze(0))(x)
 
     try:
-        return predict(one_by_one, test_loader(datamodule, chunked, ev), device)
+        result = score(one_by_one, test_loader(datamodule, chunked, ev), device)
     except (RuntimeError, ValueError, NotImplementedError) as error:
         log.debug("%s: vmap over samples failed (%s); looping over samples", condition.label, error)
         return None
+    return _one_batch_per_sample(result)
+
+
+def _one_batch_per_sample(result):
+    """``result`` with every :class:`SampleScores` in it (itself, or an element of a tuple a
+    scorer returns) recording each sample as a test batch of its own, as the test batch size 1
+    it was computed for (the chunk was only how it was computed)."""
+    if isinstance(result, SampleScores):
+        n = len(result.correct)
+        return result._replace(batch=torch.arange(n), position=torch.zeros(n, dtype=torch.long))
+    if isinstance(result, tuple) and not hasattr(result, "_fields"):
+        return tuple(_one_batch_per_sample(part) for part in result)
+    return result
 
 
 def _inputs_on(loader, device: torch.device):

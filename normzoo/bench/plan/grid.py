@@ -17,6 +17,7 @@ from normzoo.bench.plan.config import (
     TUNING_KEYS,
     Composition,
     Config,
+    EvalSection,
     NormSpec,
     StatsMode,
     stable_hash,
@@ -196,10 +197,14 @@ def _shifts(ev, composition: Composition) -> list[tuple[str, int]]:
 
 
 def expand_conditions(config: Config) -> list[TestCondition]:
+    """All test conditions of a config (`expand_test_conditions` of its eval section)."""
+    return expand_test_conditions(config.eval)
+
+
+def expand_test_conditions(ev: EvalSection) -> list[TestCondition]:
     """All test conditions; clean data has severity 0; outliers(k) only for test batch sizes > k;
     ``mixed_corruption`` batches (shift ``mixed``: each sample a different corruption) once per
-    severity."""
-    ev = config.eval
+    severity. ``normzoo evaluate`` expands its grid with this too."""
     conditions = []
     for batch_size in ev.test_batch_sizes:
         for composition in ev.compositions:

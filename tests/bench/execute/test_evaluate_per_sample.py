@@ -10,7 +10,12 @@ from torch import nn
 
 import normzoo
 from normzoo.bench.execute import evaluate as ev_module
-from normzoo.bench.execute.evaluate import Scores, evaluate_condition, predict
+from normzoo.bench.execute.evaluate import (
+    Scores,
+    evaluate_condition,
+    predict,
+    predict_samples,
+)
 from normzoo.bench.plan.config import Composition, EvalSection
 from normzoo.bench.plan.grid import TestCondition
 from normzoo.testtime import stats_mode
@@ -20,17 +25,17 @@ N_TEST = 300  # more than one chunk of PER_SAMPLE_CHUNK
 
 
 class _Spy:
-    """Records the results of `_predict_per_sample` (None: the vectorized path gave up)."""
+    """Records the results of `_score_per_sample` (None: the vectorized path gave up)."""
 
     def __init__(self, monkeypatch) -> None:
         self.results: list = []
-        original = ev_module._predict_per_sample
+        original = ev_module._score_per_sample
 
         def wrapped(*args, **kwargs):
             self.results.append(original(*args, **kwargs))
             return self.results[-1]
 
-        monkeypatch.setattr(ev_module, "_predict_per_sample", wrapped)
+        monkeypatch.setattr(ev_module, "_score_per_sample", wrapped)
 
 
 class _Data:
@@ -126,3 +131,18 @@ def test_other_conditions_keep_their_own_path(mode, size, monkeypatch):
     condition = TestCondition(size, mode, "clean", 0, Composition())
     evaluate_condition(_model("batch"), _Data(), condition, EV, torch.device("cpu"))
     assert spy.results == []
+
+
+def test_per_sample_scores_keep_one_cluster_per_sample(monkeypatch):
+    """`predict_samples` (the bootstrap's input) through the vectorized path: the same outcomes
+    as the loop, and each sample its own test batch (cluster), as at test batch size 1."""
+    spy = _Spy(monkeypatch)
+    model, data = _model("batch"), _Data()
+    condition = TestCondition(1, "batch", "clean", 0, Composition())
+    got = evaluate_condition(model, data, condition, EV, torch.device("cpu"), score=predict_samples)
+    assert len(spy.results) == 1 and spy.results[0] is not None
+    with stats_mode(model, "batch"):
+        expected = predict_samples(model, data.test_loader(1), torch.device("cpu"))
+    assert torch.equal(got.correct, expected.correct)
+    assert torch.equal(got.batch, expected.batch) and torch.equal(got.position, expected.position)
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-12, atol=1e-12)
