@@ -211,7 +211,12 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help="timm:<name>, torchvision:<name>, a built-in backbone (small_cnn, resnet_tiny, mlp)"
         " or package.module:factory (called with num_classes, in_channels, norm_layer)",
     )
-    parser.add_argument("--data", required=True, help="dataset name (synthetic, cifar10, mnist)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="dataset: synthetic, cifar10, mnist, imagefolder (with --root), "
+        "torchvision:<Class> or datamodule:package.module:Class (docs/data.md)",
+    )
     parser.add_argument("--root", default=None, help="where a real dataset lives on disk")
     parser.add_argument(
         "--data-option",
