@@ -38,7 +38,10 @@ def model_lines(config: Config, plan: Plan) -> list[str]:
     from normzoo.data import dataset_info
     from normzoo.models import build_model, describe, describe_line
 
-    info = dataset_info(config.data.dataset, config.data.options)
+    try:
+        info = dataset_info(config.data.dataset, config.data.options, config.data.root)
+    except Exception as error:  # noqa: BLE001 - the console line never stops a grid
+        return [f"model {config.model.backbone}: not described here ({error})"]
     norms = {run.norm.label: run.norm for task in plan.tasks if task.train for run in task.runs}
     lines = []
     for label, norm in norms.items():
