@@ -88,10 +88,30 @@ def _agreement(row: pd.Series, expected_sign: int) -> str:
 
 
 def _diff(row: pd.Series) -> str:
+    if not np.isfinite(row["mean_difference"]):
+        return "n/a"
     return (
         f"{100 * row['mean_difference']:+.1f} [{100 * row['ci_low']:+.1f}, "
         f"{100 * row['ci_high']:+.1f}]"
     )
+
+
+def _collapse_cell(collapse: pd.DataFrame, row: pd.Series) -> str:
+    """The collapse comparison of the same pair in the same train condition, in a few words."""
+    if collapse.empty:
+        return "–"
+    match = collapse[
+        (collapse["a"] == row["a"])
+        & (collapse["b"] == row["b"])
+        & (collapse["train_batch_size"] == row["train_batch_size"])
+    ]
+    if match.empty:
+        return "–"
+    c = match.iloc[0]
+    text = f"{c['collapsed_a']} / {c['collapsed_b']} ({_p(c['collapse_p_adjusted'])})"
+    if c["collapse_verdict"] == stats.SIGNIFICANT:
+        text += f": {_short(c['collapses_more'])} collapses more"
+    return text
 
 
 def _p(p: float) -> str:
@@ -257,9 +277,11 @@ def _zoo_comparison(result, config: Config, runs: pd.DataFrame, curves: pd.DataF
         + (" (the papers' standard per-GPU batch)" if large else "")
         + ":",
         "",
-        "| comparison | train batch size | paper (direction) | ours a − b [CI] | Holm p | ours |",
-        "|---|---|---|---|---|---|",
+        "| comparison | train batch size | paper (direction) | ours a − b [CI] | Holm p | ours "
+        "| collapsed a / b (Holm p) |",
+        "|---|---|---|---|---|---|---|",
     ]
+    collapse = result.tables.get("collapse_primary", pd.DataFrame())
     order = primary.sort_values(["a", "b", "train_batch_size"]) if not primary.empty else primary
     for _, row in order.iterrows():
         a, b = _short(row["a"]), _short(row["b"])
@@ -271,7 +293,7 @@ def _zoo_comparison(result, config: Config, runs: pd.DataFrame, curves: pd.DataF
             paper, verdict = f"{a} better", _agreement(row, claim)
         lines.append(
             f"| {a} vs {b} | {size} | {paper} | {_diff(row)} | {_p(row['p_adjusted'])} | "
-            f"{verdict} |"
+            f"{verdict} | {_collapse_cell(collapse, row)} |"
         )
     trained = _last_epoch_train_accuracy(runs, curves)
     lines += ["", *_mean_accuracy_lines(result)]
@@ -413,6 +435,15 @@ def readme_summary(study: str, report) -> str:
     begin, end = readme_markers(study)
     significant = primary[primary["verdict"] == stats.SIGNIFICANT] if not primary.empty else primary
     untested = int((primary["verdict"] == stats.NOT_TESTED).sum()) if not primary.empty else 0
+    short = int((primary["verdict"] == stats.INSUFFICIENT).sum()) if not primary.empty else 0
+    collapse = ""
+    if not report.collapse.empty:
+        tested = report.collapse[report.collapse["collapse_verdict"] != "no run collapsed"]
+        hits = int((report.collapse["collapse_verdict"] == stats.SIGNIFICANT).sum())
+        collapse = (
+            f"; collapse rates (Fisher, Holm over {len(report.collapse)} pairs): "
+            f"{hits} significant of {len(tested)} with a collapsed run"
+        )
     keys = [k for k in (*TRAIN_KEYS, *TEST_KEYS) if k in primary and primary[k].nunique() > 1]
     survived = [
         f"{row['a']} vs {row['b']} ({', '.join(f'{k} {row[k]}' for k in keys)}): "
@@ -426,6 +457,8 @@ def readme_summary(study: str, report) -> str:
         f"{len(significant)} significant"
         + (f", {untested} not tested (untrained condition)" if untested else "")
         + (": " + "; ".join(survived) if survived else "")
+        + (f"; {short} insufficient data (collapsed seeds left out)" if short else "")
+        + collapse
         + ". The report compares these with the paper like with like."
     )
     return f"{begin}\n{text}\n{end}"
