@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from normzoo.cli import main
+from normzoo.cli import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -113,17 +113,53 @@ def tiny_store(tmp_path_factory) -> Path:
     return out
 
 
+def readme_factory_module() -> str:
+    """The README's ``my_models.py`` block (recipe 2), as a user would save it."""
+    blocks = re.findall(r"```python\n(# my_models\.py.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) == 1, "README should hold one python block starting '# my_models.py'"
+    return blocks[0]
+
+
+@pytest.fixture(scope="module")
+def users_files(tmp_path_factory) -> Path:
+    """A working directory holding what the README's "Bring your own" recipes name: an
+    ImageFolder tree ``my_images/`` (PNG and JPEG files of mixed sizes, 3 classes), the README's
+    ``my_models.py`` and a torchvision resnet18 state dict ``my_resnet18.pt`` (random weights,
+    3 classes), plus ``configs/`` (a link to the repository's)."""
+    import numpy as np
+    import torch
+    import torchvision
+    from PIL import Image
+
+    work = tmp_path_factory.mktemp("user")
+    (work / "configs").symlink_to(ROOT / "configs", target_is_directory=True)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 32), ("test", 22)):  # the example config batches 64
+        for c, name in enumerate(("cat", "dog", "fox")):
+            folder = work / "my_images" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 80, (36 + i, 40, 3)) + 60 * c
+                suffix = "png" if i % 2 else "jpg"
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.{suffix}")
+    (work / "my_models.py").write_text(readme_factory_module())
+    model = torchvision.models.resnet18(weights=None, num_classes=3)
+    torch.save(model.state_dict(), work / "my_resnet18.pt")
+    return work
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "words",
     [c for c in readme_commands() if split_door(c) is not None],
     ids=lambda words: " ".join(words)[:60],
 )
-def test_readme_command_runs(words, tiny_store, monkeypatch, capsys):
+def test_readme_command_runs(words, tiny_store, users_files, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(users_files)  # the repository's configs/ and the user's files
+    monkeypatch.syspath_prepend(str(users_files))
     _, argv, default = split_door(words)
-    command = argv[0] if argv and not argv[0].startswith("-") else default
+    command = argv[0] if argv and argv[0] in COMMANDS else default
     if command in (None, "compare") and "--version" not in argv:
         argv = [*argv, "--dry-run"]  # validate and plan; the real run takes minutes
     if command == "report":
