@@ -572,6 +572,11 @@ def study_report(study: str, runs_dir: Path, out_dir: Path, readme: Path | None 
         added = merge_store(config, store_dir, data)
         print(f"{study}: merged {store_dir / 'results.sqlite'} into {data} (rows added: {added})")
     runs, evaluations, curves, tuning = load_study(config, data)
+    if "num_classes" not in runs.columns:  # chance level for the collapse margin, from the config
+        from normzoo.data import dataset_info
+
+        info = dataset_info(config.data.dataset, config.data.options, config.data.root)
+        runs = runs.assign(num_classes=info.num_classes)
     missing = len(expand_runs(config)) - len(runs)
     cpu = pd.to_numeric(runs["train_seconds"], errors="coerce").sum() / 3600
     command = f"python benchmarks/compare.py configs/{study}.yaml --workers 2 --wandb disabled"

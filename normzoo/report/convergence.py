@@ -69,7 +69,7 @@ def _classes_from_dataset(name: object) -> int | None:
 def num_classes(runs: pd.DataFrame) -> tuple[pd.Series, str]:
     """Classes per run (NaN where unknown) and where the number came from, in words."""
     if "num_classes" in runs.columns and runs["num_classes"].notna().all():
-        return runs["num_classes"].astype(float), "the runs' num_classes column"
+        return runs["num_classes"].astype(float), "each run's dataset as configured (num_classes)"
     if "config_json" in runs.columns:
         found = runs["config_json"].map(_classes_from_config).astype(float)
         if found.notna().all():
