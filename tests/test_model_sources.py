@@ -255,6 +255,32 @@ def test_config_validation_accepts_the_new_forms(tmp_path):
         assert config.model.backbone == backbone
 
 
+def test_stats_modes_impossible_at_test_batch_1_are_refused_before_training(tmp_path):
+    """torchvision's resnet18 on 16x16 images feeds layer3 1x1 maps: one sample has one value
+    per channel there, so batch statistics at test batch 1 cannot exist (batch, adabn, tent, an
+    unbiased or zero-prior mix); running statistics and mix with a prior can. The config names
+    each impossible mode for the batch-dependent norm only, before any run trains."""
+    path = _config(tmp_path, "torchvision:resnet18", norms=("batch", "group(groups=4)"))
+    raw = yaml.safe_load(path.read_text())
+    raw["eval"].update(
+        test_batch_sizes=[1, 16], stats_modes=["running", "batch", "mix", "adabn", "tent"]
+    )
+    raw["eval"]["mix_prior"] = [0, 16]
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError) as raised:
+        load_config(path)
+    problems = [line for line in str(raised.value).splitlines() if line.startswith("  - ")]
+    refused = sorted(line.split("stats mode '")[1].split("'")[0] for line in problems)
+    assert refused == ["adabn", "batch", "mix(prior=0)", "tent"], problems
+    assert all(line.startswith("  - norms[0] 'batch'") for line in problems)
+    assert all("(1, 256, 1, 1)" in line for line in problems)
+    assert all("'layer3.0.bn1'" in line for line in problems if "'tent'" not in line)
+    assert all("drop 1 from eval.test_batch_sizes" in line for line in problems)
+    raw["eval"]["test_batch_sizes"] = [2, 16]  # two samples: batch statistics exist everywhere
+    path.write_text(yaml.safe_dump(raw))
+    assert load_config(path).eval.test_batch_sizes == (2, 16)
+
+
 def test_cli_exits_2_on_a_bad_backbone(tmp_path, capsys):
     from normzoo import cli
 

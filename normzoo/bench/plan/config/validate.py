@@ -196,6 +196,8 @@ def _norm(config: Any, i: int, norm: Any, backbone: str | None, info: Any) -> li
             problem = check_forward(model, channels, info.image_size)
             if problem is not None:
                 return [*problems, f"{where} with backbone '{backbone}': {problem}"]
+        if info is not None:
+            problems += check_test_batch_of_one(config, model, channels, info.image_size, where)
     problem = check_norm(norm.name, norm.options, width)
     return problems if problem is None else [*problems, f"{where}: {problem}"]
 
@@ -225,6 +227,33 @@ def check_forward(model: Any, channels: int, image_size: int) -> str | None:
             "return class scores from forward"
         )
     return None
+
+
+def check_test_batch_of_one(
+    config: Any, model: Any, channels: int, image_size: int, where: str
+) -> list[str]:
+    """Each stats mode of ``eval.stats_modes`` the model cannot run at test batch 1 (batch
+    statistics of a layer that sees one value per channel), when 1 is a test batch size: found
+    by applying the mode to one random image, before any run trains."""
+    import torch
+
+    from normzoo.bench.execute.evaluate import batch_of_one_problem
+    from normzoo.models import has_batch_layers
+
+    if 1 not in config.eval.test_batch_sizes or not has_batch_layers(model):
+        return []
+    x = torch.randn(1, channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    problems = []
+    for spec in config.eval.condition_modes:
+        problem = batch_of_one_problem(model, spec.name, config.eval, x, spec.prior)
+        if problem is not None:
+            problems.append(
+                f"{where}: stats mode '{spec.label}' cannot be evaluated at test batch size 1 "
+                f"on {image_size}x{image_size} images ({problem}); drop 1 from "
+                f"eval.test_batch_sizes or '{spec.label}' from eval.stats_modes, or give larger "
+                "images (data.options.image_size)"
+            )
+    return problems
 
 
 def _fix(norm: Any, error: Exception) -> str:
