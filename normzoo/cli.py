@@ -204,6 +204,8 @@ EVALUATE_EXIT_STATUSES = """exit status:
 
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from normzoo.bench.plan.schema import WANDB_MODES
+
     parser.add_argument("checkpoint", help="state dict (.pt/.pth), .safetensors or Lightning .ckpt")
     parser.add_argument(
         "--model",
@@ -273,6 +275,13 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument(
         "--out", default=None, help="output dir (default: runs/evaluate-<checkpoint name>)"
+    )
+    parser.add_argument(
+        "--wandb",
+        choices=WANDB_MODES,
+        default="auto",
+        help="W&B mode (default auto: online when logged in, else offline files under"
+        " <out>/wandb); one run of job_type 'evaluate' with every condition",
     )
 
 
@@ -937,7 +946,9 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 
     from normzoo.bench.evaluate_checkpoint import evaluate_grid, prepare
     from normzoo.bench.execute.checkpoint import sha256_file
+    from normzoo.bench.record.checkpoint_record import log_wandb, write_store
     from normzoo.bench.record.provenance import command_line, device_name, machine, versions
+    from normzoo.bench.record.track import logged_in, resolve_mode
     from normzoo.model_sources import describe
     from normzoo.report.checkpoint import headline, interval_rows, write_checkpoint_report
 
@@ -946,6 +957,9 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     )
     try:
         request = evaluate_request(args)
+        mode = resolve_mode(args.wandb)
+        if mode == "online" and not logged_in():
+            raise ValueError("--wandb online needs a W&B login (wandb login); or use offline")
         prepared = prepare(request)
     except (ValueError, FileNotFoundError) as error:
         _error(str(error))
@@ -981,9 +995,17 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     }
     title = f"normzoo evaluate: {request.checkpoint.name} ({request.model}) on {request.dataset}"
     path = write_checkpoint_report(rows, provenance, out_dir, title)
+    store_path, run_key = write_store(provenance, rows, out_dir)
     for line in headline(pd.DataFrame(rows)):
         console.print(escape(line), soft_wrap=True)
     console.print(f"\nreport: {path}")
+    console.print(f"results: {store_path} (run {run_key}; evaluate.csv with the intervals)")
+    try:
+        where = log_wandb(provenance, rows, out_dir, mode, run_key)
+        if where is not None:
+            console.print(f"W&B ({mode}): {where}")
+    except Exception as error:  # noqa: BLE001 - W&B trouble never costs the stored results
+        _error(f"W&B logging failed ({type(error).__name__}: {error}); results are stored")
     if sha256_after != prepared.sha256_before:
         _error(
             f"checkpoint {request.checkpoint} changed during the evaluation (SHA-256"

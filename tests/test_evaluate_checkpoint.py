@@ -115,12 +115,54 @@ def test_torchvision_resnet18_state_dict(resnet18_file, tmp_path, capsys):
     assert len(rows) == 24 + 2
     assert set(done[done.stats_mode == "precisebn"]["shift"]) == {"clean", "gaussian_noise"}
 
+    _store_and_wandb_hold_the_rows(out, done, skipped, before)
+
     report = (out / "report.md").read_text().splitlines()
     assert report[2].startswith("- **Reference**: running statistics at test batch 8")
     assert report[3].startswith("- **Test batch 1** (clean)")
     assert report[4].startswith("- **gaussian_noise-3**")
     assert report[5].startswith("- **label_skew(alpha=0.1) batches**")
     assert "Reference" in capsys.readouterr().out
+
+
+def _store_and_wandb_hold_the_rows(out, done: pd.DataFrame, skipped: pd.DataFrame, digest: str):
+    """The benchmark's store layout (one run, an evaluation row per computed condition, keyed as
+    the benchmark keys them) and one offline W&B run (job_type evaluate, test/<condition>
+    accuracies and bounds in its summary), both equal to evaluate.csv."""
+    import importlib.util
+    import sqlite3
+    from pathlib import Path
+
+    with sqlite3.connect(out / "results.sqlite") as conn:
+        runs = pd.read_sql_query("SELECT * FROM runs", conn)
+        stored = pd.read_sql_query("SELECT * FROM evaluations", conn)
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert (run.experiment, run.backbone, run.status) == ("evaluate", "torchvision:resnet18", "ok")
+    assert run.weights_sha256 == digest
+    assert all(f"bs1/batch/{s}/" in run.error for s in ("clean", "gaussian_noise-3"))
+    keys = ["test_batch_size", "stats_mode", "shift", "severity", "test_composition"]
+    merged = stored.merge(done, on=keys, suffixes=("", "_csv"), validate="one_to_one")
+    assert len(merged) == len(done) == len(stored)
+    assert np.array_equal(merged.accuracy, merged.accuracy_csv)
+    assert np.allclose(merged.ece, merged.ece_csv) and np.allclose(merged.loss, merged.loss_csv)
+    assert len(skipped) and not set(skipped.stats_mode) & set(
+        stored[stored.test_batch_size == 1].stats_mode
+    )
+
+    spec = importlib.util.spec_from_file_location(
+        "wandb_offline", Path(__file__).parent / "bench" / "wandb_offline.py"
+    )
+    offline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(offline)
+    (logged,) = offline.wandb_runs(out)
+    assert logged["job_type"] == "evaluate" and logged["id"] == run.run_key
+    assert logged["config"]["sha256_before"] == digest
+    for _, row in done.iterrows():
+        shift = row["shift"] if row["shift"] == "clean" else f"{row['shift']}-{row.severity}"
+        name = f"test/bs{row.test_batch_size}/{row.stats_mode}/{shift}/{row.test_composition}"
+        assert logged["summary"][name] == row.accuracy
+        assert logged["summary"][f"{name}_low"] == row.accuracy_low
 
 
 def tiny_cnn(num_classes: int, in_channels: int, norm_layer) -> nn.Module:
