@@ -766,12 +766,35 @@ def _stored_identity(config) -> str:
         return name
 
 
+def _checkpoint_report(out_dir: Path) -> int:
+    """``report DIR`` on a ``normzoo evaluate`` output dir: its report rebuilt from
+    ``evaluate.csv`` and ``evaluate.json`` (the intervals live there, not in the store)."""
+    import json
+
+    import pandas as pd
+
+    from normzoo.report.checkpoint import headline, write_checkpoint_report
+
+    frame = pd.read_csv(out_dir / "evaluate.csv", keep_default_na=False, na_values=[""])
+    provenance = json.loads((out_dir / "evaluate.json").read_text())
+    checkpoint, model = Path(provenance["checkpoint"]).name, provenance["model"]
+    title = f"normzoo evaluate: {checkpoint} ({model}) on {provenance['dataset']}"
+    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    path = write_checkpoint_report(rows, provenance, out_dir, title)
+    for line in headline(pd.DataFrame(rows)):
+        console.print(escape(line), soft_wrap=True)
+    console.print(f"\nreport: {path} (a normzoo evaluate result, rebuilt from evaluate.csv)")
+    return 0
+
+
 def _report_command(args: argparse.Namespace) -> int:
     """Rebuild DIR's report from its store, with the config its runs were made with."""
     from normzoo.bench.record.store import Store
     from normzoo.bench.run import grid_runs
 
     out_dir = Path(args.dir)
+    if (out_dir / "evaluate.csv").is_file() and (out_dir / "evaluate.json").is_file():
+        return _checkpoint_report(out_dir)
     words = ["python", "-m", "normzoo", "report", _shown_path(out_dir)]
     if args.config:
         words += ["--config", _shown_path(args.config)]

@@ -123,6 +123,11 @@ def test_torchvision_resnet18_state_dict(resnet18_file, tmp_path, capsys):
     assert report[4].startswith("- **gaussian_noise-3**")
     assert report[5].startswith("- **label_skew(alpha=0.1) batches**")
     assert "Reference" in capsys.readouterr().out
+    # `normzoo report DIR` rebuilds the same report from evaluate.csv and evaluate.json
+    written = (out / "report.md").read_text()
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == written
 
 
 def _store_and_wandb_hold_the_rows(out, done: pd.DataFrame, skipped: pd.DataFrame, digest: str):
