@@ -68,3 +68,20 @@ def test_renorm_gap_rows_and_kernels_match_the_layer(capsys):
     invstd = (var + layer.eps).rsqrt()
     gap._Kernels.apply(x, layer.weight, layer.bias, mean, var, invstd, layer.eps).backward(dy)
     torch.testing.assert_close(x.grad, expected)
+
+
+def test_overhead_report_has_the_aa_row_and_the_bare_lightning_step(tmp_path):
+    """benchmarks/overhead.py runs its four sides (plain, plain again, bare Lightning, ours) and
+    writes a table with the A/A noise floor and the bare Lightning step beside our ratio."""
+    overhead = _benchmark("overhead")
+    out = tmp_path / "overhead.md"
+    argv = ["--steps", "3", "--warmup", "2", "--repeats", "1", "--write", str(out)]
+    assert overhead.main(argv) == 0
+    text = out.read_text()
+    assert "| train batch size | plain torch (CPU ms/step) | A/A: plain vs plain |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [int(r.split("|")[1]) for r in rows] == [4, 32]  # the quick config's batch sizes
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert all(float(c) > 0 for c in (cells[1], cells[2], cells[3], cells[4], cells[5]))
+    assert "Target ≤ 1.05×" in text

@@ -226,31 +226,6 @@ def evaluate_condition(
         return score(model, loader, device)
 
 
-def batch_of_one_problem(
-    model: nn.Module, mode: str, ev: EvalSection, x: torch.Tensor, prior: float | None = None
-) -> str | None:
-    """Why ``model`` cannot be evaluated under stats mode ``mode`` at test batch 1, or None: the
-    mode applied as :func:`evaluate_condition` applies it, to the one image ``x`` (shape
-    ``(1, C, H, W)``), on a copy. Batch statistics of one sample need more than one value per
-    channel: a layer fed 1x1 maps (a ResNet's last stage on small images) has no batch variance
-    there, so ``batch``, ``adabn``, ``tent`` and an unbiased or zero-prior ``mix`` cannot run."""
-    model = copy.deepcopy(model).eval()
-    try:
-        with torch.no_grad():
-            if mode == "adabn":
-                adapt(model, [x], method="adabn")
-            elif mode == "tent":
-                Tent(model, lr=ev.tent_lr, steps=1)(x)
-            elif mode != "running":
-                if mode == "mix" and prior is None:
-                    prior = ev.mix_prior
-                with stats_mode(model, mode, prior=prior):
-                    model(x)
-    except ValueError as error:
-        return " ".join(str(error).split())
-    return None
-
-
 # Test batches of one sample are scored this many at a time by `_score_per_sample`.
 PER_SAMPLE_CHUNK = 256
 

@@ -237,7 +237,6 @@ def check_test_batch_of_one(
     by applying the mode to one random image, before any run trains."""
     import torch
 
-    from normzoo.bench.execute.evaluate import batch_of_one_problem
     from normzoo.models import has_batch_layers
 
     if 1 not in config.eval.test_batch_sizes or not has_batch_layers(model):
@@ -254,6 +253,37 @@ def check_test_batch_of_one(
                 "images (data.options.image_size)"
             )
     return problems
+
+
+def batch_of_one_problem(
+    model: Any, mode: str, ev: Any, x: Any, prior: float | None = None
+) -> str | None:
+    """Why ``model`` cannot be evaluated under stats mode ``mode`` at test batch 1, or None: the
+    mode applied as the benchmark's ``evaluate_condition`` applies it, to the one image ``x``
+    (shape ``(1, C, H, W)``), on a copy. Batch statistics of one sample need more than one value per
+    channel: a layer fed 1x1 maps (a ResNet's last stage on small images) has no batch variance
+    there, so ``batch``, ``adabn``, ``tent`` and an unbiased or zero-prior ``mix`` cannot run."""
+    import copy
+
+    import torch
+
+    from normzoo.testtime import Tent, adapt, stats_mode
+
+    model = copy.deepcopy(model).eval()
+    try:
+        with torch.no_grad():
+            if mode == "adabn":
+                adapt(model, [x], method="adabn")
+            elif mode == "tent":
+                Tent(model, lr=ev.tent_lr, steps=1)(x)
+            elif mode != "running":
+                if mode == "mix" and prior is None:
+                    prior = ev.mix_prior
+                with stats_mode(model, mode, prior=prior):
+                    model(x)
+    except ValueError as error:
+        return " ".join(str(error).split())
+    return None
 
 
 def _fix(norm: Any, error: Exception) -> str:
