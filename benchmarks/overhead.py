@@ -354,7 +354,11 @@ def summary(rows: list[dict], args: argparse.Namespace) -> str:
         "--write reports/overhead.md --readme README.md`): "
         f"{ratios} a plain loop at train batch size {sizes} (median of {args.repeats} "
         f"interleaved repeats; single repeats spread {spread}×), {extra} ms of CPU per step; "
-        f"{verdict}."
+        f"{verdict}. Read against the A/A noise floor (plain vs plain: "
+        + ", ".join(f"{row['aa_ratio']:.2f}×" for row in rows)
+        + ") and Lightning's own loop (a bare step: "
+        + ", ".join(f"{row['bare_ratio']:.2f}×" for row in rows)
+        + ")."
     )
     return f"{README_MARKERS[0]}\n{text}\n{README_MARKERS[1]}"
 
