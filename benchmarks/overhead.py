@@ -108,23 +108,18 @@ class _StepClock(L.Callback):
             self.end = time.process_time()
 
 
-def lightning_loop(run, config, steps: int, warmup: int) -> tuple[float, float]:
-    """Seconds of the benchmark's Classifier under the benchmark's Trainer for ``warmup + steps``
-    steps: (the last ``steps`` steps, the whole ``trainer.fit``)."""
-    from normzoo.bench.execute.train.module import (
-        CurveRecorder,
-        build_module,
-        build_trainer,
-        quiet_lightning,
-    )
+def _timed_fit(run, config, steps: int, warmup: int, wrap, loggers) -> tuple[float, float]:
+    """Seconds of ``wrap(the benchmark's Classifier)`` under the benchmark's Trainer with
+    ``loggers`` for ``warmup + steps`` steps: (the last ``steps`` steps, the whole fit)."""
+    from normzoo.bench.execute.train.module import build_module, build_trainer, quiet_lightning
 
     quiet_lightning()
     datamodule = _datamodule(run, config)
-    module = build_module(run, config, datamodule)
+    module = wrap(build_module(run, config, datamodule))
     clock = _StepClock(warmup, steps)
     trainer = build_trainer(
         config,
-        [CurveRecorder()],
+        loggers,
         max_steps=warmup + steps,
         max_epochs=-1,
         limit_val_batches=0,
@@ -136,6 +131,14 @@ def lightning_loop(run, config, steps: int, warmup: int) -> tuple[float, float]:
     return clock.end - clock.start, time.process_time() - start
 
 
+def lightning_loop(run, config, steps: int, warmup: int) -> tuple[float, float]:
+    """Seconds of the benchmark's Classifier under the benchmark's Trainer (the store's curve
+    recorder as its logger) for ``warmup + steps`` steps: (the last ``steps``, the whole fit)."""
+    from normzoo.bench.execute.train.module import CurveRecorder
+
+    return _timed_fit(run, config, steps, warmup, lambda module: module, [CurveRecorder()])
+
+
 class _BareStep(L.LightningModule):
     """Only what a training step must do under Lightning's manual optimization: forward, loss,
     ``manual_backward``, optimizer and scheduler steps (no metrics, no logging, no checks)."""
@@ -144,6 +147,7 @@ class _BareStep(L.LightningModule):
         super().__init__()
         self.model = module.model
         self._ours = module
+        self.automatic_optimization = False
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -165,25 +169,7 @@ class _BareStep(L.LightningModule):
 def bare_lightning_loop(run, config, steps: int, warmup: int) -> tuple[float, float]:
     """Seconds of `_BareStep` (the same model, optimizer and schedule) under the benchmark's
     Trainer with no logger, for ``warmup + steps`` steps: (the last ``steps``, the whole fit)."""
-    from normzoo.bench.execute.train.module import build_module, build_trainer, quiet_lightning
-
-    quiet_lightning()
-    datamodule = _datamodule(run, config)
-    module = _BareStep(build_module(run, config, datamodule))
-    module.automatic_optimization = False
-    clock = _StepClock(warmup, steps)
-    trainer = build_trainer(
-        config,
-        [],
-        max_steps=warmup + steps,
-        max_epochs=-1,
-        limit_val_batches=0,
-        accelerator="cpu",
-        callbacks=[clock],
-    )
-    start = time.process_time()
-    trainer.fit(module, datamodule=datamodule)
-    return clock.end - clock.start, time.process_time() - start
+    return _timed_fit(run, config, steps, warmup, _BareStep, [])
 
 
 SIDES = {

@@ -777,10 +777,8 @@ def _checkpoint_report(out_dir: Path) -> int:
 
     frame = pd.read_csv(out_dir / "evaluate.csv", keep_default_na=False, na_values=[""])
     provenance = json.loads((out_dir / "evaluate.json").read_text())
-    checkpoint, model = Path(provenance["checkpoint"]).name, provenance["model"]
-    title = f"normzoo evaluate: {checkpoint} ({model}) on {provenance['dataset']}"
     rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    path = write_checkpoint_report(rows, provenance, out_dir, title)
+    path = write_checkpoint_report(rows, provenance, out_dir)
     for line in headline(pd.DataFrame(rows)):
         console.print(escape(line), soft_wrap=True)
     console.print(f"\nreport: {path} (a normzoo evaluate result, rebuilt from evaluate.csv)")
@@ -971,7 +969,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     from normzoo.bench.execute.checkpoint import sha256_file
     from normzoo.bench.record.checkpoint_record import log_wandb, write_store
     from normzoo.bench.record.provenance import command_line, device_name, machine, versions
-    from normzoo.bench.record.track import logged_in, resolve_mode
+    from normzoo.bench.record.track import check_online, resolve_mode
     from normzoo.model_sources import describe
     from normzoo.report.checkpoint import headline, interval_rows, write_checkpoint_report
 
@@ -981,8 +979,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     try:
         request = evaluate_request(args)
         mode = resolve_mode(args.wandb)
-        if mode == "online" and not logged_in():
-            raise ValueError("--wandb online needs a W&B login (wandb login); or use offline")
+        check_online(mode)
         prepared = prepare(request)
     except (ValueError, FileNotFoundError) as error:
         _error(str(error))
@@ -1016,8 +1013,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         "machine": machine(),
         **versions(),
     }
-    title = f"normzoo evaluate: {request.checkpoint.name} ({request.model}) on {request.dataset}"
-    path = write_checkpoint_report(rows, provenance, out_dir, title)
+    path = write_checkpoint_report(rows, provenance, out_dir)
     store_path, run_key = write_store(provenance, rows, out_dir)
     for line in headline(pd.DataFrame(rows)):
         console.print(escape(line), soft_wrap=True)

@@ -197,11 +197,11 @@ def _table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_checkpoint_report(
-    rows: list[dict], provenance: dict, out_dir: str | Path, title: str
-) -> Path:
+def write_checkpoint_report(rows: list[dict], provenance: dict, out_dir: str | Path) -> Path:
     """Write ``evaluate.csv``, ``evaluate.json`` and ``report.md`` into ``out_dir``; returns
     the report's path."""
+    checkpoint, model = Path(provenance["checkpoint"]).name, provenance["model"]
+    title = f"normzoo evaluate: {checkpoint} ({model}) on {provenance['dataset']}"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows)

@@ -19,7 +19,6 @@ bounds, and an ``evaluations`` table holds every row of ``evaluate.csv``.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from pathlib import Path
 
@@ -27,10 +26,8 @@ import pandas as pd
 
 from normzoo.bench.plan.config import stable_hash
 from normzoo.bench.plan.grid import condition_name
-from normzoo.bench.plan.schema import RUN_COLUMNS, TEST_KEYS
+from normzoo.bench.plan.schema import PROVENANCE_COLUMNS, RUN_COLUMNS, TEST_KEYS
 from normzoo.bench.record.store import Store, now
-
-log = logging.getLogger(__name__)
 
 EXPERIMENT = "evaluate"
 
@@ -76,10 +73,8 @@ def store_rows(provenance: dict, rows: list[dict]) -> tuple[dict, list[dict]]:
         config_json=json.dumps(provenance, sort_keys=True, default=str),
         finished_at=now(),
     )
-    for name in ("normzoo_version", "torch_version", "lightning_version", "timm_version"):
+    for name in PROVENANCE_COLUMNS:
         run[name] = provenance.get(name)
-    run["git_sha"] = provenance.get("git_sha")
-    run["device"] = provenance.get("device")
     evaluations = [
         {
             "run_key": key,
@@ -117,28 +112,29 @@ def log_wandb(
 
     import wandb  # imported only when W&B is on (start-up time)
 
+    from normzoo.bench.record.track import DEFAULT_PROJECT, Tracker
     from normzoo.bench.record.wandb_layout import condition_key
 
-    root = Path(os.environ.get("WANDB_DIR") or out_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(
+        mode=mode,
+        experiment=EXPERIMENT,
+        project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+        entity=os.environ.get("WANDB_ENTITY") or None,
+        root=Path(os.environ.get("WANDB_DIR") or out_dir),
+    )
     config = {
         k: (json.dumps(v, sort_keys=True, default=str) if isinstance(v, dict | list) else v)
         for k, v in provenance.items()
     }
     run = wandb.init(
-        project=os.environ.get("WANDB_PROJECT") or "normzoo",
-        entity=os.environ.get("WANDB_ENTITY") or None,
-        dir=str(root),
-        mode=mode,
-        id=run_key,
-        name=f"{EXPERIMENT}-{Path(provenance['checkpoint']).stem}",
-        job_type=EXPERIMENT,
-        group=EXPERIMENT,
-        tags=[EXPERIMENT, provenance["model"]],
-        config={"run_key": run_key, "experiment": EXPERIMENT, **config},
-        resume="allow",
-        reinit="finish_previous",
-        settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, save_code=False),
+        **tracker.init_kwargs(
+            id=run_key,
+            name=f"{EXPERIMENT}-{Path(provenance['checkpoint']).stem}",
+            job_type=EXPERIMENT,
+            group=EXPERIMENT,
+            tags=[EXPERIMENT, provenance["model"]],
+            config={"run_key": run_key, "experiment": EXPERIMENT, **config},
+        )
     )
     try:
         frame = pd.DataFrame(rows)
