@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from torch.utils.benchmark import Timer
 import normzoo
 from normzoo.bench.record.provenance import command_line, machine, versions
 from normzoo.models import build_model
+from normzoo.report import write_block
 
 WIDTHS, IMAGE, CLASSES = (16, 32, 64, 64), 16, 10
 START, END = "<!-- inference:start -->", "<!-- inference:end -->"
@@ -147,14 +147,6 @@ def markdown(rows: list[dict], args, load: tuple, load_end: tuple) -> str:
     return "\n".join([*lines, END, ""])
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the inference section of ``path`` (or append it), keeping the rest."""
-    text = path.read_text() if path.exists() else ""
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END) + "\n?", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + "\n" + section
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=NORMS)
@@ -169,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     section = markdown(rows, args, load, os.getloadavg())
     print(section)
     if args.markdown:
-        write_section(args.markdown, section)
+        write_block(args.markdown, START, END, section)
     return 0
 
 

@@ -11,6 +11,12 @@ forward reads x and writes y (2 tensors), forward+backward also reads x and dy a
 (5 tensors); parameters are negligible. No normalization can run faster. (Weight
 standardization is a 3x3 convolution, compute-bound: its floor is listed for scale only.)
 
+glibc's malloc is held steady first (``mallopt``: no trimming, no ``mmap`` below 1 GiB): by
+default it returns freed megabyte-sized blocks to the system and maps fresh ones, so a call can
+pay thousands of page faults or none depending on the process's allocation history rather than
+on the layer (seen here: torch's own batch norm at 4.3 or 6.3 ms per call, 16 or 1,100 faults).
+Both sides of every ratio run under the same allocator; ``--allocator-as-is`` skips this.
+
     python benchmarks/layers.py                       # CPU, float32, one ResNet-stage shape
     python benchmarks/layers.py --device cuda --dtype bfloat16 --shape 64,256,56,56
     python benchmarks/layers.py --markdown reports/perf.md   # the committed sweep
@@ -19,6 +25,7 @@ standardization is a 3x3 convolution, compute-bound: its floor is listed for sca
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import platform
 import shlex
@@ -32,6 +39,7 @@ from torch.utils import benchmark
 
 import normzoo
 from normzoo.bench.record.provenance import machine
+from normzoo.report import marked_blocks
 
 DTYPES = {
     "float32": torch.float32,
@@ -43,6 +51,7 @@ MODES = {"train fwd+bwd": (True, True), "train fwd": (True, False), "eval fwd": 
 # the committed report: a few CNN shapes (ResNet stages at CIFAR and ImageNet scale)
 PERF_SHAPES = ("32,64,32,32", "8,256,28,28", "64,128,8,8")
 GHOST_BATCH = 8  # virtual batch size in the ghost batch norm rows
+AA = "A/A torch BatchNorm"  # torch's batch norm timed against itself: the noise floor
 
 
 class ChunkedBatchNorm(nn.Module):
@@ -67,6 +76,8 @@ def references(shape: tuple[int, ...], groups: int) -> dict[str, tuple[nn.Module
         "batch": (normzoo.create("batch", channels), bn(channels), bn_name),
         # batch renorm has no torch layer: compare with batch norm, the work it adds to
         "batch_renorm": (normzoo.create("batch_renorm", channels), bn(channels), bn_name),
+        # the noise floor batch renorm's ratio is read against: torch's layer against itself
+        AA: (bn(channels), bn(channels), bn_name),
         "ghost_batch": (
             normzoo.create("ghost_batch", channels, virtual_batch_size=GHOST_BATCH),
             ChunkedBatchNorm(bn(channels), GHOST_BATCH),
@@ -112,6 +123,24 @@ def references(shape: tuple[int, ...], groups: int) -> dict[str, tuple[nn.Module
             "timm StdConv2d",
         )
     return rows
+
+
+def steady_malloc() -> bool:
+    """Keep glibc's malloc from trimming the heap and from mapping large blocks afresh (see the
+    module docstring); False where that is not glibc or mallopt refused."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(
+        libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, (1 << 31) - 1)
+    )
+
+
+def _selected(name: str, norms: list[str]) -> bool:
+    """Whether ``--norms`` selects this row; the A/A row comes with batch renorm."""
+    return name.split()[0] in norms or (name == AA and "batch_renorm" in norms)
 
 
 def _callable(layer: nn.Module, x: torch.Tensor, train: bool, backward: bool):
@@ -169,7 +198,7 @@ def run(args: argparse.Namespace, shape: tuple[int, ...], channels_last: bool) -
         train, backward = MODES[mode]
         floor = (5 if backward else 2) * x.numel() * x.element_size() / bandwidth
         for name, (zoo, ref, ref_name) in references(shape, args.groups).items():
-            if args.norms and name.split()[0] not in args.norms:
+            if args.norms and not _selected(name, args.norms):
                 continue
             zoo, ref = zoo.to(device, dtype), ref.to(device, dtype)
             if channels_last and x.dim() == 4:
@@ -197,19 +226,26 @@ def _short(title: str, args: argparse.Namespace) -> str:
 
 
 def renorm_target(sections: list[tuple[str, list[dict]]], args: argparse.Namespace) -> list[str]:
-    """The issue's target for batch renorm (<= 1.15x batch norm, training forward+backward):
-    met or missed where, and the scalar-op count that explains a miss."""
-    rows = [
-        (title, r)
-        for title, rs in sections
-        for r in rs
-        if r["norm"] == "batch_renorm" and r["mode"] == "train fwd+bwd"
-    ]
+    """The issue's targets for batch renorm (training forward+backward: <= 1.15x batch norm in
+    every configuration, median <= 1.05x), met or missed where, read against the A/A rows
+    (torch's batch norm against itself in the same run), and the fixed per-call cost that
+    explains a miss."""
+
+    def rows_of(norm: str) -> list[tuple[str, dict]]:
+        return [
+            (title, r)
+            for title, rs in sections
+            for r in rs
+            if r["norm"] == norm and r["mode"] == "train fwd+bwd"
+        ]
+
+    rows, aa = rows_of("batch_renorm"), rows_of(AA)
     if not rows:
         return []
-    target = 1.15
+    target, median_target = 1.15, 1.05
     ratios = [r["ratio"] for _, r in rows]
     missed = [(title, r) for title, r in rows if r["ratio"] > target]
+    median = statistics.median(ratios)
     shape = tuple(int(v) for v in args.shape[0].split(","))
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     zoo, ref, _ = references(shape, args.groups)["batch_renorm"]
@@ -218,39 +254,51 @@ def renorm_target(sections: list[tuple[str, list[dict]]], args: argparse.Namespa
     tiny = torch.randn(2, shape[1], 2, 2, device=device, dtype=dtype)
     fixed_zoo, fixed_ref = measure_pair(zoo, ref, tiny, True, True, args)
     at_shape = [r for t, r in rows if t.startswith(f"shape {args.shape[0]},")]
-    lines = [
-        "## Target: batch renorm within 1.15x of batch norm (training forward+backward)",
+    aa_ratios = [r["ratio"] for _, r in aa]
+    aa_text = (
+        f"The A/A rows (torch's batch norm against itself, timed the same way in the same run) "
+        f"range {min(aa_ratios):.2f}-{max(aa_ratios):.2f}x (median "
+        f"{statistics.median(aa_ratios):.2f}x): the noise a single ratio above is read against."
+        if aa_ratios
+        else "No A/A row in this run (select batch_renorm to get one)."
+    )
+    return [
+        "## Target: batch renorm within 1.15x of batch norm, median 1.05x (training "
+        "forward+backward)",
         "",
-        f"Median {statistics.median(ratios):.2f}x over the {len(rows)} configurations above "
-        f"(min {min(ratios):.2f}, max {max(ratios):.2f}); "
+        f"Median {median:.2f}x over the {len(rows)} configurations above "
+        f"(min {min(ratios):.2f}, max {max(ratios):.2f}): median target "
+        f"{'met' if median <= median_target else 'missed'}; "
         + (
-            "at or under 1.15x in every one."
+            "at or under 1.15x in every configuration."
             if not missed
             else f"over 1.15x in {len(missed)} of {len(rows)}: "
             + "; ".join(f"{_short(t, args)} {r['ratio']:.2f}x" for t, r in missed)
             + "."
         ),
         "",
+        aa_text,
+        "",
         "Why: batch renorm runs the kernels batch norm runs (one statistics pass, one "
         "normalizing pass with r and d folded into its per-channel scale and shift, batch norm's "
-        "backward), plus per-channel scalar work (r, d, the moving averages, the non-finite "
-        "check: a few dozen operators on C-element vectors, each paying PyTorch's dispatch "
-        f"cost). Their cost, measured on a 2x{shape[1]}x2x2 input where the kernels do almost "
-        f"nothing: {fixed_zoo * 1e3:.3f} ms per call against {fixed_ref * 1e3:.3f} ms, "
-        f"+{(fixed_zoo - fixed_ref) * 1e3:.2f} ms of fixed cost"
+        "backward), plus per-channel work in Python (r, d, the moving averages, the non-finite "
+        "check, the fold; on CPU in NumPy on zero-copy views, about 40 calls of a microsecond "
+        "each) and a Python autograd.Function's forward and backward. Their cost, measured on a "
+        f"2x{shape[1]}x2x2 input where the kernels do almost nothing: {fixed_zoo * 1e3:.3f} ms "
+        f"per call against {fixed_ref * 1e3:.3f} ms, +{(fixed_zoo - fixed_ref) * 1e3:.2f} ms of "
+        "fixed cost"
         + (
             f", against batch norm's {min(r['ref_ms'] for r in at_shape):.2f}-"
             f"{max(r['ref_ms'] for r in at_shape):.2f} ms per call at {args.shape[0]}"
             if at_shape
             else ""
         )
-        + ". The fixed cost weighs most where batch norm itself is cheapest; in a real step it "
-        "also runs with caches that the large activations have just evicted, so the gap measured "
-        "above can exceed it. A fused kernel (C++/Triton) would remove it; normzoo stays pure "
+        + ". The fixed cost weighs most where batch norm itself is cheapest; between large "
+        "kernels, which evict the caches the interpreter runs from, it is about twice what the "
+        "tiny input shows. A fused kernel (C++/Triton) would remove it; normzoo stays pure "
         "PyTorch.",
         "",
     ]
-    return lines
 
 
 def table(rows: list[dict], title: str) -> str:
@@ -343,6 +391,15 @@ def write_markdown(
         "process); `zoo/ref` is the ratio of the two medians. `floor` = bytes a layer must read "
         "and write (2 tensors forward, 5 forward+backward) / the measured copy bandwidth at the "
         "same size and layout; `zoo/floor` says how far a layer is from that bound.",
+        "- Allocator: "
+        + (
+            "glibc malloc held steady (no trimming, no mmap below 1 GiB), so that page faults "
+            "of freshly mapped memory, which depend on the process's allocation history rather "
+            "than on the layer, stay out of the timings."
+            if args.steady_malloc
+            else "as is (`--allocator-as-is`, or not glibc): timings include page faults of "
+            "freshly mapped memory."
+        ),
         f"- {_load_note(args.load_before)} Single figures vary by 10-30% between runs on a "
         "small virtual machine, more at 2 threads and at the small shape. The run is short "
         f"({args.min_run} s per measurement in {args.repeats} interleaved repetitions). Load "
@@ -363,6 +420,10 @@ def write_markdown(
     text += renorm_target(sections, args)
     for title, rows in sections:
         text += ["## " + title.split(", copy")[0], "", table(rows, title), ""]
+    # the sections other benchmarks wrote into this report (throughput.py, inference.py) stay
+    kept = marked_blocks(path.read_text()) if path.exists() else []
+    for block in kept:
+        text += [block, ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(text))
 
@@ -402,6 +463,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--repeats", type=int, default=3, help="interleaved repetitions (default 3)"
     )
     parser.add_argument("--markdown", type=Path, help="write the sweep as markdown to this path")
+    parser.add_argument(
+        "--allocator-as-is",
+        action="store_true",
+        help="leave glibc's malloc as configured (default: hold it steady, see above)",
+    )
     args = parser.parse_args(argv)
     sweep_defaults = args.markdown is not None
     args.shape = args.shape or (list(PERF_SHAPES) if sweep_defaults else ["32,64,32,32"])
@@ -427,6 +493,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    args.steady_malloc = not args.allocator_as_is and steady_malloc()
     sections = sweep(args)
     if args.markdown is not None:
         write_markdown(args.markdown, sections, argv, args)

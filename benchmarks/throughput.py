@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from normzoo.bench.plan.config import parse_config
 from normzoo.bench.plan.grid import expand_runs
 from normzoo.bench.record.provenance import command_line, machine, versions
 from normzoo.models import build_model
+from normzoo.report import write_block
 
 WIDTHS, IMAGE, CLASSES, WARMUP = (16, 32, 64, 64), 16, 10, 10
 START, END = "<!-- throughput:start -->", "<!-- throughput:end -->"
@@ -188,14 +188,6 @@ def markdown(rows: list[dict], args, load: tuple, load_end: tuple) -> str:
     return "\n".join([*lines, END, ""])
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the throughput section of ``path`` (or append it), keeping the rest."""
-    text = path.read_text() if path.exists() else ""
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END) + "\n?", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + "\n" + section
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--norms", nargs="+", default=["batch", "group"])
@@ -211,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     section = markdown(rows, args, load, os.getloadavg())
     print(section)
     if args.markdown:
-        write_section(args.markdown, section)
+        write_block(args.markdown, START, END, section)
 
 
 if __name__ == "__main__":

@@ -114,8 +114,9 @@ def finite_update_mask(layer: str, x: Tensor, *stats: Tensor) -> Tensor | None:
         return torch.stack([torch.isfinite(s).all() for s in stats]).all()
     if all(s.dtype != torch.float64 for s in stats):
         # a float64 sum of float32/half values cannot overflow, and NaN/inf propagate: finite
-        # exactly when every value is; one reduction and one read per statistic
-        ok = math.isfinite(sum(float(s.sum(dtype=torch.float64)) for s in stats))
+        # exactly when every value is; one reduction and one read per statistic (detached: a
+        # statistic that carries a graph would grow it, and warn on the conversion)
+        ok = math.isfinite(sum(float(s.detach().sum(dtype=torch.float64)) for s in stats))
     else:
         ok = all(bool(torch.isfinite(s).all()) for s in stats)
     if not ok:

@@ -3,14 +3,21 @@ averages' update, and the training forward at batch norm's cost."""
 
 from __future__ import annotations
 
+import math
 import struct
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from normzoo.functional._common import _in_dtype
-from normzoo.functional.checks import _check_batch_stats, finite_update_mask, values_per_channel
-from normzoo.functional.moments import channel_moments, ema_update_, update_running_stats
+from normzoo.functional.checks import (
+    _check_batch_stats,
+    _nonfinite_error,
+    finite_update_mask,
+    values_per_channel,
+)
+from normzoo.functional.moments import channel_moments, update_running_stats
 
 __all__ = ["renorm_limits", "renorm_correction", "SIGMA_UPDATES", "renorm_update_", "batch_renorm"]
 
@@ -108,18 +115,23 @@ def renorm_update_(
     sigma_update: str = "paper",
     ok: Tensor | None = None,
     sigma: Tensor | None = None,
+    sigma_b: Tensor | None = None,
 ) -> None:
     """Batch Renormalization's update of the moving averages, in place (no gradient).
 
     ``"paper"`` (Ioffe 2017, Algorithm 1; Keras' ``moving_stddev``): ``mu += a * (mu_B - mu)``
     and ``sigma += a * (sigma_B - sigma)`` with ``sigma_B = sqrt(var_B + eps)`` (biased batch
     variance), stored as ``running_var = max(sigma^2 - eps, 0)`` (as Keras does), so that
-    ``sqrt(running_var + eps) = sigma`` and ``nn.BatchNorm2d`` evaluates with (mu, sigma).
+    ``sqrt(running_var + eps) = sigma`` and ``nn.BatchNorm2d`` evaluates with (mu, sigma). Each
+    average is ``lerp(old, new, a)`` computed by :func:`_average` in separately rounded
+    operations, never a fused multiply-add, so that the eager CPU path (NumPy) and the tensor
+    path give the same bits.
     ``"variance_ema"`` (batch norm's update): ``running_var += a * (unbiased var_B -
     running_var)``; sigma is then biased low at a few values per channel.
     ``a = momentum``; ``count`` = values per channel of the batch. ``ok`` (a bool tensor):
-    when False, the buffers keep their values (no host sync). ``sigma``:
-    ``sqrt(running_var + eps)`` before the update when the caller has it already.
+    when False, the buffers keep their values (no host sync). ``sigma`` and ``sigma_b``:
+    ``sqrt(running_var + eps)`` before the update and ``sqrt(var_b + eps)``, when the caller
+    has them already.
     """
     if sigma_update not in SIGMA_UPDATES:
         raise ValueError(f"sigma_update={sigma_update!r}; choose one of {SIGMA_UPDATES}")
@@ -130,19 +142,38 @@ def renorm_update_(
     with torch.no_grad():
         if sigma is None or sigma.dtype != running_var.dtype:
             sigma = (running_var + eps).sqrt()
-        sigma_b = (_in_dtype(var_b, running_var.dtype) + eps).sqrt_()
-        new_var = sigma.lerp(sigma_b, momentum).square_().sub_(eps).clamp_min_(0.0)
-        ema_update_(running_mean, mean_b, momentum, ok)
-        running_var.copy_(new_var if ok is None else torch.where(ok, new_var, running_var))
+        if sigma_b is None or sigma_b.dtype != running_var.dtype:
+            sigma_b = (_in_dtype(var_b, running_var.dtype) + eps).sqrt_()
+        new_sigma = _average(sigma, sigma_b, momentum)
+        mean_b = _in_dtype(mean_b, running_mean.dtype)
+        new_mean = _average(running_mean, mean_b, momentum)
+        if ok is None:
+            torch.mul(new_sigma, new_sigma, out=running_var).sub_(eps).clamp_min_(0.0)
+            running_mean.copy_(new_mean)
+            return
+        new_var = new_sigma.mul_(new_sigma).sub_(eps).clamp_min_(0.0)
+        running_var.copy_(torch.where(ok, new_var, running_var))
+        running_mean.copy_(torch.where(ok, new_mean, running_mean))
+
+
+def _average(old, new, rate: float):
+    """``lerp(old, new, rate)`` in separately rounded operations (torch's CPU ``lerp`` fuses a
+    multiply-add, which NumPy cannot reproduce), for tensors and NumPy arrays alike:
+    ``old + rate * (new - old)`` below rate 0.5, ``new - (1 - rate) * (new - old)`` from it
+    (exact at rate 0 and 1, as ``lerp``); the first form is Keras' moving-average update."""
+    if rate < 0.5:
+        return old + (new - old) * rate
+    return new - (new - old) * (1.0 - rate)
 
 
 def _fold_renorm(weight: Tensor | None, bias: Tensor | None, r: Tensor, d: Tensor):
-    """Scale ``weight * r`` and shift ``weight * d + bias``, in the statistics' dtype."""
+    """Scale ``weight * r`` and shift ``weight * d + bias``, in the statistics' dtype (each
+    product and the sum rounded, as :func:`_fold_renorm_numpy`)."""
     if weight is None:
         return r, d if bias is None else d + _in_dtype(bias, d.dtype)
-    weight = _in_dtype(weight, r.dtype)
-    shift = weight * d if bias is None else torch.addcmul(_in_dtype(bias, d.dtype), weight, d)
-    return weight * r, shift
+    weight = _in_dtype(weight.detach(), r.dtype)
+    shift = weight * d
+    return weight * r, shift if bias is None else shift.add_(_in_dtype(bias.detach(), d.dtype))
 
 
 def _renorm_statistics_(
@@ -153,15 +184,25 @@ def _renorm_statistics_(
     invstd_B, r, d). An opaque custom op (below), so that compilers keep r and d as computed
     here and never recompute them from the running buffers, which the step has updated."""
     mean_b, var_b = channel_moments(x)
-    invstd_b = (var_b + eps).rsqrt()
-    sigma_b = invstd_b.reciprocal()
+    sigma_b = (var_b + eps).sqrt_()
+    invstd_b = sigma_b.reciprocal()
     with torch.no_grad():
         sigma = (_in_dtype(running_var, mean_b.dtype) + eps).sqrt_()  # for r, d and the update
     r, d = renorm_correction(mean_b, sigma_b, running_mean, running_var, eps, rmax, dmax, sigma)
     ok = finite_update_mask("batch renorm", x, mean_b, var_b) if check else None
     count = values_per_channel(x)
     renorm_update_(
-        running_mean, running_var, mean_b, var_b, count, momentum, eps, sigma_update, ok, sigma
+        running_mean,
+        running_var,
+        mean_b,
+        var_b,
+        count,
+        momentum,
+        eps,
+        sigma_update,
+        ok,
+        sigma,
+        sigma_b,
     )
     return mean_b, var_b, invstd_b, r, d
 
@@ -182,36 +223,117 @@ def _(x, running_mean, running_var, momentum, eps, rmax, dmax, sigma_update, che
     return tuple(x.new_empty(x.shape[1], dtype=stat_dtype) for _ in range(5))
 
 
+def _numpy_path(x: Tensor, *per_channel: Tensor | None) -> bool:
+    """Whether the per-channel work can run in NumPy on zero-copy views: eager CPU float32 or
+    float64 ``x``, and every per-channel tensor (running buffers, weight, bias) a contiguous
+    CPU tensor of that dtype. A NumPy operation on C values costs about a microsecond, a torch
+    operator several (its dispatch), and more between large kernels that have just evicted
+    the caches: with ~25 of them per step, that is batch renorm's whole overhead over batch
+    norm at small and medium shapes."""
+    dtype = x.dtype
+    if not x.is_cpu or dtype not in _NUMPY_DTYPES:
+        return False
+    return all(
+        t is None or (t.is_cpu and t.dtype == dtype and t.is_contiguous()) for t in per_channel
+    )
+
+
+_NUMPY_DTYPES = (torch.float32, torch.float64)
+
+
+def _renorm_step_numpy(
+    x, running_mean, running_var, weight, bias, momentum, eps, rmax, dmax, sigma_update, check
+):
+    """:func:`_renorm_statistics_` and :func:`_fold_renorm` for :func:`_numpy_path` inputs, the
+    per-channel arithmetic in NumPy on views of the tensors (the same formulas, the same
+    roundings: the same bits); returns (mu_B, var_B, invstd_B, r, d, scale, shift), r and d as
+    NumPy arrays."""
+    mean_b, var_b = torch.batch_norm_update_stats(x, None, None, 0.0)
+    m, v = mean_b.numpy(), var_b.numpy()
+    if check and not math.isfinite(float(m.sum(dtype=np.float64)) + float(v.sum(dtype=np.float64))):
+        raise _nonfinite_error("batch renorm", x)
+    # in place where a temporary can be reused: each NumPy call costs about a microsecond
+    sigma_b = np.add(v, eps)
+    np.sqrt(sigma_b, out=sigma_b)
+    invstd_b = np.reciprocal(sigma_b)
+    mu, var = running_mean.numpy(), running_var.numpy()
+    sigma = np.add(var, eps)
+    np.sqrt(sigma, out=sigma)
+    r = np.divide(sigma_b, sigma)  # clamp(r, rmin, rmax) as torch: max(., rmin), then min
+    np.minimum(np.maximum(r, _reciprocal_in(rmax, x.dtype), out=r), rmax, out=r)
+    d = np.subtract(m, mu)
+    np.divide(d, sigma, out=d)
+    np.minimum(np.maximum(d, -dmax, out=d), dmax, out=d)
+    if sigma_update == "paper":
+        new_sigma = _average(sigma, sigma_b, momentum)
+        np.multiply(new_sigma, new_sigma, out=var)
+        np.maximum(np.subtract(var, eps, out=var), 0.0, out=var)
+        mu[...] = _average(mu, m, momentum)
+    else:
+        renorm_update_(
+            running_mean,
+            running_var,
+            mean_b,
+            var_b,
+            values_per_channel(x),
+            momentum,
+            eps,
+            sigma_update,
+        )
+    if weight is None:
+        scale, shift = r, d if bias is None else d + bias.detach().numpy()
+    else:
+        w = weight.detach().numpy()
+        scale, shift = w * r, w * d
+        if bias is not None:
+            shift += bias.detach().numpy()
+    # r and d stay arrays: only the backward reads them (in NumPy too)
+    as_tensor = torch.from_numpy
+    return mean_b, var_b, as_tensor(invstd_b), r, d, as_tensor(scale), as_tensor(shift)
+
+
 class _RenormAffine(torch.autograd.Function):
     """``y = weight * ((x - mu_B) * invstd_B * r + d) + bias`` with r, d, mu_B, invstd_B
-    constant, as one eval-mode batch-norm kernel call (r and d folded into its scale and
-    shift); the backward is batch norm's training backward from the saved statistics, so the
-    gradient equals plain autograd through Algorithm 1 (stop_gradient on r and d)."""
+    constant, as one eval-mode batch-norm kernel call with r and d folded into its ``scale``
+    and ``shift`` (r and d: tensors, or NumPy arrays from :func:`_renorm_step_numpy`); the
+    backward is batch norm's training backward from the saved statistics, so the gradient
+    equals plain autograd through Algorithm 1 (stop_gradient on r and d)."""
 
     # forward(ctx, ...) rather than a separate setup_context: with setup_context,
     # Function.apply binds its arguments through inspect.signature on every call (~0.1 ms on
-    # a 2-core CPU, as much as batch norm's whole forward at a small shape)
+    # a 2-core CPU, as much as batch norm's whole forward at a small shape). The per-channel
+    # constants are kept on ctx, not saved: none is an input or output of the graph.
     @staticmethod
-    def forward(ctx, x, weight, bias, mean_b, var_b, invstd_b, r, d, eps):
-        scale, shift = _fold_renorm(weight, bias, r, d)
-        ctx.save_for_backward(x, weight, mean_b, invstd_b, r, d)
+    def forward(ctx, x, weight, bias, mean_b, var_b, invstd_b, r, d, scale, shift, eps):
+        ctx.save_for_backward(x)
+        ctx.stats = (mean_b, invstd_b, r, d, scale)
         ctx.eps = eps
-        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.dtypes = (
+            None if weight is None else weight.dtype,
+            None if bias is None else bias.dtype,
+        )
         return torch.native_batch_norm(x, scale, shift, mean_b, var_b, False, 0.0, eps)[0]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, weight, mean_b, invstd_b, r, d = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
+        mean_b, invstd_b, r, d, scale = ctx.stats
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        scale = r if weight is None else _in_dtype(weight, r.dtype) * r
         mask = [need_x, need_w, need_w or need_b]
-        gx, gw_hat, g_sum = torch.ops.aten.native_batch_norm_backward(
+        gx, g_scale, g_shift = torch.ops.aten.native_batch_norm_backward(
             grad, x, scale, None, None, mean_b, invstd_b, True, ctx.eps, mask
         )
-        gw = _in_dtype(torch.addcmul(g_sum * d, gw_hat, r), weight.dtype) if need_w else None
-        gb = _in_dtype(g_sum, ctx.bias_dtype) if need_b else None
-        return gx, gw, gb, None, None, None, None, None, None
+        w_dtype, b_dtype = ctx.dtypes
+        gw = None
+        if need_w and isinstance(r, np.ndarray):  # the NumPy path: the dtypes all agree
+            gw = g_scale.numpy() * r
+            gw += g_shift.numpy() * d
+            gw = torch.from_numpy(gw)
+        elif need_w:
+            gw = _in_dtype((g_scale * r).add_(g_shift * d), w_dtype)
+        gb = _in_dtype(g_shift, b_dtype) if need_b else None
+        return gx, gw, gb, None, None, None, None, None, None, None, None
 
 
 def batch_renorm(
@@ -243,24 +365,22 @@ def batch_renorm(
     :func:`batch_norm` (here the check comes before the update).
     """
     _check_batch_stats(x, "batch renorm")
-    if not (
-        isinstance(rmax, Tensor) or isinstance(dmax, Tensor) or torch.compiler.is_compiling()
-    ):  # eager with Python limits: the same function without the custom op's dispatch
-        mean_b, var_b, invstd_b, r, d = _renorm_statistics_(
-            x.detach(),
-            running_mean,
-            running_var,
-            float(momentum),
-            float(eps),
-            float(rmax),
-            float(dmax),
-            sigma_update,
-            bool(check_finite),
-        )
-        return _RenormAffine.apply(x, weight, bias, mean_b, var_b, invstd_b, r, d, eps)
+    python_limits = not (isinstance(rmax, Tensor) or isinstance(dmax, Tensor))
+    if python_limits and not torch.compiler.is_compiling():
+        args = (float(momentum), float(eps), float(rmax), float(dmax), sigma_update)
+        if _numpy_path(x, running_mean, running_var, weight, bias):
+            stats = _renorm_step_numpy(
+                x.detach(), running_mean, running_var, weight, bias, *args, bool(check_finite)
+            )
+        else:  # the same function without the custom op's dispatch
+            stats = _renorm_statistics_(
+                x.detach(), running_mean, running_var, *args, bool(check_finite)
+            )
+            stats = (*stats, *_fold_renorm(weight, bias, *stats[3:]))
+        return _RenormAffine.apply(x, weight, bias, *stats, eps)
     rmax = torch.as_tensor(rmax, dtype=torch.float64)
     dmax = torch.as_tensor(dmax, dtype=torch.float64)
-    mean_b, var_b, invstd_b, r, d = _renorm_statistics_op(
+    stats = _renorm_statistics_op(
         x.detach(),
         running_mean,
         running_var,
@@ -271,4 +391,6 @@ def batch_renorm(
         sigma_update,
         bool(check_finite),
     )
-    return _RenormAffine.apply(x, weight, bias, mean_b, var_b, invstd_b, r, d, eps)
+    return _RenormAffine.apply(
+        x, weight, bias, *stats, *_fold_renorm(weight, bias, *stats[3:]), eps
+    )

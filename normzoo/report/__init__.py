@@ -8,7 +8,7 @@
 """
 
 from normzoo.report.build import build_report, compute_report, headline_table, write_report
-from normzoo.report.markdown import render_markdown, replace_between
+from normzoo.report.markdown import marked_blocks, render_markdown, replace_between, write_block
 from normzoo.report.model import Report, ReportResult
 from normzoo.report.select import method_label
 
@@ -18,8 +18,10 @@ __all__ = [
     "build_report",
     "compute_report",
     "headline_table",
+    "marked_blocks",
     "method_label",
     "render_markdown",
     "replace_between",
+    "write_block",
     "write_report",
 ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pandas as pd
 
 from normzoo import stats
@@ -423,3 +426,24 @@ def replace_between(text: str, begin: str, end: str, block: str) -> str:
     if start < 0 or stop < start:
         raise ValueError(f"no {begin!r} ... {end!r} block to replace; add the two markers first")
     return text[:start] + block + text[stop + len(end) :]
+
+
+def write_block(path: Path, begin: str, end: str, block: str) -> None:
+    """Replace the ``begin`` ... ``end`` block of the file at ``path`` by ``block`` (which
+    carries the markers again), or append ``block`` where the file has none (or is missing):
+    how a benchmark writes its section of a shared report and keeps the rest."""
+    text = path.read_text() if path.exists() else ""
+    if begin in text and end in text:
+        text = replace_between(text, begin, end, block.rstrip("\n"))
+    else:
+        text = text + "\n" + block
+    path.write_text(text)
+
+
+MARKED_BLOCK = re.compile(r"<!-- (\w[\w-]*):start -->.*?<!-- \1:end -->", re.S)
+
+
+def marked_blocks(text: str) -> list[str]:
+    """The ``<!-- name:start --> ... <!-- name:end -->`` blocks of ``text``, in order: the
+    sections other scripts wrote into a report that its main script rewrites."""
+    return [m.group(0) for m in MARKED_BLOCK.finditer(text)]
