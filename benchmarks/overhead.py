@@ -297,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     from normzoo.bench.plan.config import load_config
 
     torch.set_num_threads(args.threads)
+    from normzoo.bench.execute.train.module import skip_nvml_cuda_check
+
+    skip_nvml_cuda_check()  # as a benchmark worker does, for every side alike
     config = load_config(args.config)
     rows = measure(config, args.norm, args.steps, args.warmup, args.repeats)
     text = markdown(rows, args, config)

@@ -24,7 +24,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from normzoo.bench.execute.train.module import Classifier, quiet_lightning
+from normzoo.bench.execute.train.module import (
+    Classifier,
+    quiet_lightning,
+    skip_nvml_cuda_check,
+)
 from normzoo.bench.execute.train.stack import _slot_losses, stacked_optimizer
 from normzoo.bench.execute.train.stacked_model import StackedModel
 from normzoo.bench.plan.config import parse_config
@@ -198,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--markdown", type=Path, help="write the table into this report")
     args = parser.parse_args(argv)
     quiet_lightning()
+    skip_nvml_cuda_check()  # as a benchmark worker does, for every side alike
     load = os.getloadavg()
     rows = measure(args)
     section = markdown(rows, args, load, os.getloadavg())

@@ -84,3 +84,27 @@ def test_weight_decay_spares_norm_affine_and_biases():
     assert all(p.ndim > 1 for p in decayed["params"])
     assert all(p.ndim <= 1 for p in spared["params"])
     assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
+
+
+def test_skip_nvml_cuda_check_only_where_no_gpu_is_visible():
+    """Lightning's NVML-based CUDA check makes every torch.cuda.is_available() a failed dlopen
+    on a machine without a driver; without a GPU the runtime's cached count answers instead.
+    In a child process: it changes the process's environment."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, lightning, torch\n"
+        "from normzoo.bench.execute.train.module import skip_nvml_cuda_check\n"
+        "assert os.environ['PYTORCH_NVML_BASED_CUDA_CHECK'] == '1'\n"
+        "gpus = torch.cuda.device_count()\n"
+        "print(skip_nvml_cuda_check(), gpus, os.environ['PYTORCH_NVML_BASED_CUDA_CHECK'],\n"
+        "      torch.cuda.is_available(), skip_nvml_cuda_check())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    skipped, gpus, env, available, again = out.stdout.split()
+    if gpus == "0":
+        assert (skipped, env, available) == ("True", "0", "False")
+    else:
+        assert (skipped, env, available) == ("False", "1", "True")
+    assert again == "False"  # nothing left to do the second time

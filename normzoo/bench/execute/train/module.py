@@ -235,6 +235,24 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
 
 
+def skip_nvml_cuda_check() -> bool:
+    """Where no GPU is visible, answer torch's CUDA-availability checks from the CUDA runtime's
+    cached device count instead of NVML; returns whether it did.
+
+    Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` on import (so that the check does not
+    initialise CUDA before a fork). torch then asks NVML on every call, and without an NVIDIA
+    driver that is a failed ``dlopen`` each time: ~40 us per ``torch.cuda.is_available()``,
+    which AdamW calls on every step (its graph-capture health check), 1-2% of a small-batch
+    CPU step. With no GPU there is nothing a fork could poison, so the runtime's count (0,
+    cached after the first call) answers instead. Unchanged where NVML sees a device."""
+    import os
+
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") != "1" or torch.cuda.device_count() > 0:
+        return False
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
+    return True
+
+
 def build_run_model(run: Run, config: Config, datamodule: L.LightningDataModule) -> nn.Module:
     """The run's backbone with its norm, shaped for the datamodule's classes and channels."""
     from normzoo.models import build_model
@@ -307,6 +325,7 @@ def train_run(
         rank = functools.partial(train_run, checkpoint=checkpoint)
         return ddp.launch(rank, devices, run, config, datamodule, loggers=loggers)
     quiet_lightning()
+    skip_nvml_cuda_check()
     module = build_module(run, config, datamodule)
     built = describe(module.model)
     log.info("%s: built %s", run.name, describe_line(built))
