@@ -108,3 +108,20 @@ def test_skip_nvml_cuda_check_only_where_no_gpu_is_visible():
     else:
         assert (skipped, env, available) == ("False", "1", "True")
     assert again == "False"  # nothing left to do the second time
+
+
+def test_batch_transfer_keeps_a_batch_on_its_device_and_moves_others():
+    """The (inputs, labels) batch stays as it is on its device (no copy, no Lightning walk);
+    on another device each tensor moves, the collection type kept; other batches go through
+    Lightning's generic transfer."""
+    module = Classifier(nn.Linear(2, 2), TrainSection(), 4)
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    batch = [torch.randn(4, 2), torch.tensor([0, 1, 0, 1])]
+    same = module.transfer_batch_to_device(batch, cpu, 0)
+    assert same is batch
+    moved = module.transfer_batch_to_device(tuple(batch), meta, 0)
+    assert type(moved) is tuple and all(t.device == meta for t in moved)
+    assert [t.shape for t in moved] == [t.shape for t in batch]
+    nested = {"x": batch[0], "y": batch[1]}
+    out = module.transfer_batch_to_device(nested, meta, 0)
+    assert set(out) == {"x", "y"} and out["x"].device == meta
