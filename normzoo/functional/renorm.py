@@ -3,7 +3,6 @@ averages' update, and the training forward at batch norm's cost."""
 
 from __future__ import annotations
 
-import math
 import struct
 
 import numpy as np
@@ -11,12 +10,7 @@ import torch
 from torch import Tensor
 
 from normzoo.functional._common import _in_dtype
-from normzoo.functional.checks import (
-    _check_batch_stats,
-    _nonfinite_error,
-    finite_update_mask,
-    values_per_channel,
-)
+from normzoo.functional.checks import _check_batch_stats, finite_update_mask, values_per_channel
 from normzoo.functional.moments import channel_moments, update_running_stats
 
 __all__ = ["renorm_limits", "renorm_correction", "SIGMA_UPDATES", "renorm_update_", "batch_renorm"]
@@ -167,10 +161,11 @@ def _average(old, new, rate: float):
 
 
 def _fold_renorm(weight: Tensor | None, bias: Tensor | None, r: Tensor, d: Tensor):
-    """Scale ``weight * r`` and shift ``weight * d + bias``, in the statistics' dtype (each
-    product and the sum rounded, as :func:`_fold_renorm_numpy`)."""
+    """Scale ``weight * r`` and shift ``weight * d + bias``, in the statistics' dtype, as plain
+    constants (the parameters' gradients come from :class:`_RenormAffine`); each product and
+    the sum rounded, as the NumPy path (:func:`_renorm_step_numpy`) computes them."""
     if weight is None:
-        return r, d if bias is None else d + _in_dtype(bias, d.dtype)
+        return r, d if bias is None else d + _in_dtype(bias.detach(), d.dtype)
     weight = _in_dtype(weight.detach(), r.dtype)
     shift = weight * d
     return weight * r, shift if bias is None else shift.add_(_in_dtype(bias.detach(), d.dtype))
@@ -228,8 +223,8 @@ def _numpy_path(x: Tensor, *per_channel: Tensor | None) -> bool:
     float64 ``x``, and every per-channel tensor (running buffers, weight, bias) a contiguous
     CPU tensor of that dtype. A NumPy operation on C values costs about a microsecond, a torch
     operator several (its dispatch), and more between large kernels that have just evicted
-    the caches: with ~25 of them per step, that is batch renorm's whole overhead over batch
-    norm at small and medium shapes."""
+    the caches: with a few dozen of them per step, that was most of batch renorm's overhead
+    over batch norm at small and medium shapes."""
     dtype = x.dtype
     if not x.is_cpu or dtype not in _NUMPY_DTYPES:
         return False
@@ -249,9 +244,9 @@ def _renorm_step_numpy(
     roundings: the same bits); returns (mu_B, var_B, invstd_B, r, d, scale, shift), r and d as
     NumPy arrays."""
     mean_b, var_b = torch.batch_norm_update_stats(x, None, None, 0.0)
+    if check:
+        finite_update_mask("batch renorm", x, mean_b, var_b)  # raises on CPU: nothing to mask
     m, v = mean_b.numpy(), var_b.numpy()
-    if check and not math.isfinite(float(m.sum(dtype=np.float64)) + float(v.sum(dtype=np.float64))):
-        raise _nonfinite_error("batch renorm", x)
     # in place where a temporary can be reused: each NumPy call costs about a microsecond
     sigma_b = np.add(v, eps)
     np.sqrt(sigma_b, out=sigma_b)

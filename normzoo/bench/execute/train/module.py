@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -66,7 +67,8 @@ class Classifier(L.LightningModule):
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         """An (inputs, labels) batch moves tensor by tensor, and stays as it is where it is on
         the device already (the CPU case): Lightning's generic transfer walks the collection
-        through ``apply_to_collection``, ~0.1 ms per step, a few % of a small-batch CPU step."""
+        through ``apply_to_collection``, ~0.03 ms per step measured here, about 1% of a
+        small-batch CPU step."""
         if type(batch) in (list, tuple) and all(isinstance(t, torch.Tensor) for t in batch):
             if all(t.device == device for t in batch):
                 return batch
@@ -256,8 +258,6 @@ def skip_nvml_cuda_check() -> bool:
     which AdamW calls on every step (its graph-capture health check), 1-2% of a small-batch
     CPU step. With no GPU there is nothing a fork could poison, so the runtime's count (0,
     cached after the first call) answers instead. Unchanged where NVML sees a device."""
-    import os
-
     if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") != "1" or torch.cuda.device_count() > 0:
         return False
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
