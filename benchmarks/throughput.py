@@ -58,14 +58,18 @@ def _model(norm: str) -> torch.nn.Module:
 
 
 class _Clock(L.Callback):
-    """Seconds from the start of step WARMUP to the end of training."""
+    """Seconds and optimizer steps from the first call of Lightning's loop that starts at or
+    after step WARMUP to the end of training (the Classifier takes several batches per call)."""
+
+    start: tuple[float, int] | None = None
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if batch_idx == WARMUP:
-            self.start = time.perf_counter()
+        if self.start is None and trainer.global_step >= WARMUP:
+            self.start = (time.perf_counter(), trainer.global_step)
 
     def on_train_end(self, trainer, module) -> None:
-        self.seconds = time.perf_counter() - self.start
+        self.seconds = time.perf_counter() - self.start[0]
+        self.steps = trainer.global_step - self.start[1]
 
 
 def lightning_samples_per_second(norm: str, batch_size: int, steps: int) -> float:
@@ -87,7 +91,7 @@ def lightning_samples_per_second(norm: str, batch_size: int, steps: int) -> floa
         log_every_n_steps=10,
     )
     trainer.fit(module, train_dataloaders=loader)
-    return steps * batch_size / clock.seconds
+    return clock.steps * batch_size / clock.seconds
 
 
 def stacked_samples_per_second(norm: str, batch_size: int, steps: int, stack: int) -> float:

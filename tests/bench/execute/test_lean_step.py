@@ -1,8 +1,10 @@
 """The benchmark's training step never waits for the device: its code converts a tensor to a
 Python value (a host sync on an accelerator) only at logging intervals."""
 
+import math
 import sys
 
+import pytest
 import torch
 
 from normzoo.bench.execute.train import module as bench_module
@@ -29,9 +31,9 @@ def test_training_step_syncs_only_at_logging_intervals(tiny_config_path, monkeyp
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
-    step = bench_module.Classifier.training_step
+    step = bench_module.Classifier.train_batch
 
-    def training_step(self, batch, batch_idx):
+    def train_batch(self, batch, batch_idx):
         counts["step"] += 1
         inside[0] = True
         try:
@@ -39,7 +41,7 @@ def test_training_step_syncs_only_at_logging_intervals(tiny_config_path, monkeyp
         finally:
             inside[0] = False
 
-    monkeypatch.setattr(bench_module.Classifier, "training_step", training_step)
+    monkeypatch.setattr(bench_module.Classifier, "train_batch", train_batch)
     outcome = bench_module.train_run(run, config, _datamodule(run, config))
     assert counts["step"] == steps
     intervals = steps // bench_module.LOG_EVERY
@@ -99,3 +101,66 @@ def test_lightning_step_computes_exactly_what_a_plain_torch_loop_computes(tiny_c
     for key in plain_opt:
         for field_name, value in plain_opt[key].items():
             assert torch.equal(ours_opt[key][field_name], value), (key, field_name)
+
+
+def _fit(config, monkeypatch, steps_per_call: int) -> tuple:
+    """train_run with ``steps_per_call`` batches per call of Lightning's loop: the outcome, the
+    trained Classifier and the loop's counters at the end."""
+    monkeypatch.setattr(bench_module, "STEPS_PER_CALL", steps_per_call)
+    kept = {}
+    build = bench_module.build_module
+
+    def keep(*args, **kwargs):
+        kept["module"] = build(*args, **kwargs)
+        return kept["module"]
+
+    monkeypatch.setattr(bench_module, "build_module", keep)
+    run = expand_runs(config)[0]
+    outcome = bench_module.train_run(run, config, _datamodule(run, config))
+    module = kept["module"]
+    assert module.steps_per_call == steps_per_call
+    loop = module.trainer.fit_loop
+    counters = (
+        module.trainer.global_step,
+        loop.epoch_loop._batches_that_stepped,
+        loop.epoch_loop.batch_progress.state_dict(),
+        loop.epoch_progress.state_dict(),
+        loop.epoch_loop.manual_optimization.optim_step_progress.state_dict(),
+    )
+    return outcome, module, counters
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["train.epochs=2"], ["train.max_steps=22"]],  # 28 batches per epoch; 22 ends mid-call
+    ids=["epochs", "max_steps"],
+)
+def test_several_steps_per_call_train_exactly_as_one_step_per_call(
+    tiny_config_path, monkeypatch, overrides
+):
+    """Taking several batches per call of Lightning's loop changes no number: weights and
+    buffers, optimizer state, every logged curve point (step, epoch, value), the validation
+    accuracy and Lightning's counters (global step, logged steps, batch and epoch progress) are
+    those of one batch per call, bit for bit."""
+    config = load_config(tiny_config_path, [*overrides, "norms=[batch]"])
+    one, one_module, one_counters = _fit(config, monkeypatch, 1)
+    for steps_per_call in (4, 16):
+        many, module, counters = _fit(config, monkeypatch, steps_per_call)
+        assert counters == one_counters
+        assert many.curves == one.curves
+        assert many.val_accuracy == one.val_accuracy or (
+            math.isnan(many.val_accuracy) and math.isnan(one.val_accuracy)
+        )
+        state, reference = many.model.state_dict(), one.model.state_dict()
+        assert state.keys() == reference.keys()
+        for name in state:
+            assert torch.equal(state[name], reference[name]), name
+        ours = module.trainer.optimizers[0].state_dict()["state"]
+        theirs = one_module.trainer.optimizers[0].state_dict()["state"]
+        for key in theirs:
+            for field_name, value in theirs[key].items():
+                assert torch.equal(ours[key][field_name], value), (key, field_name)
+    steps = one_counters[0]
+    assert steps == (56 if overrides == ["train.epochs=2"] else 22)
+    losses = [c["step"] for c in one.curves if c["metric"] == "train/loss"]
+    assert losses == list(range(9, steps, 10))

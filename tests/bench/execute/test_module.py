@@ -28,7 +28,7 @@ def _train(train: TrainSection, batch_size: int, steps: int) -> tuple[list[float
     y = torch.randint(0, 4, (batch_size * steps,))
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size)
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 4))
-    module = Classifier(model, train, batch_size)
+    module = Classifier(model, train, batch_size, steps_per_call=1)  # a hook call per step
     rates = _LearningRates()
     trainer = L.Trainer(
         max_steps=steps,

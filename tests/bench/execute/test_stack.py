@@ -217,9 +217,9 @@ def test_each_slot_sees_the_batches_of_its_run_trained_alone(tiny_raw, monkeypat
     config = _tiny(tiny_raw, ["batch"])
     runs = expand_runs(config)
     alone: list[torch.Tensor] = []
-    step = module.Classifier.training_step
+    step = module.Classifier.train_batch
     monkeypatch.setattr(
-        module.Classifier, "training_step", lambda s, b, i: (alone.append(b[1]), step(s, b, i))[1]
+        module.Classifier, "train_batch", lambda s, b, i: (alone.append(b[1]), step(s, b, i))[1]
     )
     module.train_run(runs[1], config, _datamodule(runs[1], config))
     stacked: list[torch.Tensor] = []

@@ -23,7 +23,7 @@ if _SPECS:
     _OUT = Path(os.environ["NORMZOO_FAULTS_OUT"])
     _current = {"norm": None}
     _execute = _worker.execute_task
-    _step = _module.Classifier.training_step
+    _step = _module.Classifier.train_batch
 
     def _stored_runs() -> int:
         try:
@@ -54,7 +54,7 @@ if _SPECS:
         _current["norm"] = task.run.norm.name
         yield from _execute(task, *args, **kwargs)
 
-    def training_step(self, batch, batch_idx):
+    def train_batch(self, batch, batch_idx):
         for index, spec in enumerate(_SPECS.split(",")):
             target, name, after, norm, repeat = spec.strip().split(":")
             if norm in ("*", _current["norm"]) and _stored_runs() >= int(after):
@@ -62,4 +62,4 @@ if _SPECS:
         return _step(self, batch, batch_idx)
 
     _worker.execute_task = execute_task
-    _module.Classifier.training_step = training_step
+    _module.Classifier.train_batch = train_batch

@@ -12,7 +12,7 @@ since the default CPU optimizer loops over tensors and would dominate.
 Why a plain loop and not a Lightning module with manual optimization: Lightning's loggers and
 callbacks are per Trainer and every ``self.log`` reaches all of them, while here each of the K
 runs has its own curves (and W&B run); its checkpoints hold one model per file. The loop
-reproduces what the per-run Lightning path does step by step (`Classifier.training_step`: the
+reproduces what the per-run Lightning path does step by step (`Classifier.train_batch`: the
 same order of forward, zero_grad, backward, step, scheduler step; the same logged values at the
 same steps; validation at every epoch's end; sampler epochs set as Lightning sets them), so a
 stacked run equals the run trained alone up to floating-point rounding (tests/bench/execute/
