@@ -125,3 +125,90 @@ def test_batch_transfer_keeps_a_batch_on_its_device_and_moves_others():
     nested = {"x": batch[0], "y": batch[1]}
     out = module.transfer_batch_to_device(nested, meta, 0)
     assert set(out) == {"x", "y"} and out["x"].device == meta
+
+
+class _Listener(L.Callback):
+    """Counts the per-batch hooks that Lightning's backward and optimizer wrappers call."""
+
+    def __init__(self) -> None:
+        self.calls = {"on_before_backward": 0, "on_before_optimizer_step": 0, "batch": 0}
+
+    def on_before_backward(self, trainer, module, loss) -> None:
+        self.calls["on_before_backward"] += 1
+
+    def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+        self.calls["on_before_optimizer_step"] += 1
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.calls["batch"] += 1
+
+
+def _fit_steps(steps_per_call: int, callbacks: list, datamodule=None) -> Classifier:
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 3, 4, 4), torch.randint(0, 4, (40,))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 8), nn.BatchNorm1d(8), nn.Linear(8, 4))
+    module = Classifier(model, TrainSection(schedule="cosine"), 4, steps_per_call=steps_per_call)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    if datamodule is None:
+        loader = DataLoader(TensorDataset(x, y), batch_size=4)
+        trainer.fit(module, train_dataloaders=loader)
+    else:
+        trainer.fit(module, datamodule=datamodule(x, y))
+    return module
+
+
+def test_a_callback_on_the_backward_hooks_gets_them_per_step_with_the_same_numbers():
+    """Where a callback listens to the hooks of Lightning's backward and optimizer wrappers,
+    the step goes through them (a call per optimizer step) and trains the same numbers as the
+    direct path; the per-batch hook runs once per call of Lightning's loop."""
+    listener = _Listener()
+    listened = _fit_steps(4, [listener])
+    assert not listened._fast
+    assert listener.calls == {"on_before_backward": 20, "on_before_optimizer_step": 20, "batch": 6}
+    direct = _fit_steps(4, [])
+    assert direct._fast
+    for a, b in zip(listened.state_dict().values(), direct.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_datamodule_transfer_hook_still_runs_on_every_batch():
+    """Lightning's data-iterator flavour leaves the batch transfer to the step; a datamodule's
+    transfer hooks run on every batch as in Lightning's own loop."""
+    seen = []
+
+    class Data(L.LightningDataModule):
+        def __init__(self, x, y) -> None:
+            super().__init__()
+            self.x, self.y = x, y
+
+        def train_dataloader(self):
+            return DataLoader(TensorDataset(self.x, self.y), batch_size=4)
+
+        def on_before_batch_transfer(self, batch, dataloader_idx):
+            seen.append(len(batch[1]))
+            return [batch[0] * 0, batch[1]]  # every input zeroed: only the biases learn
+
+    class Zeroed(L.LightningDataModule):
+        def __init__(self, x, y) -> None:
+            super().__init__()
+            self.x, self.y = x * 0, y
+
+        def train_dataloader(self):
+            return DataLoader(TensorDataset(self.x, self.y), batch_size=4)
+
+    module = _fit_steps(4, [], datamodule=Data)
+    assert seen == [4] * 20
+    assert module.global_step == 20
+    zeroed = _fit_steps(4, [], datamodule=Zeroed)
+    for a, b in zip(module.state_dict().values(), zeroed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(module.model[1].weight, _fit_steps(4, []).model[1].weight)
