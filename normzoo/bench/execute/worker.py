@@ -174,29 +174,53 @@ def _evaluate(run: Run, model, datamodule, conditions, config: Config, row: dict
     tracker, logger, path = tracking
     start = time.perf_counter()
     evaluations: list[dict] = []
-    error_text = None
+    failures: list[tuple[list[TestCondition], Exception]] = []
+    groups: dict[TestCondition, list[TestCondition]] = {}
     try:
         batch_dependent = has_batch_layers(model)
         largest = max(config.eval.test_batch_sizes)
-        groups: dict[TestCondition, list[TestCondition]] = {}
         for condition in conditions:
             computed = computed_condition(condition, batch_dependent, largest)
             groups.setdefault(computed, []).append(condition)
-        for group in groups.values():
-            rows = evaluate_run(model, datamodule, group, config.eval)
-            for evaluation in rows:
-                evaluation["run_key"] = run.key
-            evaluations += rows
-            yield Evaluated(run.key, rows)
     except Exception as error:
-        log.debug("evaluating %s failed:\n%s", run.name, traceback.format_exc())
-        error_text = f"evaluation: {type(error).__name__}: {error}"
+        failures.append((list(conditions), error))
+        groups = {}
+    # a group that fails leaves the others to be evaluated and stored: its conditions stay
+    # pending, re-evaluated from the stored weights with --retry-failed
+    for group in groups.values():
+        try:
+            rows = evaluate_run(model, datamodule, group, config.eval)
+        except Exception as error:
+            log.debug("evaluating %s failed:\n%s", run.name, traceback.format_exc())
+            failures.append((group, error))
+            continue
+        for evaluation in rows:
+            evaluation["run_key"] = run.key
+        evaluations += rows
+        yield Evaluated(run.key, rows)
+    error_text = _evaluation_error(failures, len(conditions))
+    if error_text is not None:
         row.update(status="failed", error=error_text)
     seconds = time.perf_counter() - start
     row.update(eval_seconds=seconds, finished_at=now())
     logged_rows = [{k: v for k, v in e.items() if k != "fingerprint"} for e in evaluations]
     logged = _finish_logger(tracker, logger, run, row, logged_rows, path)  # as the store exports
     yield Finished(run.key, seconds, error_text, wandb_logged=logged)
+
+
+def _evaluation_error(failures: list, total: int) -> str | None:
+    """The run's error text for evaluations that failed (None if none did): how many of the
+    ``total`` conditions, and the first error with the first of its conditions."""
+    if not failures:
+        return None
+    group, error = failures[0]
+    failed = sum(len(conditions) for conditions, _ in failures)
+    first = group[0].label if group else "?"
+    stored = ", the others are stored" if failed < total else ""
+    return (
+        f"evaluation: {type(error).__name__}: {error} (condition {first}; {failed} of {total}"
+        f" conditions failed{stored})"
+    )
 
 
 def _trained(run: Run, outcome, datamodule, config: Config, row: dict, path: Path) -> Trained:

@@ -61,3 +61,48 @@ def test_a_diverged_run_records_nulls_but_its_lr(tiny_raw, tmp_path, monkeypatch
     with Store(tmp_path) as store:
         store.write_run(row)
         assert store.run_row(run.key)["train_accuracy"] is None
+
+
+def test_a_failing_evaluation_group_leaves_the_others_stored_and_retry_completes_it(
+    tiny_raw, tmp_path, monkeypatch
+):
+    """One condition group raising fails the run (error names the condition and how many
+    failed) but every other group is evaluated and stored; --retry-failed re-evaluates only the
+    missing conditions from the stored weights (no retraining) and the run ends ok."""
+    import normzoo.bench.execute.worker as worker
+    from normzoo.bench.run import run_grid
+
+    config = _config(tiny_raw, epochs=1)
+    evaluate_run = worker.evaluate_run
+    calls = {"failed": 0, "retrained": 0}
+
+    def flaky(model, datamodule, group, eval_section):
+        if group[0].shift != "clean" and calls["failed"] == 0:
+            calls["failed"] += 1
+            raise RuntimeError("corruption broke")
+        return evaluate_run(model, datamodule, group, eval_section)
+
+    monkeypatch.setattr(worker, "evaluate_run", flaky)
+    run_grid(config, tmp_path, show_progress=False)
+    with Store(tmp_path) as store:
+        (row,) = store.runs_frame().to_dict("records")
+        stored = len(store.evaluated()[row["run_key"]])  # of a failed run: kept, not reported
+    assert row["status"] == "failed"
+    assert "RuntimeError: corruption broke" in row["error"]
+    assert "conditions failed, the others are stored" in row["error"]
+    assert "gaussian_noise" in row["error"]
+    total = 2 * 2 * 2 * 2  # test batch sizes x stats modes x shifts x compositions
+    failed = int(row["error"].split(" of ")[0].rsplit("; ", 1)[1])
+    assert 0 < failed < total and stored == total - failed
+    train_run = bench_module.train_run
+
+    def counting(*args, **kwargs):
+        calls["retrained"] += 1
+        return train_run(*args, **kwargs)
+
+    monkeypatch.setattr(bench_module, "train_run", counting)
+    run_grid(config, tmp_path, show_progress=False, retry_failed=True)
+    with Store(tmp_path) as store:
+        (row,) = store.runs_frame().to_dict("records")
+        assert len(store.evaluations_frame()) == total
+    assert row["status"] == "ok" and calls["retrained"] == 0
