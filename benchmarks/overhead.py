@@ -105,8 +105,10 @@ class _StepClock(L.Callback):
         self.start = self.end = None
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if trainer.global_step >= self.warmup and self.start is None:
-            self.start = (time.process_time(), trainer.global_step)
+        # the first call at or after the warm-up; the first call at all if the fit is shorter
+        step = trainer.global_step
+        if self.start is None or self.start[1] < self.warmup <= step:
+            self.start = (time.process_time(), step)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if trainer.global_step >= self.warmup + self.steps and self.end is None:
