@@ -164,3 +164,44 @@ def test_several_steps_per_call_train_exactly_as_one_step_per_call(
     assert steps == (56 if overrides == ["train.epochs=2"] else 22)
     losses = [c["step"] for c in one.curves if c["metric"] == "train/loss"]
     assert losses == list(range(9, steps, 10))
+
+
+def test_epoch_loss_and_accuracy_are_those_of_the_epochs_training_batches(
+    tiny_config_path, monkeypatch
+):
+    """train/epoch_loss and train/epoch_acc against the batches' own logits and labels, recorded
+    at the model's forward: the sample-weighted mean cross-entropy and the fraction correct over
+    each epoch (float32 sums: relative tolerance 1e-5)."""
+    import torch.nn.functional as F
+
+    config = load_config(tiny_config_path, ["train.epochs=2", "norms=[batch]"])
+    run = expand_runs(config)[0]
+    seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    build = bench_module.build_module
+    train_batch = bench_module.Classifier.train_batch
+
+    def hook(model, inputs, out) -> None:
+        if model.training:  # not validation's forwards
+            seen.append([out.detach()])
+
+    def keep(*args, **kwargs):
+        module = build(*args, **kwargs)
+        module.model.register_forward_hook(hook)
+        return module
+
+    def recording(self, batch, batch_idx):
+        loss = train_batch(self, batch, batch_idx)
+        seen[-1] += [batch[1], self.current_epoch]
+        return loss
+
+    monkeypatch.setattr(bench_module, "build_module", keep)
+    monkeypatch.setattr(bench_module.Classifier, "train_batch", recording)
+    outcome = bench_module.train_run(run, config, _datamodule(run, config))
+    curves = {(c["metric"], c["epoch"]): c["value"] for c in outcome.curves}
+    for epoch in (0, 1):
+        steps = [(logits, y) for logits, y, e in seen if e == epoch]
+        n = sum(len(y) for _, y in steps)
+        loss = sum(float(F.cross_entropy(lg.double(), y, reduction="sum")) for lg, y in steps)
+        correct = sum(int((lg.argmax(1) == y).sum()) for lg, y in steps)
+        assert curves["train/epoch_acc", epoch] == pytest.approx(correct / n, rel=1e-6)
+        assert curves["train/epoch_loss", epoch] == pytest.approx(loss / n, rel=1e-5)

@@ -211,7 +211,8 @@ class Classifier(L.LightningModule):
         loss_sum = (torch.stack(losses) * torch.tensor(sizes, device=hits.device)).sum()
         if self._tally is None:
             self._tally = torch.zeros(3, dtype=torch.float32, device=hits.device)
-        self._tally.add_(torch.stack((loss_sum, hits.sum(), hits.new_tensor(sum(sizes)))))
+        seen = torch.tensor(sum(sizes), dtype=torch.float32, device=hits.device)
+        self._tally.add_(torch.stack((loss_sum.float(), hits.sum().float(), seen)))
         return hits[-sizes[-1] :].sum()
 
     def _log_train_step(self, lr: float, batch_size: int) -> None:
