@@ -122,3 +122,10 @@ def command_line(argv: list[str] | None = None) -> str:
     """The command that started this process, quoted so that it can be pasted into a shell."""
     args = sys.argv if argv is None else argv
     return shlex.join(args)
+
+
+def benchmark_command(env: tuple[str, ...] = ("PYTHONPATH", "OMP_NUM_THREADS")) -> str:
+    """A benchmark's command as a report prints it: the environment variables of ``env`` that
+    are set (they change what is measured), ``python`` and the command line."""
+    assigned = [f"{k}={shlex.quote(os.environ[k])}" for k in env if k in os.environ]
+    return " ".join([*assigned, "python", command_line()])
