@@ -115,10 +115,22 @@ def _fit(config, monkeypatch, steps_per_call: int) -> tuple:
         return kept["module"]
 
     monkeypatch.setattr(bench_module, "build_module", keep)
+    calls = []
+    training_step = bench_module.Classifier.training_step
+
+    def counted(self, dataloader_iter):
+        calls.append(self.global_step)
+        return training_step(self, dataloader_iter)
+
+    monkeypatch.setattr(bench_module.Classifier, "training_step", counted)
     run = expand_runs(config)[0]
     outcome = bench_module.train_run(run, config, _datamodule(run, config))
     module = kept["module"]
     assert module.steps_per_call == steps_per_call
+    # a call starts every steps_per_call steps, and at each epoch's first batch (28 per epoch)
+    assert calls == sorted(
+        {s for s in range(module.trainer.global_step) if s % 28 % steps_per_call == 0}
+    )
     loop = module.trainer.fit_loop
     counters = (
         module.trainer.global_step,

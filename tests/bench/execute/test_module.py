@@ -212,3 +212,43 @@ def test_a_datamodule_transfer_hook_still_runs_on_every_batch():
     for a, b in zip(module.state_dict().values(), zeroed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert not torch.equal(module.model[1].weight, _fit_steps(4, []).model[1].weight)
+
+
+def test_validation_within_an_epoch_runs_where_it_would_with_one_batch_per_call():
+    """A Trainer that validates every 3 batches (val_check_interval) validates after the same
+    steps, with the same weights, whatever ``steps_per_call``: such a fit takes a batch a call."""
+
+    class Validations(L.Callback):
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+
+        def on_validation_end(self, trainer, module) -> None:
+            self.steps.append(trainer.global_step)
+
+    def fit(steps_per_call: int) -> tuple[list[int], Classifier]:
+        torch.manual_seed(0)
+        x, y = torch.randn(40, 3, 4, 4), torch.randint(0, 4, (40,))
+        model = nn.Sequential(nn.Flatten(), nn.Linear(48, 4))
+        module = Classifier(model, TrainSection(), 4, steps_per_call=steps_per_call)
+        seen = Validations()
+        trainer = L.Trainer(
+            max_epochs=2,
+            accelerator="cpu",
+            logger=False,
+            callbacks=[seen],
+            val_check_interval=3,
+            num_sanity_val_steps=0,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        loader = DataLoader(TensorDataset(x, y), batch_size=4)
+        trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+        return seen.steps, module
+
+    one, reference = fit(1)
+    many, module = fit(16)
+    assert one == [3, 6, 9, 10, 13, 16, 19, 20]  # every 3 batches, and at each epoch end
+    assert many == one
+    for a, b in zip(module.state_dict().values(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -107,11 +107,16 @@ class Classifier(L.LightningModule):
         global step, the steps the loggers see, ``max_steps``, the epoch's end, validation and
         checkpoints are those of one batch per call (tested bit for bit). What is not: per-batch
         callback hooks (``on_train_batch_start/end``) run once per call. One batch per call
-        under DDP, where each forward must go through the wrapper that syncs gradients.
+        under DDP, where each forward must go through the wrapper that syncs gradients, and
+        where the Trainer validates within an epoch (``val_check_interval``).
         """
         trainer = self.trainer
         loop = trainer.fit_loop.epoch_loop
-        calls = self.steps_per_call if trainer.world_size == 1 else 1
+        # one batch a call under DDP, and where validation runs inside an epoch (a Trainer's
+        # val_check_interval): Lightning decides it between calls
+        check = trainer.val_check_batch  # None: validation on a wall-clock interval
+        epoch_end = isinstance(check, int | float) and check >= trainer.num_training_batches
+        calls = self.steps_per_call if trainer.world_size == 1 and epoch_end else 1
         limit = trainer.max_steps if trainer.max_steps >= 0 else math.inf
         self._fast = self._fast_path()
         self._direct = self._direct_transfer()
