@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 
 import pytest
 import torch
@@ -79,3 +80,23 @@ def test_each_function_lives_in_its_family_module(family, names):
 
 def test_renorm_custom_op_is_registered_under_its_name():
     assert hasattr(torch.ops.normzoo, "batch_renorm_statistics_")
+
+
+@pytest.mark.parametrize("kind", ["tensor", "numpy"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_finite_update_mask_on_cpu_raises_on_nan_or_inf_only(kind, dtype):
+    """On CPU the check raises for a NaN or inf statistic and passes finite ones, including
+    float64 values whose sum would overflow; tensors and NumPy views (batch renorm's NumPy
+    path) alike."""
+    x = torch.zeros(2, 3)
+    big = torch.full((3,), 1e308 if dtype == torch.float64 else 3e38, dtype=dtype)
+
+    def stats(*values):
+        return [v.numpy() if kind == "numpy" else v for v in values]
+
+    assert nzf.finite_update_mask("layer", x, *stats(big, big.clone())) is None
+    for bad in (math.nan, math.inf, -math.inf):
+        broken = big.clone()
+        broken[1] = bad
+        with pytest.raises(ValueError, match="^layer: .*NaN or inf"):
+            nzf.finite_update_mask("layer", x, *stats(big, broken))

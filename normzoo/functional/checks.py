@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -108,11 +109,13 @@ def finite_update_mask(layer: str, x: Tensor, *stats: Tensor) -> Tensor | None:
     statistic is NaN/inf, else return None (update unmasked). On accelerators and under
     ``torch.compile``: return a bool tensor, False when a statistic is non-finite, to mask the
     update with (no host sync). The statistics are per channel, so the check reads C values,
-    not ``x``.
+    not ``x``; on CPU they may be NumPy arrays (views of the statistics).
     """
     if _must_mask(x):
         return torch.stack([torch.isfinite(s).all() for s in stats]).all()
-    if all(s.dtype != torch.float64 for s in stats):
+    if all(isinstance(s, np.ndarray) for s in stats):  # batch renorm's NumPy path (CPU)
+        ok = all(np.isfinite(s).all() for s in stats)  # a microsecond each, no dispatch
+    elif all(s.dtype != torch.float64 for s in stats):
         # a float64 sum of float32/half values cannot overflow, and NaN/inf propagate: finite
         # exactly when every value is; one reduction and one read per statistic (detached: a
         # statistic that carries a graph would grow it, and warn on the conversion)

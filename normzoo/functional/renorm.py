@@ -244,9 +244,9 @@ def _renorm_step_numpy(
     roundings: the same bits); returns (mu_B, var_B, invstd_B, r, d, scale, shift), r and d as
     NumPy arrays."""
     mean_b, var_b = torch.batch_norm_update_stats(x, None, None, 0.0)
-    if check:
-        finite_update_mask("batch renorm", x, mean_b, var_b)  # raises on CPU: nothing to mask
     m, v = mean_b.numpy(), var_b.numpy()
+    if check:
+        finite_update_mask("batch renorm", x, m, v)  # raises on CPU: nothing to mask
     # in place where a temporary can be reused: each NumPy call costs about a microsecond
     sigma_b = np.add(v, eps)
     np.sqrt(sigma_b, out=sigma_b)
