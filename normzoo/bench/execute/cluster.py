@@ -199,6 +199,7 @@ def submitit_results(tasks: list[Task], config: Config, out_dir: str, tracker=No
     chunk = options.get("runs_per_job", 1)
     by_key = {task.run.key: task for task in tasks}
     pending: dict[str, submitit.Job | None] = dict.fromkeys(by_key)  # run key -> its job
+    submitted: list[submitit.Job] = []  # the jobs of this invocation
 
     def collect(key: str, ended: bool = False) -> list | None:
         messages = _read(result_path(results_dir, key), by_key[key])
@@ -216,6 +217,7 @@ def submitit_results(tasks: list[Task], config: Config, out_dir: str, tracker=No
             jobs = [executor.submit(function) for function in functions]
         for group, job in zip(groups, jobs, strict=True):
             journal.append(job.job_id, executor.cluster, group)
+            submitted.append(job)
             for key in group:
                 pending[key] = job
         log.info("submitted %d task(s) as %d %s job(s)", len(keys), len(jobs), executor.cluster)
@@ -250,8 +252,24 @@ def submitit_results(tasks: list[Task], config: Config, out_dir: str, tracker=No
             del pending[key]
             progressed = True
             yield from messages  # the caller stores each before the generator resumes
-            path = result_path(results_dir, key)
-            if path.exists():
-                os.replace(path, result_path(collected_dir, key))
+            _file_collected(results_dir, collected_dir, key)
         if pending and not progressed:
             time.sleep(POLL_SECONDS)
+    # Racing invocations each submit a job for a run that neither has a result for yet; the
+    # one that collects a result first stores it, the other may find it among the collected.
+    # Its own job then still trains and writes a result nobody collects: wait for the jobs of
+    # this invocation to end and file what they wrote as collected (already stored).
+    for job in submitted:
+        while not _job_finished(job):
+            time.sleep(POLL_SECONDS)
+    for key in by_key:
+        _file_collected(results_dir, collected_dir, key)
+
+
+def _file_collected(results_dir: Path, collected_dir: Path, key: str) -> None:
+    """Move a stored run's result file to ``collected/`` (a racing invocation may move it
+    first)."""
+    try:
+        os.replace(result_path(results_dir, key), result_path(collected_dir, key))
+    except FileNotFoundError:
+        pass
