@@ -22,6 +22,23 @@ class _LearningRates(L.Callback):
         self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
+def _trainer(**options) -> L.Trainer:
+    """A quiet CPU Trainer: no logger, checkpoints, progress bar or model summary."""
+    quiet = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return L.Trainer(**quiet, **options)
+
+
+def _assert_same_state(a: nn.Module, b: nn.Module) -> None:
+    for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+
+
 def _train(train: TrainSection, batch_size: int, steps: int) -> tuple[list[float], Classifier]:
     torch.manual_seed(0)
     x = torch.randn(batch_size * steps, 3, 4, 4)
@@ -30,16 +47,7 @@ def _train(train: TrainSection, batch_size: int, steps: int) -> tuple[list[float
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 4))
     module = Classifier(model, train, batch_size, steps_per_call=1)  # a hook call per step
     rates = _LearningRates()
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        callbacks=[rates],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = _trainer(max_steps=steps, callbacks=[rates], limit_val_batches=0)
     trainer.fit(module, train_dataloaders=loader)
     return rates.rates, module
 
@@ -148,16 +156,7 @@ def _fit_steps(steps_per_call: int, callbacks: list, datamodule=None) -> Classif
     x, y = torch.randn(40, 3, 4, 4), torch.randint(0, 4, (40,))
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 8), nn.BatchNorm1d(8), nn.Linear(8, 4))
     module = Classifier(model, TrainSection(schedule="cosine"), 4, steps_per_call=steps_per_call)
-    trainer = L.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = _trainer(max_epochs=2, callbacks=callbacks, limit_val_batches=0)
     if datamodule is None:
         loader = DataLoader(TensorDataset(x, y), batch_size=4)
         trainer.fit(module, train_dataloaders=loader)
@@ -176,8 +175,7 @@ def test_a_callback_on_the_backward_hooks_gets_them_per_step_with_the_same_numbe
     assert listener.calls == {"on_before_backward": 20, "on_before_optimizer_step": 20, "batch": 6}
     direct = _fit_steps(4, [])
     assert direct._fast
-    for a, b in zip(listened.state_dict().values(), direct.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+    _assert_same_state(listened, direct)
 
 
 def test_a_datamodule_transfer_hook_still_runs_on_every_batch():
@@ -185,19 +183,9 @@ def test_a_datamodule_transfer_hook_still_runs_on_every_batch():
     transfer hooks run on every batch as in Lightning's own loop."""
     seen = []
 
-    class Data(L.LightningDataModule):
-        def __init__(self, x, y) -> None:
-            super().__init__()
-            self.x, self.y = x, y
-
-        def train_dataloader(self):
-            return DataLoader(TensorDataset(self.x, self.y), batch_size=4)
-
-        def on_before_batch_transfer(self, batch, dataloader_idx):
-            seen.append(len(batch[1]))
-            return [batch[0] * 0, batch[1]]  # every input zeroed: only the biases learn
-
     class Zeroed(L.LightningDataModule):
+        """The inputs zeroed in the dataset itself."""
+
         def __init__(self, x, y) -> None:
             super().__init__()
             self.x, self.y = x * 0, y
@@ -205,12 +193,22 @@ def test_a_datamodule_transfer_hook_still_runs_on_every_batch():
         def train_dataloader(self):
             return DataLoader(TensorDataset(self.x, self.y), batch_size=4)
 
+    class Data(Zeroed):
+        """The inputs zeroed by the transfer hook instead."""
+
+        def __init__(self, x, y) -> None:
+            super().__init__(x, y)
+            self.x = x
+
+        def on_before_batch_transfer(self, batch, dataloader_idx):
+            seen.append(len(batch[1]))
+            return [batch[0] * 0, batch[1]]  # every input zeroed: only the biases learn
+
     module = _fit_steps(4, [], datamodule=Data)
     assert seen == [4] * 20
     assert module.global_step == 20
     zeroed = _fit_steps(4, [], datamodule=Zeroed)
-    for a, b in zip(module.state_dict().values(), zeroed.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+    _assert_same_state(module, zeroed)
     assert not torch.equal(module.model[1].weight, _fit_steps(4, []).model[1].weight)
 
 
@@ -231,16 +229,8 @@ def test_validation_within_an_epoch_runs_where_it_would_with_one_batch_per_call(
         model = nn.Sequential(nn.Flatten(), nn.Linear(48, 4))
         module = Classifier(model, TrainSection(), 4, steps_per_call=steps_per_call)
         seen = Validations()
-        trainer = L.Trainer(
-            max_epochs=2,
-            accelerator="cpu",
-            logger=False,
-            callbacks=[seen],
-            val_check_interval=3,
-            num_sanity_val_steps=0,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
+        trainer = _trainer(
+            max_epochs=2, callbacks=[seen], val_check_interval=3, num_sanity_val_steps=0
         )
         loader = DataLoader(TensorDataset(x, y), batch_size=4)
         trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
@@ -250,5 +240,4 @@ def test_validation_within_an_epoch_runs_where_it_would_with_one_batch_per_call(
     many, module = fit(16)
     assert one == [3, 6, 9, 10, 13, 16, 19, 20]  # every 3 batches, and at each epoch end
     assert many == one
-    for a, b in zip(module.state_dict().values(), reference.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+    _assert_same_state(module, reference)
