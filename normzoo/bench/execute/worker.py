@@ -183,6 +183,7 @@ def _evaluate(run: Run, model, datamodule, conditions, config: Config, row: dict
             computed = computed_condition(condition, batch_dependent, largest)
             groups.setdefault(computed, []).append(condition)
     except Exception as error:
+        log.debug("evaluating %s failed:\n%s", run.name, traceback.format_exc())
         failures.append((list(conditions), error))
         groups = {}
     # a group that fails leaves the others to be evaluated and stored: its conditions stay
