@@ -61,6 +61,28 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+# How long a writer waits for another process's lock before giving up.
+BUSY_SECONDS = 60.0
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Put the store in WAL mode (persistent in the file, so usually already set).
+
+    Switching the journal mode can fail with "database is locked" at once, without SQLite's busy
+    handler, while another process creates the same store (two invocations started together hit
+    it about once in 200 openings here): retried until `BUSY_SECONDS`, as any other lock is."""
+    deadline = time.monotonic() + BUSY_SECONDS
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class Store:
     """The results of one output dir: opens or creates ``out_dir/results.sqlite``.
 
@@ -78,8 +100,8 @@ class Store:
             self._shadow_missing()
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, timeout=60)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn = sqlite3.connect(self.path, timeout=BUSY_SECONDS)
+        _use_wal(self._conn)
         self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never torn
         self._conn.execute("PRAGMA foreign_keys=ON")
         missing = missing_tables(self._conn)

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from normzoo.bench.plan.schema import EVAL_COLUMNS, RUN_COLUMNS, SCHEMA_RUN_COLUMNS
+from normzoo.bench.record import store as store_module
 from normzoo.bench.record.store import STORE_NAME, Store, StoreError, check_store
 from normzoo.bench.record.store_schema import SCHEMA_VERSION
 
@@ -182,3 +183,41 @@ def test_cli_refuses_an_unwritable_output_dir(compare, tiny_config_path, tmp_pat
     locked.mkdir(mode=0o500)
     assert compare.main([str(tiny_config_path), "--out", str(locked / "out")]) == 2
     assert "not writable" in capsys.readouterr().out
+
+
+class _LockedAtFirst:
+    """A connection whose first WAL switches fail as SQLite fails them while another process
+    creates the same store: "database is locked" at once, without the busy handler."""
+
+    def __init__(self, conn: sqlite3.Connection, failures: int, message: str) -> None:
+        self.conn, self.failures, self.message, self.tries = conn, failures, message, 0
+
+    def execute(self, sql: str, *args):
+        if sql == "PRAGMA journal_mode=WAL":
+            self.tries += 1
+            if self.tries <= self.failures:
+                raise sqlite3.OperationalError(self.message)
+        return self.conn.execute(sql, *args)
+
+
+def test_wal_switch_is_retried_while_another_process_holds_the_lock(tmp_path):
+    conn = _LockedAtFirst(sqlite3.connect(tmp_path / STORE_NAME), 3, "database is locked")
+    store_module._use_wal(conn)
+    assert conn.tries == 4
+    assert conn.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.conn.close()
+    already = _LockedAtFirst(sqlite3.connect(tmp_path / STORE_NAME), 1, "database is locked")
+    store_module._use_wal(already)  # WAL is kept in the file: nothing to switch
+    assert already.tries == 0
+
+
+def test_wal_switch_gives_up_on_other_errors_and_after_the_busy_timeout(tmp_path, monkeypatch):
+    other = _LockedAtFirst(sqlite3.connect(tmp_path / STORE_NAME), 1, "disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        store_module._use_wal(other)
+    assert other.tries == 1
+    monkeypatch.setattr(store_module, "BUSY_SECONDS", 0.05)
+    stuck = _LockedAtFirst(sqlite3.connect(tmp_path / STORE_NAME), 10**9, "database is locked")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store_module._use_wal(stuck)
+    assert 1 < stuck.tries < 10**9
