@@ -37,6 +37,7 @@ from normzoo.bench.execute.weights import (
     CHECKPOINTS_DIR,
     WEIGHTS_DIR,
     checkpoint_path,
+    remove_orphaned_partials,
     weights_path,
 )
 from normzoo.bench.execute.worker import local_results
@@ -115,6 +116,7 @@ def run_grid(
     plan = plan_grid(config, out_dir, store, retry_failed, rerun_other_versions)
     claim(out_dir, _claims(plan, out_dir))
     _remove_stale_checkpoints(out_dir, store, plan)
+    remove_orphaned_partials(out_dir)
     planned = {run.key for task in plan.tasks for run in task.runs}
     summary = Summary(total=len(runs), skipped=len(runs) - len(planned))
     log.info(plan.line())
@@ -131,11 +133,13 @@ def run_grid(
         raise
     except Interrupted as interrupt:
         summary.seconds = time.perf_counter() - start
+        remove_orphaned_partials(out_dir)  # the workers are gone: what they were writing
         final_state(summary, store, runs, config, out_dir)
         store.close()
         interrupt.summary = summary
         raise
     summary.seconds = time.perf_counter() - start
+    remove_orphaned_partials(out_dir)
     final_state(summary, store, runs, config, out_dir)
     store.close()
     return summary

@@ -60,6 +60,36 @@ def save_weights(model, path: Path, run_key: str | None = None) -> str:
     return digest
 
 
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` is alive (a zombie, dead but not yet reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: alive as far as we can tell
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def remove_orphaned_partials(out_dir: Path) -> list[Path]:
+    """Delete the half-written files (``<name>.<pid>.partial``, see :func:`save_weights` and
+    the checkpoint writers) of weights and checkpoints whose writer is no longer running: a
+    worker killed by a signal mid-write leaves one behind. A live writer's (another
+    invocation's) is kept. Returns what was deleted."""
+    removed = []
+    for directory in (WEIGHTS_DIR, CHECKPOINTS_DIR):
+        for path in Path(out_dir, directory).glob("*.partial"):
+            pid = path.suffixes[-2][1:] if len(path.suffixes) >= 2 else ""
+            if pid.isdigit() and not _running(int(pid)):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
 def verify_weights(path: Path, run_key: str, sha256: str | None) -> None:
     """Raise `WeightsError` unless ``path`` is run ``run_key``'s intact weights file: its sha256
     equals the recorded one (when recorded) and its metadata names the run (when it has any:
