@@ -12,11 +12,15 @@ EXTRAS := dev,cluster
 
 venv: $(STAMP)
 
-$(STAMP): $(LOCK) pyproject.toml Makefile
+# The last step builds normzoo's C++ kernels (batch renorm's training step; ~30 s, once per
+# source and torch version) so that no run waits for the compiler; without a compiler it warns
+# and the pure-PyTorch path is used.
+$(STAMP): $(LOCK) pyproject.toml Makefile normzoo/functional/csrc/batch_renorm.cpp
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r $(LOCK)
 	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -c "from normzoo.functional import _cpp; _cpp.main()"
 	touch $(STAMP)
 
 test: $(STAMP)

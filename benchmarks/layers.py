@@ -25,8 +25,10 @@ Both sides of every ratio run under the same allocator; ``--allocator-as-is`` sk
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import datetime
+import os
 import platform
 import shlex
 import statistics
@@ -39,6 +41,7 @@ from torch.utils import benchmark
 
 import normzoo
 from normzoo.bench.record.provenance import machine
+from normzoo.functional import _cpp
 from normzoo.report import marked_blocks
 
 DTYPES = {
@@ -253,6 +256,10 @@ def renorm_target(sections: list[tuple[str, list[dict]]], args: argparse.Namespa
     # the fixed cost per call: the same layers on a tiny input, where the kernels do almost nothing
     tiny = torch.randn(2, shape[1], 2, 2, device=device, dtype=dtype)
     fixed_zoo, fixed_ref = measure_pair(zoo, ref, tiny, True, True, args)
+    kernels = _cpp.kernels() if args.device == "cpu" else None
+    if kernels is not None:  # the same, on the pure-PyTorch path (no compiler: what users get)
+        with _environment(NORMZOO_CPP="0"):
+            fixed_python, fixed_ref_python = measure_pair(zoo, ref, tiny, True, True, args)
     at_shape = [r for t, r in rows if t.startswith(f"shape {args.shape[0]},")]
     aa_ratios = [r["ratio"] for _, r in aa]
     aa_text = (
@@ -279,26 +286,52 @@ def renorm_target(sections: list[tuple[str, list[dict]]], args: argparse.Namespa
         "",
         aa_text,
         "",
-        "Why: batch renorm runs the kernels batch norm runs (one statistics pass, one "
+        "How: batch renorm runs the kernels batch norm runs (one statistics pass, one "
         "normalizing pass with r and d folded into its per-channel scale and shift, batch norm's "
-        "backward), plus per-channel work in Python (r, d, the moving averages, the non-finite "
-        "check, the fold; on CPU in NumPy on zero-copy views, about 40 calls of a microsecond "
-        "each) and a Python autograd.Function's forward and backward. Their cost, measured on a "
-        f"2x{shape[1]}x2x2 input where the kernels do almost nothing: {fixed_zoo * 1e3:.3f} ms "
-        f"per call against {fixed_ref * 1e3:.3f} ms, +{(fixed_zoo - fixed_ref) * 1e3:.2f} ms of "
-        "fixed cost"
+        "backward), plus per-channel work (r, d, the moving averages, the non-finite check, the "
+        "fold, the weight gradient). "
         + (
-            f", against batch norm's {min(r['ref_ms'] for r in at_shape):.2f}-"
-            f"{max(r['ref_ms'] for r in at_shape):.2f} ms per call at {args.shape[0]}"
-            if at_shape
+            "On CPU here that step is one C++ autograd function "
+            "(`normzoo/functional/csrc/batch_renorm.cpp`, built with torch's extension builder "
+            "on first use), its per-channel work in loops over C values. "
+            if kernels is not None
+            else "This run used the pure-PyTorch path (per-channel work in NumPy or torch "
+            "operators, a Python autograd.Function): the C++ kernels were "
+            + ("not built. " if args.device == "cpu" else f"not used on {args.device}. ")
+        )
+        + f"The fixed cost per call, measured on a 2x{shape[1]}x2x2 input where the kernels do "
+        f"almost nothing: {fixed_zoo * 1e3:.3f} ms per call against batch norm's "
+        f"{fixed_ref * 1e3:.3f} ms (+{(fixed_zoo - fixed_ref) * 1e3:.3f} ms)"
+        + (
+            f"; the pure-PyTorch path (`NORMZOO_CPP=0`, or no C++ compiler) "
+            f"{fixed_python * 1e3:.3f} ms against {fixed_ref_python * 1e3:.3f} ms "
+            f"(+{(fixed_python - fixed_ref_python) * 1e3:.3f} ms)"
+            if kernels is not None
             else ""
         )
-        + ". The fixed cost weighs most where batch norm itself is cheapest; between large "
-        "kernels, which evict the caches the interpreter runs from, it is about twice what the "
-        "tiny input shows. A fused kernel (C++/Triton) would remove it; normzoo stays pure "
-        "PyTorch.",
+        + (
+            f". Batch norm's own call takes {min(r['ref_ms'] for r in at_shape):.2f}-"
+            f"{max(r['ref_ms'] for r in at_shape):.2f} ms at {args.shape[0]}."
+            if at_shape
+            else "."
+        ),
         "",
     ]
+
+
+@contextlib.contextmanager
+def _environment(**values: str):
+    """Environment variables set for the duration of a block (then restored)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def table(rows: list[dict], title: str) -> str:

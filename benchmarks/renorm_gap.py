@@ -10,12 +10,15 @@ Times training forward+backward (``y.backward(dy)``), interleaved in one process
 - ``kernels only``: the torch kernels batch renorm runs, called directly with none of its
   per-channel work: ``batch_norm_update_stats`` (statistics), an eval-mode ``native_batch_norm``
   (normalize) and ``native_batch_norm_backward``, plus the gradient accumulation autograd does.
-  Its ratio is what a fused batch renorm could reach;
+  Its ratio is about what the C++ step reaches;
 - ``kernels + N small ops``: the same with N extra operators on C-element vectors in the
   forward (``m + 1``), to show what scalar work costs next to the large kernels;
 - ``kernels in autograd.Function``: the same kernels as the forward and backward of a minimal
   ``torch.autograd.Function`` (what the layer's autograd costs, without its scalar work);
-- ``normzoo batch_renorm``: the layer (r, d, the moving-average update, the non-finite check).
+- ``normzoo batch_renorm``: the layer (r, d, the moving-average update, the non-finite check),
+  its training step one C++ call where normzoo's kernels are built;
+- ``normzoo batch_renorm, NORMZOO_CPP=0``: the layer on its pure-PyTorch path (what runs where
+  the kernels cannot be built; the environment variable is set around each call).
 
 On a CPU the gap between the last and ``kernels only`` is the layer's per-channel scalar work,
 which costs more between large kernels (caches just evicted) than in a tight loop of tiny calls.
@@ -24,6 +27,7 @@ which costs more between large kernels (caches just evicted) than in a tight loo
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -86,6 +90,13 @@ def _fns(shape: tuple[int, ...], channels_last: bool, small_ops: int) -> dict:
 
         return fn
 
+    def python_path():
+        os.environ["NORMZOO_CPP"] = "0"
+        try:
+            brn(x).backward(dy)
+        finally:
+            os.environ.pop("NORMZOO_CPP")
+
     def in_function():
         _Kernels.apply(x, brn.weight, brn.bias, *statistics_(), eps).backward(dy)
 
@@ -95,6 +106,7 @@ def _fns(shape: tuple[int, ...], channels_last: bool, small_ops: int) -> dict:
         f"kernels + {small_ops} small ops": kernels(small_ops),
         "kernels in autograd.Function": in_function,
         "normzoo batch_renorm": lambda: brn(x).backward(dy),
+        "normzoo batch_renorm, NORMZOO_CPP=0": python_path,
     }
 
 
@@ -141,9 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     result = measure(_fns(shape, args.channels_last, args.small_ops), args.repeats, args.min_time)
     layout = "channels_last" if args.channels_last else "NCHW"
     print(f"shape {args.shape}, {layout}, {args.threads} thread(s), torch {torch.__version__}")
-    print(f"{'':28s} {'ms/call':>9s} {'ratio to BN':>12s}")
+    print(f"{'':36s} {'ms/call':>9s} {'ratio to BN':>12s}")
     for name, (ms, ratio) in result.items():
-        print(f"{name:28s} {ms:9.3f} {ratio:12.3f}")
+        print(f"{name:36s} {ms:9.3f} {ratio:12.3f}")
 
 
 if __name__ == "__main__":

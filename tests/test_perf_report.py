@@ -42,6 +42,9 @@ def test_markdown_report_has_the_command_the_rows_and_the_renorm_target(tmp_path
     assert "python benchmarks/layers.py --norms batch,batch_renorm,rms" in text
     assert "## Target: batch renorm within 1.15x of batch norm" in text
     assert "measured on a 2x8x2x2 input" in text
+    # the kernels are built here: the report says the C++ step ran and times the Python path too
+    assert "one C++ autograd function" in text
+    assert "the pure-PyTorch path (`NORMZOO_CPP=0`, or no C++ compiler)" in text
     for norm in ("batch", "batch_renorm", "rms"):
         assert f"| train fwd+bwd | {norm} |" in text
     # the A/A row (torch's batch norm against itself) comes with batch renorm, and is read out
@@ -85,6 +88,7 @@ def test_renorm_gap_rows_and_kernels_match_the_layer(capsys):
         "kernels + 2 small ops",
         "kernels in autograd.Function",
         "normzoo batch_renorm",
+        "normzoo batch_renorm, NORMZOO_CPP=0",
     ):
         assert row in out
     x = torch.randn(4, 8, 3, 3, dtype=torch.float64, requires_grad=True)

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 
 from normzoo import functional as nzf
+from normzoo.functional import _cpp
+from normzoo.functional.renorm import renorm_layer_step_cpp
 from normzoo.layers.batch import BatchNorm
 from normzoo.layers.checks import check_momentum, check_steps
 
@@ -213,10 +215,43 @@ class BatchRenorm(BatchNorm):
             step = int(step)
         return nzf.renorm_limits(step, self.rmax, self.dmax, self.warmup, self.r_ramp, self.d_ramp)
 
+    def _cpp_step(self, x: Tensor) -> Tensor | None:
+        """The training step in one C++ call (counter, limits, rate, step: see
+        :func:`normzoo.functional.renorm.renorm_layer_step_cpp`) in eager mode with the paper's
+        update, where the kernels are built and the tensors suit them; else None."""
+        if self.sigma_update != "paper" or torch.compiler.is_compiling():
+            return None
+        kernels = _cpp.kernels()
+        if kernels is None:
+            return None
+        rate = self.renorm_momentum
+        if rate == "auto":
+            rate = auto_renorm_momentum(self.warmup, self.r_ramp, self.d_ramp)
+        return renorm_layer_step_cpp(
+            kernels,
+            x,
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+            self.num_batches_tracked,
+            rate,
+            self.eps,
+            self.rmax,
+            self.dmax,
+            self.warmup,
+            self.r_ramp,
+            self.d_ramp,
+            self.check_finite,
+        )
+
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and self.running_mean is not None and self.running_var is not None):
             return super().forward(x)  # eval, or no running statistics to renormalize towards
         self._check_input_dim(x)
+        y = self._cpp_step(x)
+        if y is not None:
+            return y
         _, rate = self._step()
         rmax, dmax = self._limits()
         y = nzf.batch_renorm(
