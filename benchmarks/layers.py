@@ -25,7 +25,6 @@ Both sides of every ratio run under the same allocator; ``--allocator-as-is`` sk
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import datetime
 import os
@@ -40,6 +39,7 @@ from torch import nn
 from torch.utils import benchmark
 
 import normzoo
+from normzoo._environ import scoped_environ
 from normzoo.bench.record.provenance import machine
 from normzoo.functional import _cpp
 from normzoo.report import marked_blocks
@@ -258,7 +258,7 @@ def renorm_target(sections: list[tuple[str, list[dict]]], args: argparse.Namespa
     fixed_zoo, fixed_ref = measure_pair(zoo, ref, tiny, True, True, args)
     kernels = _cpp.kernels() if args.device == "cpu" else None
     if kernels is not None:  # the same, on the pure-PyTorch path (no compiler: what users get)
-        with _environment(NORMZOO_CPP="0"):
+        with scoped_environ({"NORMZOO_CPP": "0"}):
             fixed_python, fixed_ref_python = measure_pair(zoo, ref, tiny, True, True, args)
     at_shape = [r for t, r in rows if t.startswith(f"shape {args.shape[0]},")]
     aa_ratios = [r["ratio"] for _, r in aa]
@@ -319,21 +319,6 @@ def renorm_target(sections: list[tuple[str, list[dict]]], args: argparse.Namespa
     ]
 
 
-@contextlib.contextmanager
-def _environment(**values: str):
-    """Environment variables set for the duration of a block (then restored)."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def table(rows: list[dict], title: str) -> str:
     bandwidth = f"copy bandwidth {rows[0]['bandwidth_gbs']:.1f} GB/s" if rows else ""
     lines = [
@@ -360,7 +345,6 @@ def _versions() -> str:
 
 
 def _load() -> str:
-    import os
 
     return "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 

@@ -22,11 +22,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import torch
+
+from normzoo._environ import scoped_environ
 
 TIMEOUT_S = 300  # how long a rank waits for the others (rendezvous, each collective)
 _ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "RANK", "LOCAL_RANK")
@@ -79,18 +81,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def _rank_environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in _ENV}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def _rank_environment(values: dict[str, str]) -> contextlib.AbstractContextManager[None]:
+    return scoped_environ(values, restore=_ENV)
 
 
 def launch(function: Callable, devices: int, *args, **rank0_kwargs):
