@@ -257,7 +257,7 @@ def renorm_target(sections: list[tuple[str, list[dict]]], args: argparse.Namespa
     tiny = torch.randn(2, shape[1], 2, 2, device=device, dtype=dtype)
     fixed_zoo, fixed_ref = measure_pair(zoo, ref, tiny, True, True, args)
     kernels = _cpp.kernels() if args.device == "cpu" else None
-    if kernels is not None:  # the same, on the pure-PyTorch path (no compiler: what users get)
+    if kernels is not None:  # the same on the pure-PyTorch path (what runs without a C++ compiler)
         with scoped_environ({"NORMZOO_CPP": "0"}):
             fixed_python, fixed_ref_python = measure_pair(zoo, ref, tiny, True, True, args)
     at_shape = [r for t, r in rows if t.startswith(f"shape {args.shape[0]},")]
@@ -345,7 +345,6 @@ def _versions() -> str:
 
 
 def _load() -> str:
-
     return "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 

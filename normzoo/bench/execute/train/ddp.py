@@ -15,7 +15,6 @@ not re-execute the command line. On a SLURM node the same code runs in each proc
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import socket
@@ -81,10 +80,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_environment(values: dict[str, str]) -> contextlib.AbstractContextManager[None]:
-    return scoped_environ(values, restore=_ENV)
-
-
 def launch(function: Callable, devices: int, *args, **rank0_kwargs):
     """Run ``function(*args)`` on ``devices`` processes; returns rank 0's (this process's) value.
 
@@ -116,7 +111,7 @@ def launch(function: Callable, devices: int, *args, **rank0_kwargs):
             for rank in range(1, devices)
         ]
         try:
-            with _rank_environment({**env, "RANK": "0", "LOCAL_RANK": "0"}):
+            with scoped_environ({**env, "RANK": "0", "LOCAL_RANK": "0"}, restore=_ENV):
                 result = function(*args, **rank0_kwargs)
         finally:
             import torch.distributed as dist
